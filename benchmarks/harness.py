@@ -1,0 +1,147 @@
+"""Shared benchmark harness: timing (median and spread), peak memory, result rows kept as CSV data.
+
+Rows have the columns ``op, provider, shape, metric, value, device, version, date`` and are appended to
+``benchmarks/results/<file>.csv`` with an atomic replace. Peak memory is the extra memory a call needs beyond what was
+allocated before it: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's resident high-water mark
+(VmHWM, reset through /proc/self/clear_refs) minus the resident size before the call.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COLUMNS = ("op", "provider", "shape", "metric", "value", "device", "version", "date")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    peak_mem_mb: float
+
+
+def device_name(device: torch.device | str) -> str:
+    """The card's name on a GPU; the CPU model and core count on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def versions() -> str:
+    import rpo_kernels
+
+    parts = [f"rpo {rpo_kernels.__version__}", f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Extra memory (MiB) one call of ``fn`` needs at its peak, beyond what is allocated before it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+    before = _proc_status_kb("VmRSS")
+    fn()
+    return (_proc_status_kb("VmHWM") - before) / 1024
+
+
+def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 1, rep: int = 5) -> Measurement:
+    """Run ``fn`` warmup + rep times; returns median/p20/p80 wall time (ms) and the peak memory of one call."""
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    peak = peak_memory_mb(fn, device)
+    times = []
+    for _ in range(rep):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return Measurement(statistics.median(times), q[0], q[3], peak)
+
+
+def rows_for(op: str, provider: str, shape: str, m: Measurement, device: torch.device | str) -> list[dict]:
+    stamp = {"device": device_name(device), "version": versions(),
+             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    metrics = {"time_ms_median": m.median_ms, "time_ms_p20": m.p20_ms, "time_ms_p80": m.p80_ms,
+               "peak_mem_mb": m.peak_mem_mb}
+    return [{"op": op, "provider": provider, "shape": shape, "metric": k, "value": f"{v:.6g}", **stamp}
+            for k, v in metrics.items()]
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Append ``rows`` to the CSV at ``path`` atomically (write a temp file, then rename over the old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        missing = set(COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"benchmark row lacks columns {sorted(missing)}: {row}")
+    existing = read_rows(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(existing + rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
