@@ -11,6 +11,8 @@ from ..reference.policy_loss import LOSS_TYPES, policy_loss_ref, token_weights
 from .token_logprobs import run_token_logprobs, validate_linear_inputs
 
 FUSED_IMPLEMENTED = ("triton", "reference")
+# Per-token inputs of the objective; float64 is accepted for analysis (the math runs in fp32 otherwise).
+LOSS_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
 def _validate_objective(shape, device, old_logprobs, ref_logprobs, advantages, mask, loss_type, eps_low, eps_high,
@@ -19,9 +21,9 @@ def _validate_objective(shape, device, old_logprobs, ref_logprobs, advantages, m
         raise ValueError(f"the token grid must be [B, T] with B, T > 0, got {tuple(shape)}")
     for name, value in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
         if value is not None:
-            check_tensor(name, value, dtypes=FLOAT_DTYPES, device=device)
+            check_tensor(name, value, dtypes=LOSS_DTYPES, device=device)
             check_shape(name, value, shape)
-    check_tensor("advantages", advantages, ndim=(1, 2), dtypes=FLOAT_DTYPES, device=device)
+    check_tensor("advantages", advantages, ndim=(1, 2), dtypes=LOSS_DTYPES, device=device)
     if tuple(advantages.shape) not in ((shape[0],), tuple(shape)):
         raise ValueError(f"argument 'advantages' must have shape ({shape[0]},) or {tuple(shape)}, "
                          f"got {tuple(advantages.shape)}")
@@ -63,7 +65,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, ref_logprobs=None, 
         metrics of detached 0-dim tensors: clip_frac, clip_frac_low, clip_frac_high, ratio_mean, active_tokens,
         kl_mean (with ref_logprobs). An all-zero mask gives loss 0 and zero gradients.
     """
-    check_tensor("logprobs", logprobs, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("logprobs", logprobs, ndim=2, dtypes=LOSS_DTYPES)
     _validate_objective(logprobs.shape, logprobs.device, old_logprobs, ref_logprobs, advantages, mask, loss_type,
                         eps_low, eps_high, beta, max_response_len)
     return policy_loss_ref(logprobs, old_logprobs, advantages, mask, ref_logprobs=ref_logprobs, loss_type=loss_type,

@@ -22,9 +22,10 @@ import torch
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 
 
-def token_weights(mask: torch.Tensor, loss_type: str, max_response_len: int | None = None) -> torch.Tensor:
-    """fp32 weights [B, T] with loss = sum(weights * per_token); zero where ``mask`` is 0."""
-    m = mask.float()
+def token_weights(mask: torch.Tensor, loss_type: str, max_response_len: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights [B, T] (``dtype``) with loss = sum(weights * per_token); zero where ``mask`` is 0."""
+    m = mask.to(dtype)
     batch, length = m.shape
     if loss_type == "grpo":
         return m / (batch * m.sum(1, keepdim=True).clamp(min=1.0))
@@ -45,22 +46,24 @@ def per_token_objective(
     eps_high: float,
     beta: float,
 ) -> dict[str, torch.Tensor]:
-    """Per-token loss terms, all [B, T] fp32 and zero where ``mask`` is 0 (also in the gradient).
+    """Per-token loss terms, all [B, T] in fp32 (fp64 for fp64 inputs), zero where ``mask`` is 0 (also in the
+    gradient).
 
     ``advantages`` is [B, T] (per token) here. Returns per_token, ratio, kl (zeros without a reference),
     clipped_low (ratio < 1 - eps_low with A < 0) and clipped_high (ratio > 1 + eps_high with A > 0) as bools.
     """
     active = mask.bool()
-    zero = torch.zeros((), dtype=torch.float32, device=logprobs.device)
-    logp = logprobs.float()
-    log_ratio = torch.where(active, logp - old_logprobs.float(), zero)
+    ct = torch.promote_types(logprobs.dtype, torch.float32)
+    zero = torch.zeros((), dtype=ct, device=logprobs.device)
+    logp = logprobs.to(ct)
+    log_ratio = torch.where(active, logp - old_logprobs.to(ct), zero)
     ratio = torch.exp(log_ratio)
-    adv = advantages.float()
+    adv = advantages.to(ct)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
     per_token = -surrogate
     kl = torch.zeros_like(ratio)
     if ref_logprobs is not None:
-        diff = torch.where(active, ref_logprobs.float() - logp, zero)
+        diff = torch.where(active, ref_logprobs.to(ct) - logp, zero)
         kl = torch.exp(diff) - diff - 1.0
         if beta != 0.0:
             per_token = per_token + beta * kl
@@ -98,8 +101,8 @@ def policy_loss_ref(
         old_logprobs = logprobs.detach()
     adv = advantages[:, None].expand_as(logprobs) if advantages.dim() == 1 else advantages
     terms = per_token_objective(logprobs, old_logprobs, adv, mask, ref_logprobs, eps_low, eps_high, beta)
-    weights = token_weights(mask, loss_type, max_response_len)
-    loss = (weights * terms["per_token"]).sum()
+    per_token = terms["per_token"]
+    loss = (token_weights(mask, loss_type, max_response_len, per_token.dtype) * per_token).sum()
 
     active = mask.bool()
     count = active.sum().float()

@@ -24,8 +24,10 @@ import torch
 CHUNK_ELEMENTS = 1 << 24
 
 
-def chunk_rows(n_rows: int, vocab: int, multiple: int = 1, budget: int = CHUNK_ELEMENTS) -> int:
-    """Rows per chunk so a [rows, vocab] fp32 block stays within ``budget`` elements; a multiple of ``multiple``."""
+def chunk_rows(n_rows: int, vocab: int, multiple: int = 1, budget: int | None = None) -> int:
+    """Rows per chunk so a [rows, vocab] block stays within ``budget`` elements (default ``CHUNK_ELEMENTS``);
+    a multiple of ``multiple``."""
+    budget = budget or CHUNK_ELEMENTS
     rows = max(multiple, (budget // max(vocab, 1)) // multiple * multiple)
     return max(1, min(rows, n_rows))
 
