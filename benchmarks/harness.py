@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,13 +89,17 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> floa
 
 
 def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 1, rep: int = 5) -> Measurement:
-    """Run ``fn`` warmup + rep times; returns median/p20/p80 wall time (ms) and the peak memory of one call."""
+    """Peak memory of the first call, then ``warmup`` more calls, then median/p20/p80 wall time (ms) of ``rep``.
+
+    The first call is measured for memory because on a CPU the allocator keeps freed pages: later calls reuse them
+    without growing the resident set. Run each provider in its own process (``run_isolated``) for exact figures.
+    """
     device = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
+    peak = peak_memory_mb(fn, device)
+    for _ in range(warmup - 1):
         fn()
     sync()
-    peak = peak_memory_mb(fn, device)
     times = []
     for _ in range(rep):
         sync()
@@ -145,3 +152,28 @@ def append_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+ROWS_MARK = "BENCH_ROWS_JSON:"
+
+
+def emit_rows(rows: list[dict]) -> None:
+    """Child side of ``run_isolated``: hand result rows to the parent on stdout."""
+    print(ROWS_MARK + json.dumps(rows), flush=True)
+
+
+def run_isolated(module: str, argv: list[str], timeout: float = 3600) -> list[dict]:
+    """Run ``python -m module *argv`` in a fresh process (exact peak memory per provider); returns its rows.
+
+    The child's other output is passed through; a failing child raises with its stderr.
+    """
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=timeout)
+    rows = []
+    for line in proc.stdout.splitlines():
+        if line.startswith(ROWS_MARK):
+            rows += json.loads(line[len(ROWS_MARK):])
+        else:
+            print(line, flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {module} {' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
+    return rows

@@ -4,7 +4,7 @@ loss, chunked over tokens so the [tokens, V] logits never exist at once.
 The math is the composition of ``token_logprobs`` and ``policy_loss`` (both references in this package); this
 module only reorganises the work: because the aggregation weights are fixed by the mask, dL/dlogp of a token depends
 on that token alone, so each chunk's gradient is computed while its logits are at hand (three matmuls per chunk,
-no recompute). The backward then scales the stored gradients by the incoming gradient.
+no recompute). The backward then scales the stored gradients, in place, by the incoming gradient.
 """
 
 from __future__ import annotations
@@ -49,17 +49,21 @@ class _EagerFusedLinearPolicyLoss(torch.autograd.Function):
                 if need_w:
                     grad_w.addmm_(g.t(), h.float())
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight_dtype, ctx.used = weight.dtype, False
         ctx.mark_non_differentiable(logp, entropy)
         return loss, logp, entropy
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
+        if ctx.used:
+            raise RuntimeError("fused_linear_policy_loss (reference) supports one backward per forward; "
+                               "its stored gradients are scaled in place to keep memory flat")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
         if grad_h is not None:
-            grad_h = grad_h * grad_loss.to(grad_h.dtype)
+            grad_h.mul_(grad_loss.to(grad_h.dtype))
         if grad_w is not None:
-            grad_w = (grad_w * grad_loss).to(ctx.weight_dtype)
+            grad_w = grad_w.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None
 
 
