@@ -1,0 +1,96 @@
+"""Group statistics and the GRPO/DAPO switches of the RPO loop. The loss itself is rpo_kernels' policy loss.
+
+Advantages are normalised within each group of G responses to one question (never across a micro-batch or a rank):
+``A_i = (r_i - mean(r)) / (std(r) + eps)`` with the sample standard deviation (as TRL and verl compute it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from rpo_kernels.reference import LOSS_TYPES
+
+ALGORITHMS = ("grpo", "dapo")
+ROLLOUTS = ("full", "rpo")
+LOSS_TOKENS = ("full", "suffix")
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """Advantages [B, G] from rewards [B, G] (fp32): centred per group, divided by (std + eps) when ``scale``."""
+    if rewards.dim() != 2:
+        raise ValueError(f"argument 'rewards' must be [groups, G], got shape {tuple(rewards.shape)}")
+    if rewards.shape[1] < 2:
+        raise ValueError(f"group advantages need G >= 2 responses per group, got G = {rewards.shape[1]}")
+    if not bool(torch.isfinite(rewards).all()):
+        bad = torch.nonzero(~torch.isfinite(rewards).all(1)).flatten().tolist()
+        raise ValueError(f"rewards of group(s) {bad} are NaN or inf")
+    r = rewards.float()
+    centred = r - r.mean(1, keepdim=True)
+    return centred / (r.std(1, keepdim=True) + eps) if scale else centred
+
+
+def zero_variance(rewards: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: groups whose G rewards are all equal (no learning signal; DAPO's dynamic sampling drops them)."""
+    return (rewards == rewards[:, :1]).all(1)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The objective of one run. ``preset("grpo"|"dapo")`` gives the paper's settings; fields override them.
+
+    rollout "full" is the GRPO/DAPO baseline, "rpo" samples suffixes of cached responses. loss_tokens "full" (paper
+    default) trains on prefix + suffix tokens, "suffix" only on generated tokens. mu > 1 runs several updates per
+    rollout batch with the engine's logprobs as old logprobs.
+    """
+
+    algorithm: str = "grpo"
+    rollout: str = "rpo"
+    loss_type: str = "grpo"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.04
+    adv_eps: float = 1e-4
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    overlong_buffer: int = 0
+    overlong_factor: float = 1.0
+    length_aware: bool = True
+    length_alpha: float = 0.01
+    loss_tokens: str = "full"
+    mu: int = 1
+
+    def __post_init__(self):
+        checks = (("algorithm", self.algorithm, ALGORITHMS), ("rollout", self.rollout, ROLLOUTS),
+                  ("loss_type", self.loss_type, LOSS_TYPES), ("loss_tokens", self.loss_tokens, LOSS_TOKENS))
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"objective.{name} must be one of {allowed}, got {value!r}")
+        for name in ("eps_low", "eps_high", "beta", "adv_eps", "length_alpha", "overlong_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"objective.{name} must be a number >= 0, got {value!r}")
+        if self.eps_low >= 1:
+            raise ValueError(f"objective.eps_low must be < 1, got {self.eps_low}")
+        for name in ("mu", "max_resample_rounds"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"objective.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
+            raise ValueError(f"objective.overlong_buffer must be an int >= 0, got {self.overlong_buffer!r}")
+
+    @classmethod
+    def preset(cls, algorithm: str, **overrides) -> "ObjectiveConfig":
+        """GRPO: eps 0.2, beta 0.04, sequence-mean loss. DAPO: clip-higher 0.28, beta 0, token-level loss, dynamic
+        sampling, overlong shaping over the last 1/8 of the length budget (set ``overlong_buffer``)."""
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"objective.algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        base = dict(algorithm="grpo", loss_type="grpo", eps_low=0.2, eps_high=0.2, beta=0.04)
+        if algorithm == "dapo":
+            base = dict(algorithm="dapo", loss_type="dapo", eps_low=0.2, eps_high=0.28, beta=0.0,
+                        dynamic_sampling=True)
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown objective key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{**base, **overrides})
