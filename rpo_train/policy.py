@@ -1,0 +1,95 @@
+"""The policy forward of the trainer, behind one function: hidden states of prompt + response through the HF model,
+then rpo_kernels' fused lm_head + clipped-ratio loss on them (no [tokens, V] logits).
+
+``loss_tokens="full"`` (the paper's choice) trains on every response token, prefix included; ``"suffix"`` only on the
+tokens the current policy generated. This plain forward runs each sample's prompt + prefix in full; the prefix-once
+forward of an RPO group is a drop-in for ``final_hidden``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import rpo_kernels
+
+from .objectives import ObjectiveConfig
+
+
+@dataclass
+class PolicySample:
+    """One scored response: token ids of the prompt, the kept prefix and the generated suffix."""
+
+    prompt_ids: list[int]
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+
+    def __post_init__(self):
+        if not self.prompt_ids:
+            raise ValueError("PolicySample.prompt_ids must not be empty")
+
+
+@dataclass
+class PolicyBatch:
+    """Right-padded batch. input_ids/attention_mask [B, L]; targets/loss_mask [B, L-1] (position t predicts t+1)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "PolicyBatch":
+        return PolicyBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.targets,
+                                                     self.loss_mask)))
+
+
+def build_batch(samples: list[PolicySample], pad_id: int, loss_tokens: str = "full") -> PolicyBatch:
+    """Pack samples into a ``PolicyBatch``; the loss mask covers the response (or only the suffix)."""
+    if loss_tokens not in ("full", "suffix"):
+        raise ValueError(f"argument 'loss_tokens' must be 'full' or 'suffix', got {loss_tokens!r}")
+    if not samples:
+        raise ValueError("argument 'samples' is empty")
+    seqs = [s.prompt_ids + s.prefix_ids + s.suffix_ids for s in samples]
+    length = max(len(x) for x in seqs)
+    ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(samples), length, dtype=torch.long)
+    mask = torch.zeros(len(samples), length - 1, dtype=torch.bool)
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        first = len(s.prompt_ids) + (len(s.prefix_ids) if loss_tokens == "suffix" else 0)
+        mask[i, first - 1:len(seq) - 1] = True  # the position before a token predicts it
+    return PolicyBatch(ids, attn, ids[:, 1:].clone(), mask)
+
+
+def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
+    """Final hidden states [B, L-1, H] at the positions that predict ``batch.targets``."""
+    out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return out.last_hidden_state[:, :-1]
+
+
+@torch.no_grad()
+def sequence_logprobs(model: torch.nn.Module, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs [B, L-1] fp32 of the targets (zeros off the loss mask), e.g. old or reference log-probs."""
+    hidden = final_hidden(model, batch)
+    weight = model.get_output_embeddings().weight
+    logp = torch.zeros(batch.targets.shape, dtype=torch.float32, device=hidden.device)
+    active = batch.loss_mask
+    logp[active] = rpo_kernels.token_logprobs(hidden[active], weight, batch.targets[active], temperature=temperature)
+    return logp
+
+
+def policy_loss(model: torch.nn.Module, batch: PolicyBatch, advantages: torch.Tensor, objective: ObjectiveConfig,
+                *, old_logprobs: torch.Tensor | None = None, ref_logprobs: torch.Tensor | None = None,
+                temperature: float = 1.0, max_response_len: int | None = None):
+    """(loss, metrics) of one micro-batch: the HF model's hidden states -> fused lm_head + clipped-ratio loss.
+
+    advantages [B] (one per sample); old/ref log-probs [B, L-1] or None (old None: r = 1, the mu = 1 case).
+    """
+    hidden = final_hidden(model, batch)
+    return rpo_kernels.fused_linear_policy_loss(
+        hidden, model.get_output_embeddings().weight, batch.targets, advantages.to(hidden.device), batch.loss_mask,
+        old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if objective.beta > 0 else None,
+        loss_type=objective.loss_type, eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
+        temperature=temperature, max_response_len=max_response_len)
