@@ -146,6 +146,7 @@ def append_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
             writer.writerows(existing + rows)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

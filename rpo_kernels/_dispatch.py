@@ -36,7 +36,9 @@ def _triton_import() -> tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def _cuda_ext_import() -> tuple[bool, str]:
     try:
-        importlib.import_module("rpo_kernels._C")
+        from .cuda import load
+
+        load()  # imports rpo_kernels._C and registers the fake partners of its ops
     except ImportError as exc:
         return False, f"the CUDA extension rpo_kernels._C is not built ({exc})"
     return True, "rpo_kernels._C loaded"

@@ -4,4 +4,6 @@ Each module in ``KERNEL_MODULES`` exposes ``compile_specs()``: (kernel, signatur
 all of its ``@triton.jit`` kernels, lowered ahead of time for sm_80 and sm_90 by the test suite.
 """
 
-KERNEL_MODULES = ("rpo_kernels.triton.token_logprobs",)
+KERNEL_MODULES = ("rpo_kernels.triton.token_logprobs",
+                  "rpo_kernels.triton.shared_prefix_attention", "rpo_kernels.triton.shared_prefix_attention_bwd",
+                  "rpo_kernels.triton.merge_attention_states", "rpo_kernels.triton.kv_append")

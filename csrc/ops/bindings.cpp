@@ -1,0 +1,27 @@
+// The one binding file: op schemas of the rpo_kernels:: namespace, their CUDA kernels, and the Python module
+// rpo_kernels._C that loads them (importing it runs the registrations; it defines no Python functions).
+// Fake (meta) partners for torch.compile live in rpo_kernels/cuda/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(rpo_kernels, m) {
+  m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
+  m.def(
+      "shared_prefix_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_indptr, Tensor suffix_k, "
+      "Tensor suffix_v, Tensor suffix_indptr, Tensor group_indptr, float softmax_scale) -> (Tensor, Tensor)");
+  m.def("kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor slots) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(rpo_kernels, CUDA, m) {
+  m.impl("merge_attention_states", &rpo_torch::merge_attention_states);
+  m.impl("shared_prefix_decode", &rpo_torch::shared_prefix_decode);
+  m.impl("kv_append", &rpo_torch::kv_append);
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "CUDA kernels of rpo_kernels (torch.ops.rpo_kernels)",
+                               -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

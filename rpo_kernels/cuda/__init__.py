@@ -1,0 +1,21 @@
+"""CUDA C++ backend of rpo_kernels: the compiled extension ``rpo_kernels._C`` built from ``csrc/``.
+
+Importing this package needs no GPU, no CUDA toolkit and no extension; nothing here touches CUDA. ``load()`` imports
+the extension (which registers ``torch.ops.rpo_kernels.*``) and the fake partners that let ``torch.compile`` trace
+the ops; ``available()`` says whether that worked and why not. The wrappers take the same arguments as the public
+functions of ``rpo_kernels`` and load the extension on first use. Build it with CMake (see the README).
+"""
+
+from .ops import (
+    OPS,
+    available,
+    kv_append,
+    load,
+    merge_attention_states,
+    register_fakes,
+    shared_prefix_attention,
+    supports_shared_prefix_attention,
+)
+
+__all__ = ["OPS", "available", "kv_append", "load", "merge_attention_states", "register_fakes",
+           "shared_prefix_attention", "supports_shared_prefix_attention"]
