@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,30 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def atomic_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> Path:
+    """Call ``build(tmp_dir)`` to fill a hidden temporary folder beside ``path``, fsync its files, then rename it to
+    ``path`` (replacing an older one). A crash leaves either the old folder or the new one, plus at most a hidden
+    temporary folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        build(tmp)
+        for item in tmp.iterdir():
+            if item.is_file():
+                with open(item, "rb") as f:
+                    os.fsync(f.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path

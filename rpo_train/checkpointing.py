@@ -1,0 +1,98 @@
+"""Checkpoints of a run: model, optimizer, scheduler, experience cache, RNG and step, safe against ``kill -9``.
+
+Layout under ``<out_dir>/checkpoints``: ``step-000040/`` holds ``model.safetensors``, ``optimizer.safetensors``,
+``cache.safetensors``, ``rng.safetensors`` and ``state.json``; ``latest.json`` names the newest complete one. A
+checkpoint is written into a hidden temporary folder, flushed, renamed into place, and only then does ``latest.json``
+(itself replaced atomically) point to it: a crash at any moment leaves the previous checkpoint intact. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .atomic import atomic_directory, atomic_write_json
+from .cache import ExperienceCache
+
+FORMAT = "rpo-checkpoint/1"
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors = {f"state/{idx}/{key}": (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
+               for idx, st in sd["state"].items() for key, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split("/", 2)
+        state.setdefault(int(idx), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, cache: ExperienceCache, rng: random.Random, extra: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` and point ``latest.json`` to it; keep the newest ``keep`` checkpoints."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+
+    def build(tmp: Path) -> None:
+        save_model(model, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        cache.save(tmp / "cache.safetensors")
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        state = {"format": FORMAT, "step": step, "optimizer": opt_meta,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "python_rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]], **extra}
+        with open(tmp / "state.json", "w") as f:
+            json.dump(state, f)
+
+    atomic_directory(final, build)
+    atomic_write_json(root / "latest.json", {"step": step, "dir": final.name})
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder, or None when the run has none."""
+    pointer = Path(out_dir) / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    with pointer.open() as f:
+        folder = Path(out_dir) / "checkpoints" / json.load(f)["dir"]
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                    rng: random.Random) -> tuple[dict, ExperienceCache]:
+    """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, cache)."""
+    folder = Path(folder)
+    with open(folder / "state.json") as f:
+        state = json.load(f)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{folder} is not an rpo checkpoint (format {state.get('format')!r})")
+    try:
+        load_model(model, str(folder / "model.safetensors"))
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {folder} does not fit the model: {exc}") from exc
+    _optimizer_from_files(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    version, internal, gauss = state["python_rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    return state, ExperienceCache.load(folder / "cache.safetensors")

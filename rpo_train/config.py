@@ -1,0 +1,175 @@
+"""Run configuration: dataclasses validated on construction, loaded from YAML recipes with ``yaml.safe_load``.
+
+A recipe is a YAML mapping whose sections match ``RunConfig``'s fields; unknown keys are errors. Overrides use dotted
+keys (``objective.beta=0.0``, ``steps=20``) and are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .cache import TruncationConfig
+from .objectives import ObjectiveConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+ENGINES = ("native", "hf", "vllm")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """engine: native | hf | vllm. suffix_budget: "m" (each suffix gets at most m new tokens, the paper's setting)
+    or a fixed number of tokens. max_response_len bounds prefix + suffix."""
+
+    engine: str = "native"
+    group_size: int = 6
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_response_len: int = 4096
+    suffix_budget: str | int = "m"
+
+    def __post_init__(self):
+        _require(self.engine in ENGINES, f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
+        _require(isinstance(self.group_size, int) and self.group_size >= 2,
+                 f"rollout.group_size must be an int >= 2 (group advantages need G >= 2), got {self.group_size!r}")
+        _require(self.temperature > 0, f"rollout.temperature must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        _require(isinstance(self.top_k, int) and self.top_k >= 0, f"rollout.top_k must be an int >= 0, got {self.top_k!r}")
+        _require(isinstance(self.max_response_len, int) and self.max_response_len >= 1,
+                 f"rollout.max_response_len must be an int >= 1, got {self.max_response_len!r}")
+        _require(self.suffix_budget == "m" or (isinstance(self.suffix_budget, int) and self.suffix_budget >= 1),
+                 f"rollout.suffix_budget must be 'm' or an int >= 1, got {self.suffix_budget!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch: int = 16
+
+    def __post_init__(self):
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip > 0,
+                 "optim.warmup_steps and optim.weight_decay must be >= 0, optim.grad_clip > 0")
+        _require(isinstance(self.micro_batch, int) and self.micro_batch >= 1,
+                 f"optim.micro_batch must be an int >= 1, got {self.micro_batch!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """task "addition" (the bundled task) or "jsonl" (rows with ``prompt_field`` and ``answer_field`` at ``path``)."""
+
+    task: str = "addition"
+    path: str | None = None
+    test_path: str | None = None
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    n_train: int = 2000
+    n_test: int = 200
+    digits: int = 5
+    seed: int = 1234
+
+    def __post_init__(self):
+        _require(self.task in ("addition", "jsonl"), f"data.task must be 'addition' or 'jsonl', got {self.task!r}")
+        _require(self.task != "jsonl" or bool(self.path), "data.path is required when data.task is 'jsonl'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = ""
+    out_dir: str = "runs/rpo"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    steps: int = 100
+    batch_questions: int = 16
+    eval_every: int = 20
+    eval_max_new_tokens: int = 128
+    save_every: int = 20
+    cache_epsilon: float = 0.5
+    cache_init_path: str | None = None
+    reward: str = "exact"
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    truncation: TruncationConfig = field(default_factory=TruncationConfig)
+
+    def __post_init__(self):
+        _require(bool(self.model), "model (a checkpoint directory) is required")
+        _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.reward in ("exact", "math"), f"reward must be 'exact' or 'math', got {self.reward!r}")
+        for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
+        _require(0.0 <= self.cache_epsilon <= 1.0, f"cache_epsilon must be in [0, 1], got {self.cache_epsilon}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig, "objective": ObjectiveConfig,
+            "truncation": TruncationConfig}
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+    kwargs = {}
+    for key, value in values.items():
+        if key in SECTIONS and cls is RunConfig:
+            value = _build(SECTIONS[key], value, key)
+        kwargs[key] = value
+    if cls is ObjectiveConfig and "algorithm" in kwargs:
+        algorithm = kwargs.pop("algorithm")
+        return ObjectiveConfig.preset(algorithm, **kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw recipe mapping."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        target = raw
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        target[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
+    """Load a bundled recipe by name (``rpo_train/recipes/NAME.yaml``) or a YAML file, then apply overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"recipe {name_or_path!r} not found (looked at {path}); bundled recipes: {names}")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    return _build(RunConfig, apply_overrides(raw, list(overrides)), f"recipe {path.name}")

@@ -1,0 +1,99 @@
+"""One rollout phase of the RPO loop: cut cached responses, sample G suffixes per question, score the groups.
+
+``rollout: full`` samples whole responses from the prompt (the GRPO/DAPO baseline) through the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .cache import ExperienceCache, TruncationConfig
+from .config import RunConfig
+from .objectives import group_advantages
+from .rewards import RewardFn, length_aware, overlong_penalty
+
+
+@dataclass
+class Group:
+    """The G scored responses to one question. responses = prefix + suffix_i (token ids, prompt excluded)."""
+
+    row: dict
+    qid: str
+    prompt_ids: list[int]
+    prefix_ids: list[int]
+    cut: int
+    suffixes: list[list[int]]
+    sample_logprobs: list[list[float]]
+    rewards: list[float]
+    correct: list[bool]
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [self.prefix_ids + s for s in self.suffixes]
+
+    @property
+    def zero_variance(self) -> bool:
+        return len(set(self.rewards)) == 1
+
+
+def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
+                  truncation: TruncationConfig, rng: random.Random) -> tuple[list[list[int]], list[int], list[int]]:
+    """(prefixes, cuts m, suffix budgets) of a batch. m = 0 is raised to 1: with nothing cut, every sample would
+    repeat the cached response and the group would carry no signal."""
+    prefixes, cuts, budgets = [], [], []
+    for row in rows:
+        if cfg.objective.rollout == "full":
+            prefixes.append([])
+            cuts.append(0)
+            budgets.append(cfg.rollout.max_response_len)
+            continue
+        entry = cache.get(row["qid"], prompts[row["qid"]])
+        prefix, m = truncation.cut(entry, rng)
+        if m == 0:
+            prefix, m = entry.response_ids[:-1], 1
+        budget = m if cfg.rollout.suffix_budget == "m" else cfg.rollout.suffix_budget
+        budget = max(1, min(budget, cfg.rollout.max_response_len - len(prefix)))
+        prefixes.append(prefix)
+        cuts.append(m)
+        budgets.append(budget)
+    return prefixes, cuts, budgets
+
+
+def score(row: dict, prompt_ids: list[int], prefix: list[int], cut: int, completions, tokenizer, reward_fn: RewardFn,
+          cfg: RunConfig) -> Group:
+    """Rewards of one group: correctness on the decoded full response, then length-aware and overlong shaping."""
+    suffixes = [list(c.token_ids) for c in completions]
+    rewards, correct = [], []
+    for s in suffixes:
+        result = reward_fn(row, tokenizer.decode(prefix + s, skip_special_tokens=True))
+        rewards.append(float(result.reward))
+        correct.append(bool(result.correct))
+    lengths = [len(prefix) + len(s) for s in suffixes]
+    if cfg.objective.length_aware:
+        rewards = length_aware(rewards, correct, lengths, cfg.objective.length_alpha)
+    if cfg.objective.overlong_buffer:
+        rewards = [r + overlong_penalty(n, cfg.rollout.max_response_len, cfg.objective.overlong_buffer,
+                                        cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
+    if any(r != r for r in rewards):
+        raise ValueError(f"question {row['id']!r}: a reward is NaN; check the reward function")
+    return Group(row, row["qid"], prompt_ids, prefix, cut, suffixes, [list(c.logprobs) for c in completions],
+                 rewards, correct)
+
+
+def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
+                   tokenizer, reward_fn: RewardFn, rng: random.Random, stop_ids: list[int]) -> list[Group]:
+    """Sample and score one group per row (prefix KV of each group computed once, under the current weights)."""
+    prefixes, cuts, budgets = plan_prefixes(rows, prompts, cache, cfg, cfg.truncation, rng)
+    out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=prefixes, n=cfg.rollout.group_size,
+                          max_new_tokens=budgets, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                          top_k=cfg.rollout.top_k, seed=rng.randrange(2**31), stop_token_ids=stop_ids)
+    return [score(r, prompts[r["qid"]], p, m, comps, tokenizer, reward_fn, cfg)
+            for r, p, m, comps in zip(rows, prefixes, cuts, out)]
+
+
+def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:
+    """[len(groups), G] group-normalised advantages."""
+    return group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32), eps=eps)

@@ -1,0 +1,40 @@
+"""A character tokenizer for the bundled addition task, built locally (no download) as a transformers tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+CHARS = "0123456789+=c;\n Answer:"
+
+
+def build_tokenizer():
+    """``PreTrainedTokenizerFast`` with one token per character of the task; ids 0, 1, 2 = pad, bos, eos."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in CHARS:
+        vocab.setdefault(ch, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+def make_tiny_checkpoint(path: str | Path, *, hidden: int = 64, layers: int = 2, arch: str = "llama",
+                         max_positions: int = 160, seed: int = 0) -> Path:
+    """Save a random tiny Llama/Qwen2 model with the task tokenizer at ``path`` (HF format, safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_tokenizer()
+    kw = dict(vocab_size=32, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+              tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**kw)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

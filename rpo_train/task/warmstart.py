@@ -1,0 +1,98 @@
+"""The warm start of the embedded default: a tiny model trained briefly on worked column additions, most of which
+forget incoming carries (``make_solution(..., skip_carry=True)``). The model learns the flawed habit as its most
+likely path while still sampling the correct one sometimes: an imperfect start that RL can improve.
+
+Built once by ``rpo-train`` and cached under ``$RPO_CACHE_DIR`` (default ``~/.cache/rpo``), keyed by its settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_directory
+from .addition import AdditionTask, make_solution
+from .tokenizer import build_tokenizer, make_tiny_checkpoint
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    hidden: int = 64
+    layers: int = 2
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 3e-3
+    correct_share: float = 0.35
+    seed: int = 0
+
+
+WARM_STARTS = {"tiny-addition": WarmStartConfig()}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RPO_CACHE_DIR", Path.home() / ".cache" / "rpo"))
+
+
+def _encode(tok, row: dict, flawed: bool) -> tuple[list[int], list[int]]:
+    prompt = [tok.bos_token_id] + tok.encode(row["question"], add_special_tokens=False)
+    answer = tok.encode(make_solution(row["a"], row["b"], skip_carry=flawed), add_special_tokens=False)
+    return prompt, answer + [tok.eos_token_id]
+
+
+def train_warm_start(path: Path, cfg: WarmStartConfig, task: AdditionTask) -> dict:
+    """Supervised warm start on the train split only; returns its stats (time, final loss)."""
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    make_tiny_checkpoint(path, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(path).train()
+    tok = build_tokenizer()
+    rows, _ = task.splits()
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / cfg.steps))
+    loss_value = float("nan")
+    for _ in range(cfg.steps):
+        pairs = [_encode(tok, row, rng.random() >= cfg.correct_share) for row in rng.sample(rows, cfg.batch)]
+        length = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.full((cfg.batch, length), tok.pad_token_id)
+        mask = torch.zeros(cfg.batch, length)
+        for i, (p, a) in enumerate(pairs):
+            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, len(p):len(p) + len(a)] = 1
+        logits = model(input_ids=ids).logits[:, :-1]
+        per_tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        loss = (per_tok * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_value = float(loss.detach())
+    model.save_pretrained(path)
+    return {"warm_start_s": time.perf_counter() - start, "final_loss": loss_value}
+
+
+def ensure_warm_model(name: str, data_cfg) -> Path:
+    """Path of the cached warm-started model ``name``; trained (a few minutes on 2 cores) on first use."""
+    if name not in WARM_STARTS:
+        raise ValueError(f"unknown builtin model {name!r}; known: {sorted(WARM_STARTS)}")
+    cfg = WARM_STARTS[name]
+    task = AdditionTask(data_cfg.digits, data_cfg.n_train, data_cfg.n_test, data_cfg.seed)
+    key = hashlib.sha1(json.dumps([asdict(cfg), asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_root() / f"{name}-{key}"
+    if (final / "warm_start.json").is_file():
+        return final
+
+    def build(tmp: Path) -> None:
+        stats = train_warm_start(tmp, cfg, task)
+        (tmp / "warm_start.json").write_text(json.dumps({**asdict(cfg), **stats}, indent=1))
+
+    return atomic_directory(final, build)

@@ -1,0 +1,254 @@
+"""The RPO training loop with full-path GRPO/DAPO as drop-ins (``objective.rollout: full``).
+
+step: rollout (cut cached responses, sample G suffixes per question) -> rewards -> group advantages (dynamic
+sampling refills the batch) -> policy forward + fused clipped-ratio loss -> AdamW -> weights pushed to the engine ->
+epsilon-greedy cache update -> metrics; checkpoints (model, optimizer, scheduler, cache, RNG, step) every
+``save_every`` steps, resumed automatically from ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import ExperienceCache, question_id
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .data import encode_prompt, load_rows
+from .metrics import MetricsLogger
+from .policy import PolicySample, build_batch, policy_loss, sequence_logprobs
+from .rewards import exact_answer_reward, math_verify_reward
+from .rollout_step import Group, advantages_of, rollout_groups
+
+REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
+
+
+def build_engine(cfg: RunConfig, model):
+    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step)."""
+    from .rollout import HFEngine, NativeEngine, VLLMEngine
+    from .rollout.checkpoint import eos_token_ids
+
+    eos = eos_token_ids(Path(cfg.model), model.config)
+    if cfg.rollout.engine == "vllm":
+        return VLLMEngine.from_pretrained(cfg.model)
+    cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
+    return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
+
+
+class Trainer:
+    """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
+
+    def __init__(self, cfg: RunConfig, *, reward_fn=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.rng = random.Random(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        dtype = getattr(torch, cfg.dtype)
+        if not (Path(cfg.model) / "config.json").is_file():
+            raise FileNotFoundError(f"model: no HF checkpoint (config.json) at {cfg.model}")
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(cfg.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.engine = build_engine(cfg, self.model)
+        self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        self.reward_fn = reward_fn or REWARDS[cfg.reward]
+        self.train_rows, self.test_rows = load_rows(cfg.data)
+        self.prompts: dict[str, list[int]] = {}
+        limit = self.model.config.max_position_embeddings
+        for row in self.train_rows + self.test_rows:
+            ids = encode_prompt(self.tokenizer, row["question"])
+            if len(ids) + cfg.rollout.max_response_len > limit:
+                raise ValueError(f"question {row['id']!r}: prompt ({len(ids)} tokens) + rollout.max_response_len "
+                                 f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions")
+            row["qid"] = question_id(ids)
+            self.prompts[row["qid"]] = ids
+        self.ref_model = None
+        if cfg.objective.beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay)
+        warm = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.cache = ExperienceCache()
+        self.step = 0
+        self.order: list[int] = []
+        self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
+        self.tokens_generated = 0
+        self.logger = MetricsLogger(self.out)
+
+    # -- phases ------------------------------------------------------------------------------------------------
+    def init_cache(self, batch: int = 64) -> None:
+        """One sampled response per training question from the initial policy (not filtered for correctness)."""
+        if self.cfg.cache_init_path:
+            self.cache = ExperienceCache.load(self.cfg.cache_init_path)
+            return
+        start = time.perf_counter()
+        rows = self.train_rows
+        for i in tqdm(range(0, len(rows), batch), desc="cache init", leave=False):
+            part = rows[i:i + batch]
+            out = self.engine.generate([self.prompts[r["qid"]] for r in part], n=1,
+                                       max_new_tokens=self.cfg.rollout.max_response_len,
+                                       temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
+                                       top_k=self.cfg.rollout.top_k, seed=self.rng.randrange(2**31),
+                                       stop_token_ids=self.stop_ids)
+            for row, (comp,) in zip(part, out):
+                res = self.reward_fn(row, self.tokenizer.decode(comp.token_ids, skip_special_tokens=True))
+                self.cache.put(row["qid"], self.prompts[row["qid"]], comp.token_ids, reward=res.reward,
+                               correct=res.correct, step=0)
+                self.tokens_generated += len(comp.token_ids)
+        self.timings["cache_init_s"] += time.perf_counter() - start
+
+    def _next_rows(self, count: int) -> list[dict]:
+        rows = []
+        while len(rows) < count:
+            if not self.order:
+                self.order = list(range(len(self.train_rows)))
+                self.rng.shuffle(self.order)
+            rows.append(self.train_rows[self.order.pop()])
+        return rows
+
+    def _collect(self) -> tuple[list[Group], list[Group], dict]:
+        """(groups to train on, all groups rolled out, rollout metrics); dynamic sampling refills the batch."""
+        cfg = self.cfg
+        want = cfg.batch_questions
+        rolled = rollout_groups(self.engine, self._next_rows(want), self.prompts, self.cache, cfg, self.tokenizer,
+                                self.reward_fn, self.rng, self.stop_ids)
+        kept = list(rolled)
+        if cfg.objective.dynamic_sampling:
+            kept = [g for g in rolled if not g.zero_variance]
+            for _ in range(cfg.objective.max_resample_rounds):
+                if len(kept) >= want:
+                    break
+                more = rollout_groups(self.engine, self._next_rows(want - len(kept)), self.prompts, self.cache, cfg,
+                                      self.tokenizer, self.reward_fn, self.rng, self.stop_ids)
+                rolled += more
+                kept += [g for g in more if not g.zero_variance]
+            kept = kept[:want]
+        gen = [len(s) for g in rolled for s in g.suffixes]
+        stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
+                 "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
+                 "rollout/response_len": sum(len(r) for g in rolled for r in g.responses) / max(len(gen), 1),
+                 "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
+                 "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
+                 "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
+                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept))}
+        self.tokens_generated += sum(gen)
+        return kept, rolled, stats
+
+    def _optimize(self, groups: list[Group]) -> dict:
+        cfg = self.cfg
+        samples = [PolicySample(g.prompt_ids, g.prefix_ids, s) for g in groups for s in g.suffixes]
+        adv = advantages_of(groups, cfg.objective.adv_eps).flatten()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        micro = [list(range(i, min(i + cfg.optim.micro_batch, len(samples))))
+                 for i in range(0, len(samples), cfg.optim.micro_batch)]
+        batches = [build_batch([samples[i] for i in idx], pad, cfg.objective.loss_tokens).to(cfg.device)
+                   for idx in micro]
+        by_tokens = cfg.objective.loss_type in ("dapo", "bnpo")
+        sizes = [float(b.loss_mask.sum()) if by_tokens else float(len(idx)) for b, idx in zip(batches, micro)]
+        total = max(sum(sizes), 1.0)
+        old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
+               if cfg.objective.mu > 1 else [None] * len(batches))
+        ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
+               if self.ref_model is not None else [None] * len(batches))
+        sums: dict[str, float] = {}
+        for _ in range(cfg.objective.mu):
+            self.optimizer.zero_grad(set_to_none=True)
+            for b, idx, size, o, r in zip(batches, micro, sizes, old, ref):
+                loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o, ref_logprobs=r,
+                                            temperature=cfg.rollout.temperature,
+                                            max_response_len=cfg.rollout.max_response_len)
+                (loss * (size / total)).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * size / total / cfg.objective.mu
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.engine.load_state_dict(self.model.state_dict())
+        sums["grad_norm"] = float(grad_norm)
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        return {f"train/{k}": v for k, v in sums.items()}
+
+    def train_step(self) -> dict:
+        """One optimisation step; returns its metrics."""
+        start = time.perf_counter()
+        kept, rolled, stats = self._collect()
+        t_roll = time.perf_counter()
+        train = self._optimize(kept) if kept else {}
+        t_train = time.perf_counter()
+        self.step += 1
+        for g in rolled:
+            self.cache.update_from_group(g.qid, g.prompt_ids, g.responses, g.rewards, g.correct, self.step,
+                                         self.cfg.cache_epsilon, self.rng)
+        self.timings["rollout_s"] += t_roll - start
+        self.timings["train_s"] += t_train - t_roll
+        return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start,
+                "time/train_s": t_train - t_roll, "time/step_s": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[dict] | None = None) -> float:
+        """Greedy accuracy on the held-out split."""
+        rows = rows or self.test_rows
+        out = self.engine.generate([self.prompts[r["qid"]] for r in rows], n=1,
+                                   max_new_tokens=self.cfg.eval_max_new_tokens, temperature=0.0,
+                                   stop_token_ids=self.stop_ids)
+        hits = [self.reward_fn(r, self.tokenizer.decode(c[0].token_ids, skip_special_tokens=True)).correct
+                for r, c in zip(rows, out)]
+        return sum(hits) / len(hits)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
+                 "config": self.cfg.to_dict()}
+        return save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache, self.rng,
+                               extra)
+
+    def resume(self) -> bool:
+        """Restore the newest checkpoint of ``out_dir`` if there is one; refuses an incompatible config."""
+        folder = latest_checkpoint(self.out)
+        if folder is None:
+            return False
+        state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng)
+        for key in ("model", "data", "rollout", "objective", "truncation"):
+            if state["config"][key] != self.cfg.to_dict()[key]:
+                raise ValueError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
+                                 f"({state['config'][key]} vs {self.cfg.to_dict()[key]})")
+        self.cache, self.step, self.order = cache, state["step"], state["order"]
+        self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
+        self.engine.load_state_dict(self.model.state_dict())
+        return True
+
+    def train(self) -> dict:
+        """Run (or resume) to ``cfg.steps``; returns the summary (accuracy before/after, tokens, times)."""
+        resumed = self.resume()
+        summary = self.logger.summary()
+        if not resumed:
+            summary["accuracy_before"] = self.evaluate()
+            if self.cfg.objective.rollout == "rpo":
+                self.init_cache()
+            self.logger.log(0, {"eval/accuracy": summary["accuracy_before"]})
+            self.logger.save_summary(summary)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train")
+        while self.step < self.cfg.steps:
+            metrics = self.train_step()
+            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                metrics["eval/accuracy"] = self.evaluate()
+            self.logger.log(self.step, metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics.get('eval/accuracy', 0):.2f}")
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        bar.close()
+        summary.update(accuracy_after=self.evaluate(), steps=self.step, tokens_generated=self.tokens_generated,
+                       **self.timings)
+        self.logger.save_summary(summary)
+        self.logger.plot()
+        return summary

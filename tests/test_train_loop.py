@@ -1,0 +1,123 @@
+"""The training loop end to end on a random tiny model: the four arms, recipes and overrides, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpo_train.cache import TruncationConfig
+from rpo_train.config import DataConfig, OptimConfig, RolloutConfig, RunConfig, load_recipe
+from rpo_train.objectives import ObjectiveConfig
+from rpo_train.rewards import RewardResult
+from rpo_train.task.tokenizer import make_tiny_checkpoint
+
+
+def ones_reward(row, text):
+    """A toy reward with variance on a random model: responses whose count of '1' is a multiple of 3."""
+    ok = text.count("1") % 3 == 0
+    return RewardResult(float(ok), ok)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", hidden=32, max_positions=96)
+
+
+def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="native", **kw):
+    return RunConfig(model=str(checkpoint), out_dir=str(out), steps=steps, batch_questions=4, eval_every=2,
+                     save_every=kw.pop("save_every", 2), eval_max_new_tokens=12, data=DataConfig(n_train=12, n_test=4),
+                     rollout=RolloutConfig(engine=engine, group_size=4, max_response_len=30, temperature=1.0),
+                     optim=OptimConfig(lr=1e-2, micro_batch=8),
+                     objective=ObjectiveConfig.preset(algorithm, rollout=rollout,
+                                                      overlong_buffer=6 if algorithm == "dapo" else 0),
+                     truncation=TruncationConfig("fixed", max_cut=8), **kw)
+
+
+@pytest.mark.parametrize("rollout,algorithm", [("full", "grpo"), ("rpo", "grpo"), ("full", "dapo"), ("rpo", "dapo")])
+def test_four_arms_train_and_checkpoint(checkpoint, tmp_path, rollout, algorithm):
+    from rpo_train.trainer import Trainer
+
+    trainer = Trainer(config(checkpoint, tmp_path, rollout, algorithm), reward_fn=ones_reward)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    summary = trainer.train()
+    assert summary["steps"] == 3 and trainer.engine.weight_version >= 3
+    changed = any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    trained = [r for r in rows[1:] if r.get("train/active_tokens")]
+    assert changed == bool(trained)
+    if rollout == "rpo":
+        assert len(trainer.cache) == 12 and summary["cache_init_s"] > 0
+        assert all(r["rollout/suffix_len"] <= 8 for r in rows[1:])  # suffix budget m <= L
+        assert max(e.step for e in trainer.cache.entries.values()) == 3
+    else:
+        assert summary["cache_init_s"] == 0.0
+    assert (tmp_path / "checkpoints" / "latest.json").is_file() and (tmp_path / "plots.png").is_file()
+
+
+def test_bad_config_names_the_problem(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="group_size"):
+        RolloutConfig(group_size=1)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\]"):
+        load_recipe("tiny-cpu", ["stepz=3"])
+    with pytest.raises(FileNotFoundError, match="bundled recipes"):
+        load_recipe("no-such-recipe")
+    with pytest.raises(ValueError, match="exceed the model's 96 positions"):
+        from rpo_train.trainer import Trainer
+
+        cfg = config(checkpoint, tmp_path)
+        Trainer(RunConfig(**{**cfg.__dict__, "rollout": RolloutConfig(max_response_len=90)}))
+    cfg = load_recipe("tiny-cpu", ["steps=7", "objective.loss_tokens=suffix", "rollout.group_size=4"])
+    assert (cfg.steps, cfg.objective.loss_tokens, cfg.rollout.group_size) == (7, "suffix", 4)
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_train_loop import config, ones_reward
+from rpo_train.trainer import Trainer
+Trainer(config({ckpt!r}, {out!r}, steps=4, save_every=1), reward_fn=ones_reward).train()
+"""
+
+
+def run_script(checkpoint, out):
+    code = SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), ckpt=str(checkpoint), out=str(out))
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def final_weights(out):
+    from safetensors.torch import load_file
+
+    latest = json.loads((Path(out) / "checkpoints" / "latest.json").read_text())
+    return latest["step"], load_file(str(Path(out) / "checkpoints" / latest["dir"] / "model.safetensors"))
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path):
+    whole = run_script(checkpoint, tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    out = tmp_path / "killed"
+    proc = run_script(checkpoint, out)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.is_file() and json.loads(pointer.read_text())["step"] >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step_at_kill = json.loads(pointer.read_text())["step"]
+    assert 2 <= step_at_kill
+    again = run_script(checkpoint, out)
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    step_a, weights_a = final_weights(tmp_path / "whole")
+    step_b, weights_b = final_weights(out)
+    assert step_a == step_b == 4
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name
