@@ -100,6 +100,7 @@ class RunConfig:
     save_every: int = 20
     cache_epsilon: float = 0.5
     cache_init_path: str | None = None
+    cache_resample_no_answer: int = 0
     reward: str = "exact"
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -115,6 +116,8 @@ class RunConfig:
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
         _require(0.0 <= self.cache_epsilon <= 1.0, f"cache_epsilon must be in [0, 1], got {self.cache_epsilon}")
+        _require(isinstance(self.cache_resample_no_answer, int) and self.cache_resample_no_answer >= 0,
+                 f"cache_resample_no_answer must be an int >= 0, got {self.cache_resample_no_answer!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,7 +168,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
     """Load a bundled recipe by name (``rpo_train/recipes/NAME.yaml``) or a YAML file, then apply overrides."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))

@@ -22,7 +22,7 @@ from .config import RunConfig
 from .data import encode_prompt, load_rows
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, policy_loss, sequence_logprobs
-from .rewards import exact_answer_reward, math_verify_reward
+from .rewards import exact_answer_reward, format_reward, math_verify_reward
 from .rollout_step import Group, advantages_of, rollout_groups
 
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
@@ -85,24 +85,36 @@ class Trainer:
 
     # -- phases ------------------------------------------------------------------------------------------------
     def init_cache(self, batch: int = 64) -> None:
-        """One sampled response per training question from the initial policy (not filtered for correctness)."""
+        """One sampled response per training question from the initial policy (not filtered for correctness).
+
+        With ``cache_resample_no_answer = k``, a response that states no final answer is sampled again, up to k
+        more times.
+        """
         if self.cfg.cache_init_path:
             self.cache = ExperienceCache.load(self.cfg.cache_init_path)
             return
         start = time.perf_counter()
-        rows = self.train_rows
-        for i in tqdm(range(0, len(rows), batch), desc="cache init", leave=False):
-            part = rows[i:i + batch]
-            out = self.engine.generate([self.prompts[r["qid"]] for r in part], n=1,
-                                       max_new_tokens=self.cfg.rollout.max_response_len,
-                                       temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
-                                       top_k=self.cfg.rollout.top_k, seed=self.rng.randrange(2**31),
-                                       stop_token_ids=self.stop_ids)
-            for row, (comp,) in zip(part, out):
-                res = self.reward_fn(row, self.tokenizer.decode(comp.token_ids, skip_special_tokens=True))
-                self.cache.put(row["qid"], self.prompts[row["qid"]], comp.token_ids, reward=res.reward,
-                               correct=res.correct, step=0)
-                self.tokens_generated += len(comp.token_ids)
+        todo = list(self.train_rows)
+        for attempt in range(self.cfg.cache_resample_no_answer + 1):
+            retry = []
+            for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False):
+                part = todo[i:i + batch]
+                out = self.engine.generate([self.prompts[r["qid"]] for r in part], n=1,
+                                           max_new_tokens=self.cfg.rollout.max_response_len,
+                                           temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
+                                           top_k=self.cfg.rollout.top_k, seed=self.rng.randrange(2**31),
+                                           stop_token_ids=self.stop_ids)
+                for row, (comp,) in zip(part, out):
+                    text = self.tokenizer.decode(comp.token_ids, skip_special_tokens=True)
+                    res = self.reward_fn(row, text)
+                    self.cache.put(row["qid"], self.prompts[row["qid"]], comp.token_ids, reward=res.reward,
+                                   correct=res.correct, step=0)
+                    self.tokens_generated += len(comp.token_ids)
+                    if format_reward(row, text).reward == 0:
+                        retry.append(row)
+            todo = retry
+            if not todo:
+                break
         self.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_rows(self, count: int) -> list[dict]:
@@ -182,7 +194,10 @@ class Trainer:
         start = time.perf_counter()
         kept, rolled, stats = self._collect()
         t_roll = time.perf_counter()
-        train = self._optimize(kept) if kept else {}
+        # No learning signal (every group's rewards equal, no KL term): skip the update rather than let Adam's
+        # momentum move the weights on zero gradients.
+        signal = any(not g.zero_variance for g in kept) or self.cfg.objective.beta > 0
+        train = self._optimize(kept) if kept and signal else {}
         t_train = time.perf_counter()
         self.step += 1
         for g in rolled:

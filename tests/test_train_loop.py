@@ -75,6 +75,10 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
 
         cfg = config(checkpoint, tmp_path)
         Trainer(RunConfig(**{**cfg.__dict__, "rollout": RolloutConfig(max_response_len=90)}))
+    from rpo_train.config import RECIPES_DIR
+
+    for recipe in sorted(RECIPES_DIR.glob("*.yaml")):  # every bundled recipe validates
+        assert load_recipe(recipe.stem).steps >= 1
     cfg = load_recipe("tiny-cpu", ["steps=7", "objective.loss_tokens=suffix", "rollout.group_size=4"])
     assert (cfg.steps, cfg.objective.loss_tokens, cfg.rollout.group_size) == (7, "suffix", 4)
 
@@ -121,3 +125,15 @@ def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path):
     assert step_a == step_b == 4
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
+
+
+def test_cache_init_resamples_responses_without_an_answer(checkpoint, tmp_path):
+    from rpo_train.trainer import Trainer
+
+    trainer = Trainer(config(checkpoint, tmp_path, cache_resample_no_answer=2), reward_fn=ones_reward)
+    calls = []
+    real = trainer.engine.generate
+    trainer.engine.generate = lambda prompts, **kw: calls.append(len(prompts)) or real(prompts, **kw)
+    trainer.init_cache()
+    # a random model never writes "Answer: ...": every question is sampled once and retried twice
+    assert calls == [12, 12, 12] and len(trainer.cache) == 12

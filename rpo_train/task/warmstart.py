@@ -26,7 +26,7 @@ from .tokenizer import build_tokenizer, make_tiny_checkpoint
 class WarmStartConfig:
     hidden: int = 64
     layers: int = 2
-    steps: int = 1500
+    steps: int = 1000
     batch: int = 64
     lr: float = 3e-3
     correct_share: float = 0.35
