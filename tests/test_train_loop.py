@@ -137,3 +137,19 @@ def test_cache_init_resamples_responses_without_an_answer(checkpoint, tmp_path):
     trainer.init_cache()
     # a random model never writes "Answer: ...": every question is sampled once and retried twice
     assert calls == [12, 12, 12] and len(trainer.cache) == 12
+
+
+def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp_path):
+    from rpo_train.trainer import Trainer
+
+    def half_constant(row, text):  # questions with an even first operand always score 1: zero variance
+        return RewardResult(1.0, True) if int(row["a"]) % 2 == 0 else ones_reward(row, text)
+
+    trainer = Trainer(config(checkpoint, tmp_path, rollout="full", algorithm="dapo"), reward_fn=half_constant)
+    kept, rolled, stats = trainer._collect()
+    assert all(not g.zero_variance for g in kept) and len(kept) <= 4
+    constant = [g for g in rolled if int(g.row["a"]) % 2 == 0]
+    assert all(g.zero_variance for g in constant)
+    if constant:  # dropped groups were replaced by fresh questions
+        assert len(rolled) > 4 and stats["rollout/groups"] == len(rolled)
+    assert stats["rollout/zero_variance_share"] == sum(g.zero_variance for g in rolled) / len(rolled)
