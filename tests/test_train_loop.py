@@ -145,7 +145,11 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp
     def half_constant(row, text):  # questions with an even first operand always score 1: zero variance
         return RewardResult(1.0, True) if int(row["a"]) % 2 == 0 else ones_reward(row, text)
 
-    trainer = Trainer(config(checkpoint, tmp_path, rollout="full", algorithm="dapo"), reward_fn=half_constant)
+    import dataclasses
+
+    cfg = dataclasses.replace(config(checkpoint, tmp_path),  # no reward shaping: constant rewards stay constant
+                              objective=ObjectiveConfig.preset("dapo", rollout="full", length_aware=False))
+    trainer = Trainer(cfg, reward_fn=half_constant)
     kept, rolled, stats = trainer._collect()
     assert all(not g.zero_variance for g in kept) and len(kept) <= 4
     constant = [g for g in rolled if int(g.row["a"]) % 2 == 0]
