@@ -73,7 +73,7 @@ def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
 def sequence_logprobs(model: torch.nn.Module, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs [B, L-1] fp32 of the targets (zeros off the loss mask), e.g. old or reference log-probs."""
     hidden = final_hidden(model, batch)
-    weight = model.get_output_embeddings().weight
+    weight = model.get_output_embeddings().weight.to(hidden.dtype)  # under autocast hidden may be bf16
     logp = torch.zeros(batch.targets.shape, dtype=torch.float32, device=hidden.device)
     active = batch.loss_mask
     logp[active] = rpo_kernels.token_logprobs(hidden[active], weight, batch.targets[active], temperature=temperature)
@@ -88,8 +88,9 @@ def policy_loss(model: torch.nn.Module, batch: PolicyBatch, advantages: torch.Te
     advantages [B] (one per sample); old/ref log-probs [B, L-1] or None (old None: r = 1, the mu = 1 case).
     """
     hidden = final_hidden(model, batch)
+    weight = model.get_output_embeddings().weight
     return rpo_kernels.fused_linear_policy_loss(
-        hidden, model.get_output_embeddings().weight, batch.targets, advantages.to(hidden.device), batch.loss_mask,
+        hidden, weight.to(hidden.dtype), batch.targets, advantages.to(hidden.device), batch.loss_mask,
         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if objective.beta > 0 else None,
         loss_type=objective.loss_type, eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
         temperature=temperature, max_response_len=max_response_len)

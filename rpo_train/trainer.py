@@ -8,6 +8,7 @@ epsilon-greedy cache update -> metrics; checkpoints (model, optimizer, scheduler
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -171,12 +172,16 @@ class Trainer:
         ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
                if self.ref_model is not None else [None] * len(batches))
         sums: dict[str, float] = {}
+        # fp32 master weights on a GPU: the forward runs under bf16 autocast (the fused loss accumulates in fp32).
+        on_gpu_fp32 = self.model.device.type == "cuda" and next(self.model.parameters()).dtype == torch.float32
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_gpu_fp32 else contextlib.nullcontext
         for _ in range(cfg.objective.mu):
             self.optimizer.zero_grad(set_to_none=True)
             for b, idx, size, o, r in zip(batches, micro, sizes, old, ref):
-                loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o, ref_logprobs=r,
-                                            temperature=cfg.rollout.temperature,
-                                            max_response_len=cfg.rollout.max_response_len)
+                with autocast():
+                    loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
+                                                ref_logprobs=r, temperature=cfg.rollout.temperature,
+                                                max_response_len=cfg.rollout.max_response_len)
                 (loss * (size / total)).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu
