@@ -45,7 +45,7 @@ def encode_prompt(tokenizer, question: str) -> list[int]:
     """Token ids of the prompt: the chat template when the tokenizer has one, else BOS + the question's tokens."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+                                            tokenize=True, return_dict=False)
+        return [int(t) for t in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
     ids = tokenizer.encode(question, add_special_tokens=False)
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)

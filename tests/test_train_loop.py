@@ -157,3 +157,16 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp
     if constant:  # dropped groups were replaced by fresh questions
         assert len(rolled) > 4 and stats["rollout/groups"] == len(rolled)
     assert stats["rollout/zero_variance_share"] == sum(g.zero_variance for g in rolled) / len(rolled)
+
+
+def test_prompts_use_the_chat_template_when_there_is_one():
+    from rpo_train.data import encode_prompt
+    from rpo_train.task.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    plain = encode_prompt(tok, "12+34=")
+    assert plain == [tok.bos_token_id] + tok.encode("12+34=", add_special_tokens=False)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    templated = encode_prompt(tok, "12+34")
+    assert templated == tok.encode("12+34=", add_special_tokens=False)
+    assert all(isinstance(t, int) for t in templated)
