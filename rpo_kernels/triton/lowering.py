@@ -30,14 +30,16 @@ def lower_all(archs: tuple[int, ...]) -> list[str]:
 
     from . import KERNEL_MODULES
 
+    modules = {name: importlib.import_module(name) for name in KERNEL_MODULES}
+    all_specs = {name: module.compile_specs() for name, module in modules.items()}
+    jitted = {obj.fn.__name__: obj.fn for module in modules.values() for obj in vars(module).values()
+              if isinstance(obj, JITFunction)}
+    reached = _reached({fn.fn.__name__ for specs in all_specs.values() for fn, _, _ in specs}, jitted)
     lines = []
-    for mod_name in KERNEL_MODULES:
-        module = importlib.import_module(mod_name)
-        specs = module.compile_specs()
+    for mod_name, module in modules.items():
+        specs = all_specs[mod_name]
         declared = {name for name, obj in vars(module).items() if isinstance(obj, JITFunction)}
-        covered = {fn.fn.__name__ for fn, _, _ in specs}
-        helpers = {name for name in declared - covered if _is_inlined_helper(module, name, specs)}
-        missing = declared - covered - helpers
+        missing = declared - reached
         if missing:
             raise RuntimeError(f"{mod_name}: kernels without a compile spec: {sorted(missing)}")
         options = dict(getattr(module, "LAUNCH_OPTIONS", {}))
@@ -58,11 +60,18 @@ def lower_all(archs: tuple[int, ...]) -> list[str]:
     return lines
 
 
-def _is_inlined_helper(module, name: str, specs) -> bool:
-    """A jit function called from a covered kernel (not launched itself) is compiled as part of that kernel."""
+def _reached(covered: set[str], jitted: dict) -> set[str]:
+    """Kernels with a spec plus every jit helper they call, directly or through other helpers (compiled inline)."""
     import inspect
 
-    return any(f"{name}(" in inspect.getsource(fn.fn) for fn, _, _ in specs)
+    reached, frontier = set(covered), list(covered)
+    while frontier:
+        source = inspect.getsource(jitted[frontier.pop()])
+        for name in jitted.keys() - reached:
+            if f"{name}(" in source:
+                reached.add(name)
+                frontier.append(name)
+    return reached
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,15 +36,22 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _segment_rows(seg_ptr, tile_ptr, tile, kvh, REP, BLOCK_M: tl.constexpr):
-    """Rows of one M tile: (segment fields, row mask, query row index (int64), head, query index t in segment)."""
+def _segment_fields(seg_ptr, tile_ptr, tile):
+    """(first row or key of the tile, q_start, q_len, kv_start, kv_len, off) of tile ``tile``'s segment."""
     seg = tl.load(tile_ptr + tile * 2)
-    m0 = tl.load(tile_ptr + tile * 2 + 1)
+    first = tl.load(tile_ptr + tile * 2 + 1)
     q_start = tl.load(seg_ptr + seg * 5)
     q_len = tl.load(seg_ptr + seg * 5 + 1)
     kv_start = tl.load(seg_ptr + seg * 5 + 2)
     kv_len = tl.load(seg_ptr + seg * 5 + 3)
     off = tl.load(seg_ptr + seg * 5 + 4)
+    return first, q_start, q_len, kv_start, kv_len, off
+
+
+@triton.jit
+def _segment_rows(seg_ptr, tile_ptr, tile, kvh, REP, BLOCK_M: tl.constexpr):
+    """Rows of one M tile: (segment fields, row mask, query row index (int64), head, query index t in segment)."""
+    m0, q_start, q_len, kv_start, kv_len, off = _segment_fields(seg_ptr, tile_ptr, tile)
     rows = m0 + tl.arange(0, BLOCK_M)
     row_ok = rows < q_len * REP
     t = rows // REP

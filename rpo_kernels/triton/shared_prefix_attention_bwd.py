@@ -22,8 +22,26 @@ import triton
 import triton.language as tl
 
 from .shared_prefix_attention import LAUNCH_OPTIONS as FORWARD_LAUNCH_OPTIONS
-from .shared_prefix_attention import (LOG2E, SPEC_HEAD_DIMS, TILES_16BIT, TILES_FP32, _segment_rows, launch_options,
-                                      precision)
+from .shared_prefix_attention import (LOG2E, SPEC_HEAD_DIMS, TILES_16BIT, TILES_FP32, _segment_fields, _segment_rows,
+                                      launch_options, precision)
+
+
+@triton.jit
+def _query_rows(q_ptr, stride_qn, stride_qh, stride_qd, do_ptr, stride_don, stride_doh, stride_dod, lse_ptr,
+                delta_ptr, qrow, head, row_ok, ds, D, HQ, UPCAST: tl.constexpr):
+    """q and dO rows [BLOCK_M, BLOCK_D] (fp32 when ``UPCAST``), their log2-scaled lse and delta = rowsum(dO * O)."""
+    qd_mask = row_ok[:, None] & (ds < D)[None, :]
+    q = tl.load(q_ptr + qrow[:, None] * stride_qn + head[:, None] * stride_qh + ds[None, :] * stride_qd,
+                mask=qd_mask, other=0.0)
+    do = tl.load(do_ptr + qrow[:, None] * stride_don + head[:, None] * stride_doh + ds[None, :] * stride_dod,
+                 mask=qd_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    stat = qrow * HQ + head
+    lse2 = tl.load(lse_ptr + stat, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + stat, mask=row_ok, other=0.0)
+    return q, do, lse2, delta
 
 
 @triton.jit
@@ -41,17 +59,8 @@ def _segment_dq_kernel(q_ptr, stride_qn, stride_qh, stride_qd, k_ptr, stride_kn,
     m0, q_start, q_len, kv_start, kv_len, off, row_ok, qrow, head, t, kv_hi = _segment_rows(
         seg_ptr, tile_ptr, tile, kvh, REP, BLOCK_M)
     ds = tl.arange(0, BLOCK_D)
-    qd_mask = row_ok[:, None] & (ds < D)[None, :]
-    q = tl.load(q_ptr + qrow[:, None] * stride_qn + head[:, None] * stride_qh + ds[None, :] * stride_qd,
-                mask=qd_mask, other=0.0)
-    do = tl.load(do_ptr + qrow[:, None] * stride_don + head[:, None] * stride_doh + ds[None, :] * stride_dod,
-                 mask=qd_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    stat = qrow * HQ + head
-    lse2 = tl.load(lse_ptr + stat, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + stat, mask=row_ok, other=0.0)
+    q, do, lse2, delta = _query_rows(q_ptr, stride_qn, stride_qh, stride_qd, do_ptr, stride_don, stride_doh,
+                                     stride_dod, lse_ptr, delta_ptr, qrow, head, row_ok, ds, D, HQ, UPCAST)
     limit = t + off
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, kv_hi, BLOCK_N):
@@ -72,7 +81,8 @@ def _segment_dq_kernel(q_ptr, stride_qn, stride_qh, stride_qd, k_ptr, stride_kn,
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
         dsc = p * (dp - delta[:, None])
         dq = tl.dot(dsc.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
-    dq_ptrs = dq_ptr + stat[:, None] * D + ds[None, :]
+    dq_ptrs = dq_ptr + (qrow * HQ + head)[:, None] * D + ds[None, :]
+    qd_mask = row_ok[:, None] & (ds < D)[None, :]
     tl.store(dq_ptrs, tl.load(dq_ptrs, mask=qd_mask, other=0.0) + dq * sm_scale, mask=qd_mask)
 
 
@@ -86,13 +96,7 @@ def _segment_dkdv_kernel(q_ptr, stride_qn, stride_qh, stride_qd, k_ptr, stride_k
     """dk/dv of BLOCK_N KV rows of one segment and KV head, summed over every query row that sees them."""
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
-    seg = tl.load(tile_ptr + tile * 2)
-    n0 = tl.load(tile_ptr + tile * 2 + 1)
-    q_start = tl.load(seg_ptr + seg * 5)
-    q_len = tl.load(seg_ptr + seg * 5 + 1)
-    kv_start = tl.load(seg_ptr + seg * 5 + 2)
-    kv_len = tl.load(seg_ptr + seg * 5 + 3)
-    off = tl.load(seg_ptr + seg * 5 + 4)
+    n0, q_start, q_len, kv_start, kv_len, off = _segment_fields(seg_ptr, tile_ptr, tile)
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < kv_len
     kv_row = (kv_start + cols).to(tl.int64)
@@ -115,17 +119,8 @@ def _segment_dkdv_kernel(q_ptr, stride_qn, stride_qh, stride_qd, k_ptr, stride_k
         t = rows // REP
         head = kvh * REP + rows % REP
         qrow = (q_start + t).to(tl.int64)
-        qd_mask = row_ok[:, None] & (ds < D)[None, :]
-        q = tl.load(q_ptr + qrow[:, None] * stride_qn + head[:, None] * stride_qh + ds[None, :] * stride_qd,
-                    mask=qd_mask, other=0.0)
-        do = tl.load(do_ptr + qrow[:, None] * stride_don + head[:, None] * stride_doh + ds[None, :] * stride_dod,
-                     mask=qd_mask, other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
-        stat = qrow * HQ + head
-        lse2 = tl.load(lse_ptr + stat, mask=row_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(delta_ptr + stat, mask=row_ok, other=0.0)
+        q, do, lse2, delta = _query_rows(q_ptr, stride_qn, stride_qh, stride_qd, do_ptr, stride_don, stride_doh,
+                                         stride_dod, lse_ptr, delta_ptr, qrow, head, row_ok, ds, D, HQ, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         seen = row_ok[:, None] & col_ok[None, :] & (cols[None, :] <= (t + off)[:, None])
         p = tl.where(seen, tl.exp2(s - lse2[:, None]), 0.0)
