@@ -18,6 +18,8 @@ from .objectives import ObjectiveConfig
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 ENGINES = ("native", "hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
+# "auto": prefix_once when objective.rollout is rpo (groups share a prompt + prefix), else plain.
+POLICY_FORWARDS = ("auto", "plain", "prefix_once")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -53,13 +55,22 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """AdamW settings and the policy forward: ``policy_forward`` plain | prefix_once | auto (see
+    ``rpo_train.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward."""
+
     lr: float = 1e-6
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch: int = 16
+    policy_forward: str = "auto"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        _require(self.policy_forward in POLICY_FORWARDS,
+                 f"optim.policy_forward must be one of {POLICY_FORWARDS}, got {self.policy_forward!r}")
+        _require(isinstance(self.gradient_checkpointing, bool),
+                 f"optim.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _require(self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip > 0,
                  "optim.warmup_steps and optim.weight_decay must be >= 0, optim.grad_clip > 0")

@@ -2,8 +2,9 @@
 then rpo_kernels' fused lm_head + clipped-ratio loss on them (no [tokens, V] logits).
 
 ``loss_tokens="full"`` (the paper's choice) trains on every response token, prefix included; ``"suffix"`` only on the
-tokens the current policy generated. This plain forward runs each sample's prompt + prefix in full; the prefix-once
-forward of an RPO group is a drop-in for ``final_hidden``.
+tokens the current policy generated. Two forwards give the same [B, T] log-probs: ``plain`` runs each sample's
+prompt + prefix in full (a right-padded ``PolicyBatch``); ``prefix_once`` (``rpo_train.prefix_forward``, a
+``PackedGroups`` batch) runs each group's prompt + prefix once and its suffixes against that one KV.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import torch
 import rpo_kernels
 
 from .objectives import ObjectiveConfig
+from .prefix_forward import PackedGroups, pack_groups, prefix_once_logprobs
+
+FORWARDS = ("plain", "prefix_once")
 
 
 @dataclass
@@ -39,17 +43,23 @@ class PolicyBatch:
     targets: torch.Tensor
     loss_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "PolicyBatch":
+    def to(self, device: torch.device | str) -> PolicyBatch:
         return PolicyBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.targets,
                                                      self.loss_mask)))
 
 
-def build_batch(samples: list[PolicySample], pad_id: int, loss_tokens: str = "full") -> PolicyBatch:
-    """Pack samples into a ``PolicyBatch``; the loss mask covers the response (or only the suffix)."""
+def build_batch(samples: list[PolicySample], pad_id: int, loss_tokens: str = "full",
+                forward: str = "plain") -> PolicyBatch | PackedGroups:
+    """Pack samples for ``forward``: a right-padded ``PolicyBatch`` ("plain") or a ``PackedGroups``
+    ("prefix_once"); either way the loss mask covers the response (or only the suffix)."""
+    if forward not in FORWARDS:
+        raise ValueError(f"argument 'forward' must be one of {FORWARDS}, got {forward!r}")
     if loss_tokens not in ("full", "suffix"):
         raise ValueError(f"argument 'loss_tokens' must be 'full' or 'suffix', got {loss_tokens!r}")
     if not samples:
         raise ValueError("argument 'samples' is empty")
+    if forward == "prefix_once":
+        return pack_groups(samples, loss_tokens)
     seqs = [s.prompt_ids + s.prefix_ids + s.suffix_ids for s in samples]
     length = max(len(x) for x in seqs)
     ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
@@ -72,6 +82,8 @@ def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
 @torch.no_grad()
 def sequence_logprobs(model: torch.nn.Module, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs [B, L-1] fp32 of the targets (zeros off the loss mask), e.g. old or reference log-probs."""
+    if isinstance(batch, PackedGroups):
+        return prefix_once_logprobs(model, batch, temperature=temperature)
     hidden = final_hidden(model, batch)
     weight = model.get_output_embeddings().weight.to(hidden.dtype)  # under autocast hidden may be bf16
     logp = torch.zeros(batch.targets.shape, dtype=torch.float32, device=hidden.device)
@@ -80,13 +92,27 @@ def sequence_logprobs(model: torch.nn.Module, batch: PolicyBatch, temperature: f
     return logp
 
 
-def policy_loss(model: torch.nn.Module, batch: PolicyBatch, advantages: torch.Tensor, objective: ObjectiveConfig,
-                *, old_logprobs: torch.Tensor | None = None, ref_logprobs: torch.Tensor | None = None,
-                temperature: float = 1.0, max_response_len: int | None = None):
+def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advantages: torch.Tensor,
+                objective: ObjectiveConfig, *, old_logprobs: torch.Tensor | None = None,
+                ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0, max_response_len: int | None = None,
+                checkpoint_layers: bool = False):
     """(loss, metrics) of one micro-batch: the HF model's hidden states -> fused lm_head + clipped-ratio loss.
 
     advantages [B] (one per sample); old/ref log-probs [B, L-1] or None (old None: r = 1, the mu = 1 case).
+    ``checkpoint_layers`` recomputes each decoder layer in the backward (prefix-once forward; the plain forward
+    uses the model's own ``gradient_checkpointing_enable``).
     """
+    if isinstance(batch, PackedGroups):
+        logp, entropy = prefix_once_logprobs(model, batch, temperature=temperature, return_entropy=True,
+                                             checkpoint_layers=checkpoint_layers)
+        mask = batch.loss_mask
+        loss, metrics = rpo_kernels.policy_loss(
+            logp, old_logprobs, advantages.to(logp.device), mask,
+            ref_logprobs=ref_logprobs if objective.beta > 0 else None, loss_type=objective.loss_type,
+            eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
+            max_response_len=max_response_len)
+        metrics["entropy_mean"] = entropy[mask].mean() if bool(mask.any()) else entropy.new_zeros(())
+        return loss, metrics
     hidden = final_hidden(model, batch)
     weight = model.get_output_embeddings().weight
     return rpo_kernels.fused_linear_policy_loss(

@@ -41,6 +41,19 @@ def build_engine(cfg: RunConfig, model):
     return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
 
 
+def micro_batches(group_sizes: list[int], micro_batch: int) -> list[list[int]]:
+    """Sample indices per micro-batch: whole groups packed while they fit ``micro_batch`` samples, so the
+    prefix-once forward computes each group's prompt + prefix once; a larger group is split into chunks."""
+    out, start = [], 0
+    for size in group_sizes:
+        if out and len(out[-1]) + size <= micro_batch:
+            out[-1] += range(start, start + size)
+        else:
+            out += [list(range(i, min(i + micro_batch, start + size))) for i in range(start, start + size, micro_batch)]
+        start += size
+    return out
+
+
 class Trainer:
     """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
 
@@ -69,6 +82,11 @@ class Trainer:
                                  f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions")
             row["qid"] = question_id(ids)
             self.prompts[row["qid"]] = ids
+        forward = cfg.optim.policy_forward
+        self.policy_forward = (("prefix_once" if cfg.objective.rollout == "rpo" else "plain") if forward == "auto"
+                               else forward)
+        if cfg.optim.gradient_checkpointing and self.policy_forward == "plain":
+            self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.objective.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -160,10 +178,9 @@ class Trainer:
         samples = [PolicySample(g.prompt_ids, g.prefix_ids, s) for g in groups for s in g.suffixes]
         adv = advantages_of(groups, cfg.objective.adv_eps).flatten()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        micro = [list(range(i, min(i + cfg.optim.micro_batch, len(samples))))
-                 for i in range(0, len(samples), cfg.optim.micro_batch)]
-        batches = [build_batch([samples[i] for i in idx], pad, cfg.objective.loss_tokens).to(cfg.device)
-                   for idx in micro]
+        micro = micro_batches([len(g.suffixes) for g in groups], cfg.optim.micro_batch)
+        batches = [build_batch([samples[i] for i in idx], pad, cfg.objective.loss_tokens,
+                               self.policy_forward).to(cfg.device) for idx in micro]
         by_tokens = cfg.objective.loss_type in ("dapo", "bnpo")
         sizes = [float(b.loss_mask.sum()) if by_tokens else float(len(idx)) for b, idx in zip(batches, micro)]
         total = max(sum(sizes), 1.0)
@@ -181,7 +198,8 @@ class Trainer:
                 with autocast():
                     loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
                                                 ref_logprobs=r, temperature=cfg.rollout.temperature,
-                                                max_response_len=cfg.rollout.max_response_len)
+                                                max_response_len=cfg.rollout.max_response_len,
+                                                checkpoint_layers=cfg.optim.gradient_checkpointing)
                 (loss * (size / total)).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu

@@ -37,6 +37,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotary_qkv(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: tuple[int, int, int]):
+    """q [T, Hq, D], k/v [T, Hkv, D] of an HF Llama/Qwen2/Qwen3 attention module on packed rows h [T, H].
+
+    ``heads`` = (Hq, Hkv, D); cos/sin [T, 1, D] of the rows' positions. Qwen3's per-head q/k RMSNorm runs before the
+    rotary embedding, as in the checkpoint's own forward.
+    """
+    num_heads, num_kv_heads, head_dim = heads
+    t = h.shape[0]
+    q = attn.q_proj(h).view(t, num_heads, head_dim)
+    k = attn.k_proj(h).view(t, num_kv_heads, head_dim)
+    v = attn.v_proj(h).view(t, num_kv_heads, head_dim)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
 class PagedDecoder:
     """Forward passes of an HF causal LM over packed tokens with KV in a ``PrefixKVStore`` (inference only)."""
 
@@ -62,15 +78,7 @@ class PagedDecoder:
         return self.embed_tokens.weight.device
 
     def _qkv(self, attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        t = h.shape[0]
-        q = attn.q_proj(h).view(t, self.num_heads, self.head_dim)
-        k = attn.k_proj(h).view(t, self.num_kv_heads, self.head_dim)
-        v = attn.v_proj(h).view(t, self.num_kv_heads, self.head_dim)
-        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary embedding
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        return q, k, v
+        return rotary_qkv(attn, h, cos, sin, (self.num_heads, self.num_kv_heads, self.head_dim))
 
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, store, attend,
              rows: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,174 @@
+"""Prefix-once policy forward: the prompt + kept prefix of a group runs ONCE, its G suffixes attend to that one KV.
+
+Samples that share (prompt, prefix) form a group. Every layer runs on packed rows ``[contexts ; suffixes]``:
+- the contexts (prompt + prefix, one per group) attend causally to themselves;
+- the suffixes attend to their group's context K/V (one copy, the extend form of
+  ``rpo_kernels.shared_prefix_attention``) and causally to their own rows, at positions that continue the context's.
+Gradients from all G suffixes flow into the single context computation. Log-probabilities are then taken once per
+distinct (hidden row, target) pair: with ``loss_tokens="full"`` the prefix tokens' log-probs come from the context
+pass once and are shared by the G samples (gathered, so their gradients add up), exactly as the per-sample forward
+would count them. The result is the [B, T] layout of ``rpo_train.policy.build_batch`` (T = longest sample - 1), so the
+loss, the old and the reference log-probs are interchangeable between the two forwards.
+
+Works for the Llama / Qwen2 / Qwen3 families (the checkpoint's own embedding, norms, projections, rotary embedding and
+MLP; attention through ``rpo_kernels``), any dtype the kernels take; ``checkpoint_layers`` recomputes each layer in
+the backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import rpo_kernels
+
+from .rollout.model import rotary_qkv
+
+
+@dataclass
+class PackedGroups:
+    """A micro-batch packed group by group.
+
+    ids/positions [Tc + Ts] int64: the contexts (Tc rows, group after group) then the suffixes (sample after sample,
+    groups adjacent). context_indptr [C+1], group_indptr [C+1] (samples of group c), suffix_indptr [B+1] (in packed
+    order). row_hidden/row_targets [R]: the distinct (final hidden row, target) pairs whose log-prob is taken;
+    token_rows [A]: for each set entry of ``loss_mask`` [B, T] (row-major) its pair in R.
+    """
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    context_indptr: torch.Tensor
+    suffix_indptr: torch.Tensor
+    group_indptr: torch.Tensor
+    row_hidden: torch.Tensor
+    row_targets: torch.Tensor
+    token_rows: torch.Tensor
+    loss_mask: torch.Tensor
+    num_context_rows: int
+
+    def to(self, device: torch.device | str) -> PackedGroups:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PackedGroups(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
+
+def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
+    """Group ``samples`` (``rpo_train.policy.PolicySample``) by (prompt, prefix) and pack them for the forward."""
+    if loss_tokens not in ("full", "suffix"):
+        raise ValueError(f"argument 'loss_tokens' must be 'full' or 'suffix', got {loss_tokens!r}")
+    if not samples:
+        raise ValueError("argument 'samples' is empty")
+    groups: dict[tuple, list[int]] = {}
+    for b, s in enumerate(samples):
+        groups.setdefault((tuple(s.prompt_ids), tuple(s.prefix_ids)), []).append(b)
+    ids, pos, ctx_indptr = [], [], [0]
+    for prompt, prefix in groups:
+        ids += prompt + prefix
+        pos += range(len(prompt) + len(prefix))
+        ctx_indptr.append(len(ids))
+    tc = len(ids)
+    suf_indptr, group_indptr, row_hidden, row_targets = [0], [0], [], []
+    token_row: dict[tuple[int, int], int] = {}
+
+    def add_row(hidden: int, target: int) -> int:
+        row_hidden.append(hidden)
+        row_targets.append(target)
+        return len(row_hidden) - 1
+
+    for (key, members), c0 in zip(groups.items(), ctx_indptr):
+        ctx = key[0] + key[1]
+        p, c = len(key[0]), len(ctx)
+        shared = {t: add_row(c0 + t, ctx[t + 1]) for t in range(p - 1, c - 1)} if loss_tokens == "full" else {}
+        for b in members:
+            suffix = samples[b].suffix_ids
+            s0 = len(ids) - tc
+            ids += suffix
+            pos += range(c, c + len(suffix))
+            suf_indptr.append(s0 + len(suffix))
+            token_row.update({(b, t): r for t, r in shared.items()})
+            if suffix:
+                token_row[(b, c - 1)] = add_row(c0 + c - 1, suffix[0])
+            for j in range(len(suffix) - 1):
+                token_row[(b, c + j)] = add_row(tc + s0 + j, suffix[j + 1])
+        group_indptr.append(len(suf_indptr) - 1)
+    length = max(len(s.prompt_ids) + len(s.prefix_ids) + len(s.suffix_ids) for s in samples)
+    mask = torch.zeros(len(samples), length - 1, dtype=torch.bool)
+    ordered = sorted(token_row)
+    if ordered:
+        mask[torch.tensor([b for b, _ in ordered]), torch.tensor([t for _, t in ordered])] = True
+    lt = lambda x: torch.tensor(x, dtype=torch.long)
+    return PackedGroups(lt(ids), lt(pos), lt(ctx_indptr), lt(suf_indptr), lt(group_indptr), lt(row_hidden),
+                        lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
+
+
+def _heads(model) -> tuple[int, int, int]:
+    cfg = model.config
+    hq = cfg.num_attention_heads
+    return hq, getattr(cfg, "num_key_value_heads", None) or hq, getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
+
+
+def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
+                  attention_backend: str | None = None) -> torch.Tensor:
+    """Final hidden states [Tc + Ts, H] (after the final norm) of every packed row; differentiable."""
+    core = model.model
+    heads = _heads(model)
+    scale = float(getattr(core.layers[0].self_attn, "scaling", heads[2] ** -0.5))
+    tc = packed.num_context_rows
+    n_ctx = packed.context_indptr.numel() - 1
+    dev = packed.ids.device
+    zeros = torch.zeros(n_ctx + 1, dtype=torch.long, device=dev)
+    ctx_groups = torch.arange(n_ctx + 1, dtype=torch.long, device=dev)
+    has_suffix = packed.ids.numel() > tc
+
+    def attend(q, k, v):
+        empty = k[:0]
+        out = [rpo_kernels.shared_prefix_attention(
+            q[:tc], empty, empty, zeros, k[:tc], v[:tc], packed.context_indptr, ctx_groups,
+            q_indptr=packed.context_indptr, softmax_scale=scale, backend=attention_backend)]
+        if has_suffix:
+            out.append(rpo_kernels.shared_prefix_attention(
+                q[tc:], k[:tc], v[:tc], packed.context_indptr, k[tc:], v[tc:], packed.suffix_indptr,
+                packed.group_indptr, q_indptr=packed.suffix_indptr, softmax_scale=scale, backend=attention_backend))
+        return torch.cat(out)
+
+    def layer_forward(layer, h, cos, sin):
+        q, k, v = rotary_qkv(layer.self_attn, layer.input_layernorm(h), cos, sin, heads)
+        k, v = k.to(q.dtype), v.to(q.dtype)  # under autocast v stays bf16 while the rotary output is fp32
+        out = attend(q, k, v)
+        h = h + layer.self_attn.o_proj(out.reshape(out.shape[0], -1).to(h.dtype))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    h = core.embed_tokens(packed.ids)
+    cos, sin = core.rotary_emb(h, packed.positions[None])
+    cos, sin = cos[0, :, None, :], sin[0, :, None, :]
+    for layer in core.layers:
+        if checkpoint_layers and torch.is_grad_enabled():
+            h = checkpoint(layer_forward, layer, h, cos, sin, use_reentrant=False)
+        else:
+            h = layer_forward(layer, h, cos, sin)
+    return h
+
+
+def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,
+                         checkpoint_layers: bool = False):
+    """Per-token log-probs [B, T] fp32 of the sampled tokens (zeros off ``packed.loss_mask``), differentiable.
+
+    ``log p = log_softmax(norm(h) @ W_lm^T / temperature)[target]``, each distinct (row, target) computed once. With
+    ``return_entropy`` also the entropy [B, T] (detached) of each position's distribution.
+    """
+    hidden = packed_hidden(model, packed, checkpoint_layers=checkpoint_layers)
+    mask = packed.loss_mask
+    logp = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    if packed.row_hidden.numel() == 0:  # nothing to score: zeros that still belong to the graph
+        logp = logp + 0.0 * hidden.sum()
+        return (logp, torch.zeros_like(logp)) if return_entropy else logp
+    rows = model.model.norm(hidden.index_select(0, packed.row_hidden))
+    weight = model.get_output_embeddings().weight.to(rows.dtype)
+    lp, ent = rpo_kernels.token_logprobs(rows, weight, packed.row_targets, temperature=temperature,
+                                         return_entropy=True)
+    logp = logp.masked_scatter(mask, lp.float().index_select(0, packed.token_rows))
+    if not return_entropy:
+        return logp
+    entropy = torch.zeros_like(logp).masked_scatter(mask, ent.detach().float().index_select(0, packed.token_rows))
+    return logp, entropy
