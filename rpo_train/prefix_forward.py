@@ -2,8 +2,9 @@
 
 Samples that share (prompt, prefix) form a group. Every layer runs on packed rows ``[contexts ; suffixes]``:
 - the contexts (prompt + prefix, one per group) attend causally to themselves;
-- the suffixes attend to their group's context K/V (one copy, the extend form of
-  ``rpo_kernels.shared_prefix_attention``) and causally to their own rows, at positions that continue the context's.
+- the suffixes attend to their group's context K/V (one copy) and causally to their own rows, at positions that
+  continue the context's: the extend form of ``rpo_kernels.shared_prefix_attention`` on a GPU, one masked SDPA per
+  group over [context ; the group's suffixes] on a CPU.
 Gradients from all G suffixes flow into the single context computation. Log-probabilities are then taken once per
 distinct (hidden row, target) pair: with ``loss_tokens="full"`` the prefix tokens' log-probs come from the context
 pass once and are shared by the G samples (gathered, so their gradients add up), exactly as the per-sample forward
@@ -11,7 +12,7 @@ would count them. The result is the [B, T] layout of ``rpo_train.policy.build_ba
 loss, the old and the reference log-probs are interchangeable between the two forwards.
 
 Works for the Llama / Qwen2 / Qwen3 families (the checkpoint's own embedding, norms, projections, rotary embedding and
-MLP; attention through ``rpo_kernels``), any dtype the kernels take; ``checkpoint_layers`` recomputes each layer in
+MLP; attention through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers`` recomputes each layer in
 the backward.
 """
 
@@ -108,29 +109,75 @@ def _heads(model) -> tuple[int, int, int]:
     return hq, getattr(cfg, "num_key_value_heads", None) or hq, getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
 
 
+ATTENTIONS = ("auto", "kernel", "sdpa")
+
+
+def _sdpa(q, k, v, scale: float, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """torch SDPA on packed rows: q [M, Hq, D], k/v [L, Hkv, D] -> [M, Hq, D] (GQA by head groups)."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, is_causal=causal,
+        scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
+class _PackedAttention:
+    """Attention of one packed forward. Contexts: causal SDPA, one call per context. Suffixes, per group:
+    ``kernel`` = the extend form of ``rpo_kernels.shared_prefix_attention`` (all groups in one call; its Triton
+    forward/backward on a GPU); ``sdpa`` = one SDPA call over keys [context ; the group's suffixes] with a mask
+    letting each suffix see the context and, causally, its own rows (fastest on a CPU, where the kernel's reference
+    runs eagerly). Either way a group's context K/V exists once."""
+
+    def __init__(self, packed: PackedGroups, scale: float, mode: str):
+        if mode not in ATTENTIONS:
+            raise ValueError(f"argument 'attention' must be one of {ATTENTIONS}, got {mode!r}")
+        self.packed, self.scale = packed, scale
+        self.mode = ("kernel" if packed.ids.is_cuda else "sdpa") if mode == "auto" else mode
+        self.tc = packed.num_context_rows
+        self.ctx = packed.context_indptr.tolist()
+        self.groups = []  # (context rows, suffix rows, mask) per group with at least one suffix token
+        suf, grp = packed.suffix_indptr.tolist(), packed.group_indptr.tolist()
+        for c in range(len(self.ctx) - 1):
+            s0, s1 = suf[grp[c]], suf[grp[c + 1]]
+            if s1 == s0 or self.mode != "sdpa":
+                continue
+            n_ctx = self.ctx[c + 1] - self.ctx[c]
+            seq = torch.repeat_interleave(torch.arange(grp[c + 1] - grp[c]),
+                                          torch.tensor([suf[j + 1] - suf[j] for j in range(grp[c], grp[c + 1])]))
+            row = torch.arange(s1 - s0)
+            own = (seq[:, None] == seq[None, :]) & (row[None, :] <= row[:, None])
+            mask = torch.cat([torch.ones(s1 - s0, n_ctx, dtype=torch.bool), own], 1).to(packed.ids.device)
+            self.groups.append(((self.ctx[c], self.ctx[c + 1]), (s0, s1), mask))
+
+    def __call__(self, q, k, v) -> torch.Tensor:
+        tc = self.tc
+        out = [_sdpa(q[a:b], k[a:b], v[a:b], self.scale, causal=True) for a, b in zip(self.ctx[:-1], self.ctx[1:])]
+        if q.shape[0] == tc:
+            return torch.cat(out)
+        if self.mode == "kernel":
+            p = self.packed
+            out.append(rpo_kernels.shared_prefix_attention(
+                q[tc:], k[:tc], v[:tc], p.context_indptr, k[tc:], v[tc:], p.suffix_indptr, p.group_indptr,
+                q_indptr=p.suffix_indptr, softmax_scale=self.scale))
+            return torch.cat(out)
+        suffix = q.new_zeros(q.shape[0] - tc, *q.shape[1:])
+        for (c0, c1), (s0, s1), mask in self.groups:
+            keys = torch.cat([k[c0:c1], k[tc + s0:tc + s1]])
+            values = torch.cat([v[c0:c1], v[tc + s0:tc + s1]])
+            suffix = suffix.index_copy(0, torch.arange(s0, s1, device=q.device),
+                                       _sdpa(q[tc + s0:tc + s1], keys, values, self.scale, mask=mask))
+        return torch.cat(out + [suffix])
+
+
 def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
-                  attention_backend: str | None = None) -> torch.Tensor:
-    """Final hidden states [Tc + Ts, H] (after the final norm) of every packed row; differentiable."""
+                  attention: str = "auto") -> torch.Tensor:
+    """Hidden states [Tc + Ts, H] (before the final norm) of every packed row; differentiable.
+
+    ``attention``: "kernel" | "sdpa" | "auto" (kernel on a GPU, sdpa on a CPU), see ``_PackedAttention``.
+    """
     core = model.model
     heads = _heads(model)
-    scale = float(getattr(core.layers[0].self_attn, "scaling", heads[2] ** -0.5))
-    tc = packed.num_context_rows
-    n_ctx = packed.context_indptr.numel() - 1
-    dev = packed.ids.device
-    zeros = torch.zeros(n_ctx + 1, dtype=torch.long, device=dev)
-    ctx_groups = torch.arange(n_ctx + 1, dtype=torch.long, device=dev)
-    has_suffix = packed.ids.numel() > tc
-
-    def attend(q, k, v):
-        empty = k[:0]
-        out = [rpo_kernels.shared_prefix_attention(
-            q[:tc], empty, empty, zeros, k[:tc], v[:tc], packed.context_indptr, ctx_groups,
-            q_indptr=packed.context_indptr, softmax_scale=scale, backend=attention_backend)]
-        if has_suffix:
-            out.append(rpo_kernels.shared_prefix_attention(
-                q[tc:], k[:tc], v[:tc], packed.context_indptr, k[tc:], v[tc:], packed.suffix_indptr,
-                packed.group_indptr, q_indptr=packed.suffix_indptr, softmax_scale=scale, backend=attention_backend))
-        return torch.cat(out)
+    attend = _PackedAttention(packed, float(getattr(core.layers[0].self_attn, "scaling", heads[2] ** -0.5)),
+                              attention)
 
     def layer_forward(layer, h, cos, sin):
         q, k, v = rotary_qkv(layer.self_attn, layer.input_layernorm(h), cos, sin, heads)
@@ -151,13 +198,13 @@ def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = Fals
 
 
 def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,
-                         checkpoint_layers: bool = False):
+                         checkpoint_layers: bool = False, attention: str = "auto"):
     """Per-token log-probs [B, T] fp32 of the sampled tokens (zeros off ``packed.loss_mask``), differentiable.
 
     ``log p = log_softmax(norm(h) @ W_lm^T / temperature)[target]``, each distinct (row, target) computed once. With
     ``return_entropy`` also the entropy [B, T] (detached) of each position's distribution.
     """
-    hidden = packed_hidden(model, packed, checkpoint_layers=checkpoint_layers)
+    hidden = packed_hidden(model, packed, checkpoint_layers=checkpoint_layers, attention=attention)
     mask = packed.loss_mask
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
     if packed.row_hidden.numel() == 0:  # nothing to score: zeros that still belong to the graph

@@ -11,7 +11,7 @@ import torch
 
 from rpo_train.objectives import ObjectiveConfig
 from rpo_train.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
-from rpo_train.prefix_forward import pack_groups
+from rpo_train.prefix_forward import pack_groups, prefix_once_logprobs
 
 from .rollout_models import VOCAB, make_checkpoint
 
@@ -93,6 +93,24 @@ def test_loss_and_every_gradient_equal_plain_forward(model, algorithm, loss_toke
         assert close(got_g[name], g), f"gradient of {name}"
 
 
+def test_kernel_and_sdpa_attention_agree(model):
+    """The suffix attention through rpo_kernels' extend form (the GPU default) equals the masked-SDPA one."""
+    samples = ragged_samples(6)
+    packed = build_batch(samples, 0, "full", "prefix_once")
+    weights = torch.randn(packed.loss_mask.shape, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for attention in ("sdpa", "kernel"):
+        model.zero_grad(set_to_none=True)
+        logp = prefix_once_logprobs(model, packed, attention=attention)
+        (logp * weights).sum().backward()
+        out[attention] = (logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert close(out["kernel"][0], out["sdpa"][0])
+    for name, g in out["sdpa"][1].items():
+        assert close(out["kernel"][1][name], g), name
+    with pytest.raises(ValueError, match="attention"):
+        prefix_once_logprobs(model, packed, attention="flash")
+
+
 def test_layer_checkpointing_gives_the_same_gradients(model):
     samples = ragged_samples(4)
     packed = build_batch(samples, 0, "full", "prefix_once")
@@ -161,3 +179,14 @@ def test_trainer_step_with_prefix_once_equals_plain(tmp_path):
     for name, w in weights["plain"].items():
         step = float((w - start[name]).abs().max())
         assert float((weights["auto"][name] - w).abs().max()) <= 5e-3 * step + 1e-7, name
+
+
+def test_bench_policy_forward_runs_and_records(tmp_path):
+    from benchmarks.bench_policy_forward import main
+    from benchmarks.harness import read_rows
+
+    out = tmp_path / "pf.csv"
+    main(["--device", "cpu", "--shapes", "24,6,3", "--rep", "1", "--out", str(out), "--no-plot"])
+    rows = read_rows(out)
+    assert {r["provider"] for r in rows} == {"plain", "prefix_once"}
+    assert all(float(r["value"]) >= 0 for r in rows if r["metric"] == "time_ms_median")

@@ -1,0 +1,141 @@
+"""Benchmark of the training forward: plain per-sample forward vs prefix-once, forward + backward of the policy loss.
+
+One RPO group: G samples share a context of P tokens (prompt + kept prefix) and have their own S-token suffixes; the
+loss covers the full response (``loss_tokens: full``, DAPO aggregation). Providers, side by side in one run, each in
+its own process (exact peak memory):
+  plain        ``rpo_train.policy`` on a right-padded batch: the context is computed G times
+  prefix_once  ``rpo_train.prefix_forward``: the context once, the suffixes against its one KV
+
+Models are random (no download): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads, vocab 4096; fp32 on a CPU) and
+``qwen2-0.5b`` (the Qwen2.5-0.5B shape; bf16 on a GPU). Rows go to benchmarks/results/policy_forward.csv with a plot.
+
+    python -m benchmarks.bench_policy_forward                      # CPU, (P, S, G) of the issue, tiny model
+    python -m benchmarks.bench_policy_forward --arch qwen2-0.5b    # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import torch
+
+from .harness import (
+    RESULTS_DIR,
+    append_rows,
+    device_name,
+    emit_rows,
+    measure,
+    rows_for,
+    run_isolated,
+)
+
+SHAPES = ((2048, 256, 8), (1024, 128, 6), (512, 64, 16))
+ARCHS = {
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2, vocab_size=4096),
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936),
+}
+PROVIDERS = ("plain", "prefix_once")
+
+
+def build_model(arch: str, device: str, dtype: torch.dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(max_position_embeddings=8192, tie_word_embeddings=True, **ARCHS[arch])
+    return Qwen2ForCausalLM(cfg).to(device, dtype).train()
+
+
+def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
+    """One group: a P-token context (a quarter prompt, the rest kept prefix, at most 256 prompt tokens) and G
+    suffixes of S tokens."""
+    from rpo_train.policy import PolicySample
+
+    rng = random.Random(seed)
+    prompt_len = min(256, max(1, p // 4))
+    prompt = [rng.randrange(1, vocab) for _ in range(prompt_len)]
+    prefix = [rng.randrange(1, vocab) for _ in range(p - prompt_len)]
+    return [PolicySample(prompt, prefix, [rng.randrange(1, vocab) for _ in range(s)]) for _ in range(g)]
+
+
+def run_provider(name: str, arch: str, shape: tuple[int, int, int], device: str, rep: int,
+                 checkpoint_layers: bool) -> list[dict]:
+    from rpo_train.objectives import ObjectiveConfig
+    from rpo_train.policy import build_batch, policy_loss
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_model(arch, device, dtype)
+    if checkpoint_layers and name == "plain":
+        model.gradient_checkpointing_enable()
+    samples = make_samples(*shape, ARCHS[arch]["vocab_size"])
+    batch = build_batch(samples, 0, "full", name).to(device)
+    objective = ObjectiveConfig.preset("dapo")
+    adv = torch.linspace(-1, 1, len(samples), device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss, _ = policy_loss(model, batch, adv, objective, checkpoint_layers=checkpoint_layers)
+        loss.backward()
+
+    m = measure(step, device, warmup=1, rep=rep)
+    p, s, g = shape
+    label = f"{arch} P={p} S={s} G={g} {str(dtype).replace('torch.', '')}" + (" ckpt" if checkpoint_layers else "")
+    print(f"  {label:40s} {name:12s} {m.median_ms:10.1f} ms  peak +{m.peak_mem_mb:8.1f} MiB", flush=True)
+    return rows_for("policy_forward", name, label, m, device)
+
+
+def print_table(rows: list[dict]) -> None:
+    value = {(r["shape"], r["provider"], r["metric"]): float(r["value"]) for r in rows}
+    print("| shape | plain ms | prefix-once ms | x plain time | plain MiB | prefix-once MiB | x plain memory |\n"
+          "|---|---|---|---|---|---|---|")
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        try:
+            t0, t1 = value[(shape, "plain", "time_ms_median")], value[(shape, "prefix_once", "time_ms_median")]
+            m0, m1 = value[(shape, "plain", "peak_mem_mb")], value[(shape, "prefix_once", "peak_mem_mb")]
+        except KeyError:
+            continue
+        print(f"| {shape} | {t0:.0f} | {t1:.0f} | {t1 / t0:.3f} | {m0:.0f} | {m1:.0f} | {m1 / max(m0, 1e-9):.3f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="tiny", choices=list(ARCHS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES],
+                        help="P,S,G triples")
+    parser.add_argument("--rep", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (0: default)")
+    parser.add_argument("--checkpoint-layers", action="store_true", help="recompute decoder layers in the backward")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "policy_forward.csv"))
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes]
+    if any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise SystemExit(f"--shapes: expected P,S,G triples of positive ints, got {args.shapes}")
+    if args.child:
+        name, index = args.child.split(":")
+        emit_rows(run_provider(name, args.arch, shapes[int(index)], args.device, args.rep, args.checkpoint_layers))
+        return
+    print(f"policy forward + backward on {device_name(args.device)}, one process per provider and shape", flush=True)
+    child_argv = list(sys.argv[1:] if argv is None else argv)
+    rows = []
+    for i in range(len(shapes)):
+        for name in PROVIDERS:
+            rows += run_isolated(__spec__.name, [*child_argv, "--child", f"{name}:{i}"])
+    print_table(rows)
+    path = append_rows(args.out, rows)
+    print(f"rows appended to {path}")
+    if not args.no_plot:
+        from .plot import plot
+
+        print(f"plot: {plot(path)}")
+
+
+if __name__ == "__main__":
+    main()
