@@ -107,6 +107,22 @@ def test_seeded_sampling_is_reproducible_and_schedule_free(qwen2):
     assert tight.store.stats().num_sequences == 0
 
 
+def test_per_prompt_seeds_make_samples_independent_of_the_other_prompts(qwen2):
+    """seed=[s_0, s_1, ...]: a prompt's samples are the same alone or beside others (data-parallel ranks rely on it)."""
+    path, _ = qwen2
+    engine = NativeEngine.from_pretrained(path)
+    kwargs = dict(n=3, temperature=1.0)
+    together = engine.generate(PROMPTS, prefixes=PREFIXES, max_new_tokens=BUDGETS, seed=[11, 22, 33], **kwargs)
+    for i in (2, 0):
+        alone = engine.generate([PROMPTS[i]], prefixes=[PREFIXES[i]], max_new_tokens=[BUDGETS[i]],
+                                seed=[[11, 22, 33][i]], **kwargs)
+        assert _tokens(alone) == _tokens([together[i]])
+    shifted = engine.generate(PROMPTS, prefixes=PREFIXES, max_new_tokens=BUDGETS, seed=[11, 23, 33], **kwargs)
+    assert _tokens(shifted)[1] != _tokens(together)[1] and _tokens(shifted)[0] == _tokens(together)[0]
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        engine.generate(PROMPTS, max_new_tokens=4, seed=[1, 2], **kwargs)
+
+
 def test_top_k_and_top_p_never_emit_excluded_tokens(qwen2):
     path, model = qwen2
     engine = NativeEngine.from_pretrained(path)

@@ -7,13 +7,13 @@ actually used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .checkpoint import checkpoint_dir, eos_token_ids, load_model, load_tokenizer
 from .config import SamplingConfig
-from .interface import Completion, normalize_requests
+from .interface import Completion, normalize_requests, seed_streams
 
 
 class HFEngine:
@@ -47,7 +47,7 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
                  stop_token_ids=None) -> list[list[Completion]]:
         """Same contract as ``NativeEngine.generate``; one list of ``n`` ``Completion`` per prompt."""
         cfg = SamplingConfig(temperature, top_p, top_k, seed)
@@ -62,8 +62,8 @@ class HFEngine:
         dev = self.model.device
         fork_devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
-            if seed is not None:
-                torch.manual_seed(seed)
+            if seed is not None:  # HF samples a whole batch from one generator: a per-prompt list seeds the call
+                torch.manual_seed(seed if isinstance(seed, int) else seed_streams(seed, len(groups))[0][0])
             for budget, members in sorted(by_budget.items()):
                 batch: list = []
                 for g in members + [None]:

@@ -1,7 +1,7 @@
 """The rollout engine contract: what the trainer and users call, shared by every backend.
 
 ``engine.generate(prompts, *, prefixes=None, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-seed=None, stop_token_ids=None)`` returns one list of ``n`` ``Completion`` per prompt; ``engine.load_state_dict``
+seed=None, stop_token_ids=None)`` (seed: an int for the call, or one int per prompt) returns one list of ``n`` ``Completion`` per prompt; ``engine.load_state_dict``
 pushes new policy weights and bumps ``engine.weight_version``. ``normalize_requests`` turns the arguments into
 validated ``GroupRequest`` objects with messages that name the bad argument; every backend calls it first.
 """
@@ -62,7 +62,7 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompts: Sequence[Sequence[int]], *, prefixes: Sequence[Sequence[int]] | None = None,
                  n: int = 1, max_new_tokens: int | Sequence[int] = 256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
                  stop_token_ids: Sequence[int] | None = None) -> list[list[Completion]]:
         """Sample ``n`` continuations of every ``prompt + prefix``; one list of ``n`` completions per prompt."""
         ...
@@ -86,6 +86,19 @@ def _token_list(name: str, value, vocab_size: int, *, allow_empty: bool) -> tupl
         if not 0 <= t < vocab_size:
             raise ValueError(f"{name}[{j}] = {t} is outside the vocabulary [0, {vocab_size})")
     return tuple(ids)
+
+
+def seed_streams(seed, count: int) -> list[tuple[int, int]]:
+    """The (stream seed, stream index) of each of ``count`` prompts; sample j of prompt i draws from stream
+    (seed, index, j). An int seeds the call: prompt i gets (seed, i). A list gives prompt i its own seed,
+    (seed[i], 0), so its samples do not depend on which other prompts share the call (data-parallel ranks sample
+    exactly what one process would). None draws a call seed from torch's global RNG."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise ValueError(f"argument 'seed' as a list needs one seed per prompt ({count}), got {len(seed)}")
+        return [(int(s), 0) for s in seed]
+    base = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
+    return [(base, i) for i in range(count)]
 
 
 def normalize_requests(prompts, prefixes, n, max_new_tokens, *, vocab_size: int, max_model_len: int,

@@ -14,7 +14,7 @@ is always re-prefilled under new weights (``PrefixKVStore`` raises if a stale en
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +23,7 @@ from rpo_kernels import KVStoreConfig, PrefixKVStore
 
 from .checkpoint import check_supported, checkpoint_dir, eos_token_ids, load_model, load_tokenizer
 from .config import NativeEngineConfig, SamplingConfig
-from .interface import Completion, GroupRequest, normalize_requests
+from .interface import Completion, GroupRequest, normalize_requests, seed_streams
 from .model import DecodeLayout, PagedDecoder
 from .sampling import NoiseStream, processed_logprobs, sample
 
@@ -133,7 +133,7 @@ class NativeEngine:
     # -- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
                  stop_token_ids=None) -> list[list[Completion]]:
         """Sample ``n`` continuations of each ``prompt + prefix`` (token-id lists); see ``RolloutEngine``.
 
@@ -149,7 +149,7 @@ class NativeEngine:
                 raise ValueError(f"prompt {g.index}: prompt + prefix ({len(g.tokens)} tokens) and one sample of "
                                  f"{g.budget} tokens need more KV than the whole budget "
                                  f"({total * self.config.block_size} tokens); raise kv_budget_tokens")
-        base_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
+        streams = seed_streams(seed, len(groups))
         stop_set = set(self.eos_token_ids) | set(stops)
         self.store.evict_stale(self.weight_version)
         state = [_Group(g, [None] * g.n) for g in groups]
@@ -161,10 +161,10 @@ class NativeEngine:
         running: list[_Seq] = []
         try:
             while waiting or running or ready:
-                self._fork_ready(ready, running, cfg, base_seed, stop_set)
+                self._fork_ready(ready, running, cfg, streams, stop_set)
                 admitted = self._admit(waiting, running)
                 ready += admitted
-                self._fork_ready(ready, running, cfg, base_seed, stop_set)
+                self._fork_ready(ready, running, cfg, streams, stop_set)
                 if running:
                     self._decode_step(running, cfg, stop_set)
                 elif not admitted:
@@ -223,8 +223,8 @@ class NativeEngine:
         self.stats["prefill_tokens"] += ids.numel()
         self.stats["prefill_calls"] += 1
 
-    def _fork_ready(self, ready: list[_Group], running: list[_Seq], cfg: SamplingConfig, base_seed: int,
-                    stop_set: set) -> None:
+    def _fork_ready(self, ready: list[_Group], running: list[_Seq], cfg: SamplingConfig,
+                    streams: list[tuple[int, int]], stop_set: set) -> None:
         """Start the next samples of ready groups, in order, while KV memory and max_num_seqs allow."""
         for g in list(ready):
             worst = self._worst(g.req.budget)
@@ -238,7 +238,7 @@ class NativeEngine:
                 break
             sids = self.store.fork(g.key, k, self.weight_version)
             slots = self.store.extend(sids, g.req.budget - 1).view(k, g.req.budget - 1)
-            seqs = [_Seq(g, g.forked + j, sid, None if cfg.greedy else NoiseStream(base_seed, g.req.index,
+            seqs = [_Seq(g, g.forked + j, sid, None if cfg.greedy else NoiseStream(*streams[g.req.index],
                                                                                      g.forked + j, self.vocab_size),
                          slots[j]) for j, sid in enumerate(sids)]
             g.forked += k

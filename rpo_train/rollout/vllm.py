@@ -10,13 +10,13 @@ Logprobs are those of the sampling distribution where the installed vLLM offers 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .checkpoint import checkpoint_dir, eos_token_ids, load_config
 from .config import SamplingConfig
-from .interface import Completion, normalize_requests
+from .interface import Completion, normalize_requests, seed_streams
 from .vllm_worker import pack_state_dict
 
 
@@ -66,7 +66,7 @@ class VLLMEngine:
         self.weight_version += 1
 
     def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
                  stop_token_ids=None) -> list[list[Completion]]:
         """Same contract as ``NativeEngine.generate``; one list of ``n`` ``Completion`` per prompt."""
         cfg = SamplingConfig(temperature, top_p, top_k, seed)
@@ -77,6 +77,7 @@ class VLLMEngine:
         if not todo:
             return results
         stop_ids = list(dict.fromkeys(self.eos_token_ids + stops))
+        streams = seed_streams(seed, len(groups)) if seed is not None else None
         # vLLM refuses n > 1 with greedy sampling: send n requests of one sample (the prefix cache shares the prompt).
         per_request = 1 if cfg.greedy else None
         requests, params, owner = [], [], []
@@ -86,7 +87,7 @@ class VLLMEngine:
                 params.append(self._vllm.SamplingParams(
                     n=per_request or g.n, max_tokens=g.budget, temperature=float(cfg.temperature),
                     top_p=float(cfg.top_p), top_k=cfg.top_k or self._no_top_k,
-                    seed=None if seed is None else seed + g.index, stop_token_ids=stop_ids, ignore_eos=False,
+                    seed=None if seed is None else streams[g.index][0] + streams[g.index][1], stop_token_ids=stop_ids, ignore_eos=False,
                     logprobs=0, detokenize=False))
                 owner.append(g)
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
