@@ -128,6 +128,14 @@ class ExperienceCache:
                  group_min_len=min(len(r) for r in responses))
         return pick
 
+    def digest(self) -> str:
+        """A hash of every entry (order-independent): equal digests mean equal caches, e.g. across ranks."""
+        h = hashlib.blake2b(digest_size=16)
+        for qid in sorted(self.entries):
+            e = self.entries[qid]
+            h.update(repr((qid, e.prompt_ids, e.response_ids, e.reward, e.correct, e.step, e.group_min_len)).encode())
+        return h.hexdigest()
+
     def metrics(self, step: int) -> dict[str, float]:
         """Mean length, share of correct entries and mean age (steps since written)."""
         n = max(len(self.entries), 1)

@@ -3,6 +3,7 @@
     rpo-train                                   the embedded default (recipe tiny-cpu) on a 2-core CPU
     rpo-train --recipe smollm2-135m-cpu         a bundled recipe by name
     rpo-train --recipe my.yaml steps=50 objective.beta=0.0 rollout.group_size=8
+    torchrun --nproc_per_node=2 -m rpo_train.cli steps=20   data-parallel over 2 processes (gloo on a CPU)
 
 Runs are resumed from ``out_dir`` when a checkpoint exists there. At the end a table of held-out accuracy before and
 after, rollout tokens and the time split is printed and plots are written to ``out_dir``.
@@ -53,17 +54,40 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"rpo-train: {exc}", file=sys.stderr)
         return 2
-    warm = time.perf_counter()
-    cfg = _resolve_model(cfg)
-    warm_s = time.perf_counter() - warm
-    from .trainer import Trainer
+    return run(cfg, start=start)
 
-    summary = Trainer(cfg).train()
-    summary.update(warm_start_s=summary.get("warm_start_s", warm_s), total_s=time.perf_counter() - start)
-    print(summary_table(summary))
-    print(f"metrics: {cfg.out_dir}/metrics.jsonl, plots: {cfg.out_dir}/plots.png")
+
+def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
+    """Train ``cfg`` in this process, as one rank of a torchrun job when its environment says so; the exit code.
+
+    A lost rank (killed, network gone) ends the job with a message saying how to resume.
+    """
+    from .distributed import DistContext, RankLostError
+
+    start = time.perf_counter() if start is None else start
+    dist = DistContext.from_env(cfg.device)
+    try:
+        warm = time.perf_counter()
+        if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
+            dist.barrier()
+        cfg = _resolve_model(cfg)
+        if dist.is_main:
+            dist.barrier()
+        warm_s = time.perf_counter() - warm
+        from .trainer import Trainer
+
+        summary = Trainer(cfg, reward_fn=reward_fn, dist=dist).train()
+    except RankLostError as exc:
+        print(f"rpo-train: {exc}. The job stops here; run the same command again to resume from the last "
+              f"checkpoint in {cfg.out_dir}", file=sys.stderr)
+        return 1
+    finally:
+        dist.close()
+    if dist.is_main:
+        summary.update(warm_start_s=summary.get("warm_start_s", warm_s), total_s=time.perf_counter() - start)
+        print(summary_table(summary))
+        print(f"metrics: {cfg.out_dir}/metrics.jsonl, plots: {cfg.out_dir}/plots.png")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -120,3 +120,16 @@ def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advan
         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if objective.beta > 0 else None,
         loss_type=objective.loss_type, eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
         temperature=temperature, max_response_len=max_response_len)
+
+
+def micro_batches(group_sizes: list[int], micro_batch: int) -> list[list[int]]:
+    """Sample indices per micro-batch: whole groups packed while they fit ``micro_batch`` samples, so the
+    prefix-once forward computes each group's prompt + prefix once; a larger group is split into chunks."""
+    out, start = [], 0
+    for size in group_sizes:
+        if out and len(out[-1]) + size <= micro_batch:
+            out[-1] += range(start, start + size)
+        else:
+            out += [list(range(i, min(i + micro_batch, start + size))) for i in range(start, start + size, micro_batch)]
+        start += size
+    return out

@@ -1,6 +1,9 @@
 """One rollout phase of the RPO loop: cut cached responses, sample G suffixes per question, score the groups.
 
-``rollout: full`` samples whole responses from the prompt (the GRPO/DAPO baseline) through the same code.
+``rollout: full`` samples whole responses from the prompt (the GRPO/DAPO baseline) through the same code. Every
+group's randomness (its cut, its G samples, its cache update) comes from its own seed, derived from the run seed, the
+step, the dynamic-sampling round and the question's place in the global batch, so a group is the same whichever
+rank samples it and whatever else shares the engine call.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 
 from .cache import ExperienceCache, TruncationConfig
 from .config import RunConfig
+from .distributed import DistContext, derive_seed
 from .objectives import group_advantages
 from .rewards import RewardFn, length_aware, overlong_penalty
 
@@ -29,6 +33,7 @@ class Group:
     sample_logprobs: list[list[float]]
     rewards: list[float]
     correct: list[bool]
+    seed: int = 0
 
     @property
     def responses(self) -> list[list[int]]:
@@ -40,11 +45,12 @@ class Group:
 
 
 def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                  truncation: TruncationConfig, rng: random.Random) -> tuple[list[list[int]], list[int], list[int]]:
-    """(prefixes, cuts m, suffix budgets) of a batch. m = 0 is raised to 1: with nothing cut, every sample would
-    repeat the cached response and the group would carry no signal."""
+                  truncation: TruncationConfig, rngs: list[random.Random]) -> tuple[list[list[int]], list[int],
+                                                                                   list[int]]:
+    """(prefixes, cuts m, suffix budgets) of a batch, row i cut with ``rngs[i]``. m = 0 is raised to 1: with nothing
+    cut, every sample would repeat the cached response and the group would carry no signal."""
     prefixes, cuts, budgets = [], [], []
-    for row in rows:
+    for row, rng in zip(rows, rngs):
         if cfg.objective.rollout == "full":
             prefixes.append([])
             cuts.append(0)
@@ -84,14 +90,48 @@ def score(row: dict, prompt_ids: list[int], prefix: list[int], cut: int, complet
 
 
 def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                   tokenizer, reward_fn: RewardFn, rng: random.Random, stop_ids: list[int]) -> list[Group]:
-    """Sample and score one group per row (prefix KV of each group computed once, under the current weights)."""
-    prefixes, cuts, budgets = plan_prefixes(rows, prompts, cache, cfg, cfg.truncation, rng)
+                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int]) -> list[Group]:
+    """Sample and score one group per row, row i from ``seeds[i]`` (prefix KV of each group computed once, under
+    the current weights)."""
+    if not rows:
+        return []
+    rngs = [random.Random(derive_seed(s, "cut")) for s in seeds]
+    prefixes, cuts, budgets = plan_prefixes(rows, prompts, cache, cfg, cfg.truncation, rngs)
     out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=prefixes, n=cfg.rollout.group_size,
                           max_new_tokens=budgets, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                          top_k=cfg.rollout.top_k, seed=rng.randrange(2**31), stop_token_ids=stop_ids)
-    return [score(r, prompts[r["qid"]], p, m, comps, tokenizer, reward_fn, cfg)
-            for r, p, m, comps in zip(rows, prefixes, cuts, out)]
+                          top_k=cfg.rollout.top_k, seed=[derive_seed(s, "sample") for s in seeds],
+                          stop_token_ids=stop_ids)
+    groups = [score(r, prompts[r["qid"]], p, m, comps, tokenizer, reward_fn, cfg)
+              for r, p, m, comps in zip(rows, prefixes, cuts, out)]
+    for g, s in zip(groups, seeds):
+        g.seed = s
+    return groups
+
+
+def collect_groups(next_rows, rollout, cfg: RunConfig, dist: DistContext, step_seed: int) -> tuple[list[Group],
+                                                                                                 list[Group]]:
+    """(groups to train on, all groups rolled out) of one step, both global and in the same order on every rank.
+
+    ``next_rows(k)`` gives the next k questions of the data order (the same on every rank); ``rollout(rows, seeds)``
+    samples and scores rows on this rank. Each round, every rank rolls out its share of the round's questions and
+    the groups are gathered. With dynamic sampling, zero-variance groups are dropped and further rounds refill the
+    GLOBAL batch to ``batch_questions`` groups (at most ``max_resample_rounds`` more rounds).
+    """
+    want = cfg.batch_questions
+    rolled: list[Group] = []
+    kept: list[Group] = []
+    rounds = 1 + (cfg.objective.max_resample_rounds if cfg.objective.dynamic_sampling else 0)
+    for round_index in range(rounds):
+        rows = next_rows(want - len(kept))
+        seeds = [derive_seed(step_seed, round_index, i) for i in range(len(rows))]
+        mine = dist.share(list(range(len(rows))))
+        local = rollout([rows[i] for i in mine], [seeds[i] for i in mine])
+        groups = [g for part in dist.gather(local) for g in part]
+        rolled += groups
+        kept += [g for g in groups if not (cfg.objective.dynamic_sampling and g.zero_variance)]
+        if len(kept) >= want:
+            break
+    return kept[:want], rolled
 
 
 def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:

@@ -21,10 +21,11 @@ from .cache import ExperienceCache, question_id
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import encode_prompt, load_rows
+from .distributed import DistContext, derive_seed
 from .metrics import MetricsLogger
-from .policy import PolicySample, build_batch, policy_loss, sequence_logprobs
+from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
 from .rewards import exact_answer_reward, format_reward, math_verify_reward
-from .rollout_step import Group, advantages_of, rollout_groups
+from .rollout_step import Group, advantages_of, collect_groups, rollout_groups
 
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
 
@@ -41,33 +42,22 @@ def build_engine(cfg: RunConfig, model):
     return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
 
 
-def micro_batches(group_sizes: list[int], micro_batch: int) -> list[list[int]]:
-    """Sample indices per micro-batch: whole groups packed while they fit ``micro_batch`` samples, so the
-    prefix-once forward computes each group's prompt + prefix once; a larger group is split into chunks."""
-    out, start = [], 0
-    for size in group_sizes:
-        if out and len(out[-1]) + size <= micro_batch:
-            out[-1] += range(start, start + size)
-        else:
-            out += [list(range(i, min(i + micro_batch, start + size))) for i in range(start, start + size, micro_batch)]
-        start += size
-    return out
-
-
 class Trainer:
     """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
 
-    def __init__(self, cfg: RunConfig, *, reward_fn=None):
+    def __init__(self, cfg: RunConfig, *, reward_fn=None, dist: DistContext | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
+        self.dist = dist or DistContext()
+        self.device = self.dist.device(cfg.device)
         self.out = Path(cfg.out_dir)
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
         dtype = getattr(torch, cfg.dtype)
         if not (Path(cfg.model) / "config.json").is_file():
             raise FileNotFoundError(f"model: no HF checkpoint (config.json) at {cfg.model}")
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(cfg.device)
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         self.engine = build_engine(cfg, self.model)
         self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
@@ -100,40 +90,47 @@ class Trainer:
         self.order: list[int] = []
         self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
         self.tokens_generated = 0
-        self.logger = MetricsLogger(self.out)
+        self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
     def init_cache(self, batch: int = 64) -> None:
         """One sampled response per training question from the initial policy (not filtered for correctness).
 
         With ``cache_resample_no_answer = k``, a response that states no final answer is sampled again, up to k
-        more times.
+        more times. Each rank samples its share of the questions; every rank then holds the whole cache.
         """
         if self.cfg.cache_init_path:
             self.cache = ExperienceCache.load(self.cfg.cache_init_path)
             return
         start = time.perf_counter()
-        todo = list(self.train_rows)
+        todo = self.dist.share(list(range(len(self.train_rows))))
+        found: dict[int, tuple] = {}
         for attempt in range(self.cfg.cache_resample_no_answer + 1):
             retry = []
-            for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False):
+            for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not self.dist.is_main):
                 part = todo[i:i + batch]
-                out = self.engine.generate([self.prompts[r["qid"]] for r in part], n=1,
+                rows = [self.train_rows[j] for j in part]
+                out = self.engine.generate([self.prompts[r["qid"]] for r in rows], n=1,
                                            max_new_tokens=self.cfg.rollout.max_response_len,
                                            temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
-                                           top_k=self.cfg.rollout.top_k, seed=self.rng.randrange(2**31),
+                                           top_k=self.cfg.rollout.top_k,
+                                           seed=[derive_seed(self.cfg.seed, "init", attempt, j) for j in part],
                                            stop_token_ids=self.stop_ids)
-                for row, (comp,) in zip(part, out):
+                for j, row, (comp,) in zip(part, rows, out):
                     text = self.tokenizer.decode(comp.token_ids, skip_special_tokens=True)
                     res = self.reward_fn(row, text)
-                    self.cache.put(row["qid"], self.prompts[row["qid"]], comp.token_ids, reward=res.reward,
-                                   correct=res.correct, step=0)
-                    self.tokens_generated += len(comp.token_ids)
+                    found[j] = (list(comp.token_ids), res.reward, res.correct, found.get(j, (0, 0, 0, 0))[3]
+                                + len(comp.token_ids))
                     if format_reward(row, text).reward == 0:
-                        retry.append(row)
+                        retry.append(j)
             todo = retry
             if not todo:
                 break
+        for part in self.dist.gather(found):
+            for j, (ids, reward, correct, generated) in sorted(part.items()):
+                row = self.train_rows[j]
+                self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0)
+                self.tokens_generated += generated
         self.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_rows(self, count: int) -> list[dict]:
@@ -146,22 +143,14 @@ class Trainer:
         return rows
 
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
-        """(groups to train on, all groups rolled out, rollout metrics); dynamic sampling refills the batch."""
+        """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
         cfg = self.cfg
-        want = cfg.batch_questions
-        rolled = rollout_groups(self.engine, self._next_rows(want), self.prompts, self.cache, cfg, self.tokenizer,
-                                self.reward_fn, self.rng, self.stop_ids)
-        kept = list(rolled)
-        if cfg.objective.dynamic_sampling:
-            kept = [g for g in rolled if not g.zero_variance]
-            for _ in range(cfg.objective.max_resample_rounds):
-                if len(kept) >= want:
-                    break
-                more = rollout_groups(self.engine, self._next_rows(want - len(kept)), self.prompts, self.cache, cfg,
-                                      self.tokenizer, self.reward_fn, self.rng, self.stop_ids)
-                rolled += more
-                kept += [g for g in more if not g.zero_variance]
-            kept = kept[:want]
+
+        def rollout(rows, seeds):
+            return rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
+                                  seeds, self.stop_ids)
+
+        kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         gen = [len(s) for g in rolled for s in g.suffixes]
         stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
                  "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
@@ -173,17 +162,20 @@ class Trainer:
         self.tokens_generated += sum(gen)
         return kept, rolled, stats
 
-    def _optimize(self, groups: list[Group]) -> dict:
+    def _optimize(self, kept: list[Group]) -> dict:
+        """One update on the global ``kept`` groups: this rank's share, loss weights over the global token (or
+        sequence) count, gradients summed over ranks, then clip and AdamW (the same on every rank)."""
         cfg = self.cfg
+        groups = self.dist.share(kept)
         samples = [PolicySample(g.prompt_ids, g.prefix_ids, s) for g in groups for s in g.suffixes]
-        adv = advantages_of(groups, cfg.objective.adv_eps).flatten()
+        adv = advantages_of(groups, cfg.objective.adv_eps).flatten() if groups else torch.zeros(0)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         micro = micro_batches([len(g.suffixes) for g in groups], cfg.optim.micro_batch)
         batches = [build_batch([samples[i] for i in idx], pad, cfg.objective.loss_tokens,
-                               self.policy_forward).to(cfg.device) for idx in micro]
+                               self.policy_forward).to(self.device) for idx in micro]
         by_tokens = cfg.objective.loss_type in ("dapo", "bnpo")
         sizes = [float(b.loss_mask.sum()) if by_tokens else float(len(idx)) for b, idx in zip(batches, micro)]
-        total = max(sum(sizes), 1.0)
+        total = max(self.dist.sum_floats([sum(sizes)])[0], 1.0)
         old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
                if cfg.objective.mu > 1 else [None] * len(batches))
         ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
@@ -201,16 +193,20 @@ class Trainer:
                                                 max_response_len=cfg.rollout.max_response_len,
                                                 checkpoint_layers=cfg.optim.gradient_checkpointing)
                 (loss * (size / total)).backward()
-                for k, v in metrics.items():
+                for k, v in {**metrics, "loss": loss.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * size / total / cfg.objective.mu
+            self.dist.sum_gradients(self.model.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
         self.engine.load_state_dict(self.model.state_dict())
-        sums["grad_norm"] = float(grad_norm)
-        sums["lr"] = self.scheduler.get_last_lr()[0]
-        return {f"train/{k}": v for k, v in sums.items()}
+        merged: dict[str, float] = {}
+        for part in self.dist.gather(sums):
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0.0) + v
+        merged["grad_norm"] = float(grad_norm)
+        merged["lr"] = self.scheduler.get_last_lr()[0]
+        return {f"train/{k}": v for k, v in merged.items()}
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
@@ -223,9 +219,9 @@ class Trainer:
         train = self._optimize(kept) if kept and signal else {}
         t_train = time.perf_counter()
         self.step += 1
-        for g in rolled:
+        for g in rolled:  # global and in one order: every rank's cache makes the same updates
             self.cache.update_from_group(g.qid, g.prompt_ids, g.responses, g.rewards, g.correct, self.step,
-                                         self.cfg.cache_epsilon, self.rng)
+                                         self.cfg.cache_epsilon, random.Random(derive_seed(g.seed, "cache")))
         self.timings["rollout_s"] += t_roll - start
         self.timings["train_s"] += t_train - t_roll
         return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start,
@@ -233,21 +229,31 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, rows: list[dict] | None = None) -> float:
-        """Greedy accuracy on the held-out split."""
+        """Greedy accuracy on the held-out split (each rank answers its share)."""
         rows = rows or self.test_rows
-        out = self.engine.generate([self.prompts[r["qid"]] for r in rows], n=1,
+        mine = self.dist.share(rows)
+        out = self.engine.generate([self.prompts[r["qid"]] for r in mine], n=1,
                                    max_new_tokens=self.cfg.eval_max_new_tokens, temperature=0.0,
-                                   stop_token_ids=self.stop_ids)
+                                   stop_token_ids=self.stop_ids) if mine else []
         hits = [self.reward_fn(r, self.tokenizer.decode(c[0].token_ids, skip_special_tokens=True)).correct
-                for r, c in zip(rows, out)]
-        return sum(hits) / len(hits)
+                for r, c in zip(mine, out)]
+        return self.dist.sum_floats([float(sum(hits))])[0] / len(rows)
 
     # -- persistence -------------------------------------------------------------------------------------------
-    def save(self) -> Path:
-        extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
-                 "config": self.cfg.to_dict()}
-        return save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache, self.rng,
-                               extra)
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0 writes, every rank waits); first checks that every rank holds the same cache."""
+        digests = self.dist.gather(self.cache.digest())
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"step {self.step}: the experience cache differs across ranks (digests {digests}); "
+                               "refusing to checkpoint a diverged job")
+        path = None
+        if self.dist.is_main:
+            extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
+                     "config": self.cfg.to_dict()}
+            path = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache,
+                                   self.rng, extra)
+        self.dist.barrier()
+        return path
 
     def resume(self) -> bool:
         """Restore the newest checkpoint of ``out_dir`` if there is one; refuses an incompatible config."""
@@ -264,29 +270,35 @@ class Trainer:
         self.engine.load_state_dict(self.model.state_dict())
         return True
 
+    def _log(self, step: int, metrics: dict) -> None:
+        if self.logger is not None:
+            self.logger.log(step, metrics)
+
     def train(self) -> dict:
         """Run (or resume) to ``cfg.steps``; returns the summary (accuracy before/after, tokens, times)."""
         resumed = self.resume()
-        summary = self.logger.summary()
+        summary = self.logger.summary() if self.logger is not None else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
             if self.cfg.objective.rollout == "rpo":
                 self.init_cache()
-            self.logger.log(0, {"eval/accuracy": summary["accuracy_before"]})
-            self.logger.save_summary(summary)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train")
+            self._log(0, {"eval/accuracy": summary["accuracy_before"]})
+            if self.logger is not None:
+                self.logger.save_summary(summary)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main)
         while self.step < self.cfg.steps:
             metrics = self.train_step()
             if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
                 metrics["eval/accuracy"] = self.evaluate()
-            self.logger.log(self.step, metrics)
+            self._log(self.step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics.get('eval/accuracy', 0):.2f}")
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 self.save()
         bar.close()
         summary.update(accuracy_after=self.evaluate(), steps=self.step, tokens_generated=self.tokens_generated,
-                       **self.timings)
-        self.logger.save_summary(summary)
-        self.logger.plot()
+                       world_size=self.dist.world_size, cache_digest=self.cache.digest(), **self.timings)
+        if self.logger is not None:
+            self.logger.save_summary(summary)
+            self.logger.plot()
         return summary
