@@ -9,7 +9,8 @@ its own ``rpo-train`` process. Three studies:
 
 Each finished run appends its summary rows to ``benchmarks/results/training.csv`` at once and keeps its per-step
 health curves as ``benchmarks/results/training_runs/<run>.jsonl``, so an interrupted study loses nothing; runs whose
-curves already exist are skipped (``--redo`` runs them again). ``python -m benchmarks.training_report`` turns the data
+curves already exist are skipped (``--redo`` runs them again; a run whose checkpoint in ``--work`` is complete only
+re-evaluates and re-records). ``python -m benchmarks.training_report`` turns the data
 into the tables (mean and spread over seeds, RPO/full ratios) and plots.
 
     python -m benchmarks.bench_training --study grid --seeds 0 1 2 --threads 1
@@ -30,10 +31,10 @@ from .harness import RESULTS_DIR, append_rows, device_name, versions
 
 ARMS = {"grpo": ("grpo", "full"), "grpo+rpo": ("grpo", "rpo"), "dapo": ("dapo", "full"), "dapo+rpo": ("dapo", "rpo")}
 CURVE_KEYS = ("eval/accuracy", "reward/mean", "rollout/response_len", "rollout/suffix_len", "rollout/prefix_len",
-              "rollout/zero_variance_share", "cache/mean_length", "cache/correct_share", "time/rollout_s",
-              "time/train_s", "time/step_s")
-SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "rollout_s", "train_s", "cache_init_s",
-                "total_s", "step_s")
+              "rollout/zero_variance_share", "rollout/generated_tokens", "rollout/groups", "cache/mean_length",
+              "cache/correct_share", "time/rollout_s", "time/train_s", "time/step_s")
+SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
+                "cache_init_s", "total_s", "step_s")
 TRUNCATION_SWEEP = ({"truncation.mode": "fixed", "truncation.max_cut": 8},
                     {"truncation.mode": "fixed", "truncation.max_cut": 16},
                     {"truncation.mode": "fixed", "truncation.max_cut": 32},

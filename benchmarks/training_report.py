@@ -1,0 +1,188 @@
+"""Tables and plots of the training comparison (``benchmarks/bench_training.py``'s data), in the shape of the paper's
+Tables 1-3: mean and spread over seeds per arm, RPO/full ratios, the truncation sweep, ``loss_tokens`` full vs suffix,
+and the health curves (reward, response length, zero-variance share, cache mean length) as PNG.
+
+    python -m benchmarks.training_report        # prints the markdown tables, writes training_*.png and the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .harness import RESULTS_DIR, read_rows
+
+METRICS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
+           "cache_init_s", "total_s", "step_s")
+HEALTH = ("eval/accuracy", "reward/mean", "rollout/response_len", "rollout/suffix_len",
+          "rollout/zero_variance_share", "cache/mean_length")
+
+
+def parse_shape(shape: str) -> dict:
+    """``tiny-cpu steps=60 length_aware=1 seed=0 truncation.max_cut=8`` -> its key=value pairs."""
+    return dict(part.split("=", 1) for part in shape.split() if "=" in part)
+
+
+def load_runs(csv_path: Path) -> dict[tuple, dict]:
+    """{(arm, length_aware, extra overrides, seed): {metric: value}} from the newest row of each."""
+    newest: dict[tuple, tuple[str, float]] = {}
+    for r in read_rows(csv_path):
+        if r["op"] != "training":
+            continue
+        kv = parse_shape(r["shape"])
+        extra = tuple(sorted((k, v) for k, v in kv.items() if k not in ("steps", "length_aware", "seed")))
+        key = (r["provider"], kv.get("length_aware", "1") == "1", extra, int(kv.get("seed", 0)), r["metric"])
+        if key not in newest or r["date"] >= newest[key][0]:
+            newest[key] = (r["date"], float(r["value"]))
+    runs: dict[tuple, dict] = defaultdict(dict)
+    for (arm, la, extra, seed, metric), (_, value) in newest.items():
+        runs[(arm, la, extra, seed)][metric] = value
+    return dict(runs)
+
+
+def aggregate(runs: dict[tuple, dict]) -> dict[tuple, dict]:
+    """{(arm, la, extra): {metric: (mean, std, n)}} over seeds."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for (arm, la, extra, _), values in runs.items():
+        by[(arm, la, extra)].append(values)
+    out = {}
+    for key, items in by.items():
+        out[key] = {}
+        for m in METRICS:
+            xs = [v[m] for v in items if m in v]
+            if xs:
+                out[key][m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0, len(xs))
+    return out
+
+
+def _mean(agg, key, metric):
+    return agg[key][metric][0] if key in agg and metric in agg[key] else float("nan")
+
+
+def grid_table(agg: dict) -> str:
+    lines = ["| arm | length-aware | seeds | held-out accuracy (mean ± sd) | tokens / sample | generated tokens | "
+             "rollout s | train s | cache init s | total s | RPO/full tokens per sample | RPO/full generated tokens | "
+             "RPO/full rollout time | RPO/full step time | RPO/full total time | RPO - full accuracy |",
+             "|" + "---|" * 16]
+    for la in (True, False):
+        for arm in ("grpo", "grpo+rpo", "dapo", "dapo+rpo"):
+            key = (arm, la, ())
+            if key not in agg:
+                continue
+            a = agg[key]
+            acc = a["accuracy_after"]
+            ratios = " | | | | | "
+            if arm.endswith("+rpo") and (arm[:-4], la, ()) in agg:
+                base = (arm[:-4], la, ())
+                step = (_mean(agg, key, "rollout_s") + _mean(agg, key, "train_s")) / (
+                    _mean(agg, base, "rollout_s") + _mean(agg, base, "train_s"))
+                ratios = (f" {_mean(agg, key, 'tokens_per_sample') / _mean(agg, base, 'tokens_per_sample'):.3f} | "
+                          f"{_mean(agg, key, 'tokens_generated') / _mean(agg, base, 'tokens_generated'):.3f} | "
+                          f"{_mean(agg, key, 'rollout_s') / _mean(agg, base, 'rollout_s'):.3f} | {step:.3f} | "
+                          f"{_mean(agg, key, 'total_s') / _mean(agg, base, 'total_s'):.3f} | "
+                          f"{100 * (acc[0] - _mean(agg, base, 'accuracy_after')):+.1f} pt ")
+            lines.append(f"| {arm} | {'on' if la else 'off'} | {acc[2]} | {100 * acc[0]:.1f} ± {100 * acc[1]:.1f} | "
+                         f"{_mean(agg, key, 'tokens_per_sample'):.1f} | {_mean(agg, key, 'tokens_generated'):,.0f} | "
+                         f"{_mean(agg, key, 'rollout_s'):.1f} | "
+                         f"{_mean(agg, key, 'train_s'):.1f} | {_mean(agg, key, 'cache_init_s'):.1f} | "
+                         f"{_mean(agg, key, 'total_s'):.1f} |{ratios}|")
+    return "\n".join(lines)
+
+
+def sweep_table(agg: dict, runs: dict) -> str:
+    """RPO-GRPO (length-aware on) per truncation / loss_tokens setting, against full-path GRPO of the same seeds."""
+    lines = ["| RPO-GRPO setting | seeds | held-out accuracy | tokens / sample | RPO/full tokens | rollout s | "
+             "RPO/full rollout time | train s |", "|" + "---|" * 8]
+    base = ("grpo", True, ())
+    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=str)
+    for extra in settings:
+        key = ("grpo+rpo", True, extra)
+        a = agg[key]
+        name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in extra) or "max_cut=80 (recipe), loss_tokens=full"
+        acc = a["accuracy_after"]
+        lines.append(f"| {name} | {acc[2]} | {100 * acc[0]:.1f} ± {100 * acc[1]:.1f} | "
+                     f"{_mean(agg, key, 'tokens_per_sample'):.1f} | "
+                     f"{_mean(agg, key, 'tokens_per_sample') / _mean(agg, base, 'tokens_per_sample'):.3f} | "
+                     f"{_mean(agg, key, 'rollout_s'):.1f} | "
+                     f"{_mean(agg, key, 'rollout_s') / _mean(agg, base, 'rollout_s'):.3f} | "
+                     f"{_mean(agg, key, 'train_s'):.1f} |")
+    return "\n".join(lines)
+
+
+def load_curves(runs_dir: Path) -> dict[tuple, list[dict]]:
+    curves = {}
+    for path in sorted(runs_dir.glob("*.jsonl")):
+        lines = path.read_text().splitlines()
+        meta = json.loads(lines[0])
+        extra = tuple(sorted((k, str(v)) for k, v in meta["extra"].items()))
+        curves[(meta["arm"], meta["length_aware"], extra, meta["seed"])] = [json.loads(x) for x in lines[1:]]
+    return curves
+
+
+def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    drawn = False
+    for arm in ("grpo", "grpo+rpo", "dapo", "dapo+rpo"):
+        runs = [c for (a, la, extra, _), c in curves.items() if a == arm and la == length_aware and not extra]
+        for ax, key in zip(axes.flat, HEALTH):
+            per_step: dict[int, list[float]] = defaultdict(list)
+            for curve in runs:
+                for row in curve:
+                    if key in row:
+                        per_step[row["step"]].append(row[key])
+            if per_step:
+                steps = sorted(per_step)
+                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], label=arm,
+                        marker="." if key == "eval/accuracy" else None)
+                drawn = True
+            ax.set_title(f"{key} (mean over seeds)", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"embedded task, length-aware reward {'on' if length_aware else 'off'}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", default=str(RESULTS_DIR / "training.csv"))
+    args = parser.parse_args(argv)
+    csv_path = Path(args.csv)
+    runs = load_runs(csv_path)
+    if not runs:
+        raise SystemExit(f"no training rows in {csv_path}; run python -m benchmarks.bench_training first")
+    agg = aggregate(runs)
+    rows = [r for r in read_rows(csv_path) if r["op"] == "training"]
+    print(f"{rows[0]['device']}; {rows[0]['version']}; runs {min(r['date'] for r in rows)} .. "
+          f"{max(r['date'] for r in rows)}\n")
+    print(grid_table(agg) + "\n")
+    print(sweep_table(agg, runs) + "\n")
+    summary = {" ".join(map(str, (k[0], "la" if k[1] else "no-la", *(f"{a}={b}" for a, b in k[2])))): v
+               for k, v in agg.items()}
+    out = csv_path.with_name("training_summary.json")
+    from rpo_train.atomic import atomic_write_json
+
+    atomic_write_json(out, summary)
+    curves = load_curves(csv_path.parent / "training_runs")
+    for la, name in ((True, "training_health.png"), (False, "training_health_no_la.png")):
+        written = plot_health(curves, csv_path.with_name(name), la)
+        if written:
+            print(f"plot: {written}")
+    print(f"summary: {out}")
+
+
+if __name__ == "__main__":
+    main()
