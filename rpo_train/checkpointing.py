@@ -23,32 +23,39 @@ from .cache import ExperienceCache
 FORMAT = "rpo-checkpoint/1"
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
+def _optimizer_to_files(optimizer: torch.optim.Optimizer, sd: dict | None = None) -> tuple[dict, dict]:
+    sd = optimizer.state_dict() if sd is None else sd
     tensors = {f"state/{idx}/{key}": (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
                for idx, st in sd["state"].items() for key, v in st.items()}
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def _optimizer_state_from_files(tensors: dict, meta: dict) -> dict:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         _, idx, key = name.split("/", 2)
         state.setdefault(int(idx), {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, cache: ExperienceCache, rng: random.Random, extra: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` and point ``latest.json`` to it; keep the newest ``keep`` checkpoints."""
+                    scheduler, cache: ExperienceCache, rng: random.Random, extra: dict, keep: int = 2, *,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint ``step`` and point ``latest.json`` to it; keep the newest ``keep`` checkpoints.
+
+    ``model_state`` / ``optimizer_state`` (whole tensors, e.g. gathered from shards) replace the modules' own.
+    """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
 
     def build(tmp: Path) -> None:
-        save_model(model, str(tmp / "model.safetensors"))
-        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        if model_state is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer, optimizer_state)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         cache.save(tmp / "cache.safetensors")
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -78,18 +85,26 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    rng: random.Random) -> tuple[dict, ExperienceCache]:
-    """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, cache)."""
+                    rng: random.Random, load_state=None) -> tuple[dict, ExperienceCache]:
+    """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, cache).
+
+    ``load_state(model_tensors, optimizer_state)``, when given, installs the model and optimizer tensors instead
+    (e.g. into shards, ``rpo_train.sharding.load_full_state``).
+    """
     folder = Path(folder)
     with open(folder / "state.json") as f:
         state = json.load(f)
     if state.get("format") != FORMAT:
         raise ValueError(f"{folder} is not an rpo checkpoint (format {state.get('format')!r})")
-    try:
-        load_model(model, str(folder / "model.safetensors"))
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {folder} does not fit the model: {exc}") from exc
-    _optimizer_from_files(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    optimizer_state = _optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    if load_state is not None:
+        load_state(load_file(str(folder / "model.safetensors")), optimizer_state)
+    else:
+        try:
+            load_model(model, str(folder / "model.safetensors"))
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {folder} does not fit the model: {exc}") from exc
+        optimizer.load_state_dict(optimizer_state)
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     version, internal, gauss = state["python_rng"]

@@ -20,6 +20,8 @@ ENGINES = ("native", "hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
 # "auto": prefix_once when objective.rollout is rpo (groups share a prompt + prefix), else plain.
 POLICY_FORWARDS = ("auto", "plain", "prefix_once")
+# Under torchrun: "ddp" keeps a whole model per rank; "fsdp" shards the decoder layers (rpo_train.sharding).
+PARALLEL = ("ddp", "fsdp")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -56,7 +58,8 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW settings and the policy forward: ``policy_forward`` plain | prefix_once | auto (see
-    ``rpo_train.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward."""
+    ``rpo_train.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward; ``parallel`` ddp |
+    fsdp under torchrun (see ``rpo_train.distributed`` and ``rpo_train.sharding``)."""
 
     lr: float = 1e-6
     warmup_steps: int = 0
@@ -65,8 +68,13 @@ class OptimConfig:
     micro_batch: int = 16
     policy_forward: str = "auto"
     gradient_checkpointing: bool = False
+    parallel: str = "ddp"
 
     def __post_init__(self):
+        _require(self.parallel in PARALLEL, f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        _require(not (self.parallel == "fsdp" and self.policy_forward == "prefix_once"),
+                 "optim.policy_forward prefix_once needs optim.parallel ddp: FSDP gathers a layer's weights in the "
+                 "layer's forward, which the prefix-once forward does not call (use plain or auto)")
         _require(self.policy_forward in POLICY_FORWARDS,
                  f"optim.policy_forward must be one of {POLICY_FORWARDS}, got {self.policy_forward!r}")
         _require(isinstance(self.gradient_checkpointing, bool),

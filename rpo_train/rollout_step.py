@@ -17,7 +17,7 @@ from .cache import ExperienceCache, TruncationConfig
 from .config import RunConfig
 from .distributed import DistContext, derive_seed
 from .objectives import group_advantages
-from .rewards import RewardFn, length_aware, overlong_penalty
+from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
 
 
 @dataclass
@@ -137,3 +137,38 @@ def collect_groups(next_rows, rollout, cfg: RunConfig, dist: DistContext, step_s
 def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:
     """[len(groups), G] group-normalised advantages."""
     return group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32), eps=eps)
+
+
+def initial_responses(engine, rows: list[dict], prompts: dict[str, list[int]], cfg: RunConfig, tokenizer,
+                      reward_fn: RewardFn, stop_ids: list[int], dist: DistContext, batch: int = 64) -> list[tuple]:
+    """The cache init: one sampled response per row from the initial policy (not filtered for correctness), as
+    (token ids, reward, correct, tokens generated) per row, the same list on every rank.
+
+    Each rank samples its share, row i seeded from (run seed, attempt, i). With ``cache_resample_no_answer = k``, a
+    response that states no final answer is sampled again, up to k more times.
+    """
+    from tqdm.auto import tqdm
+
+    todo = dist.share(list(range(len(rows))))
+    found: dict[int, tuple] = {}
+    for attempt in range(cfg.cache_resample_no_answer + 1):
+        retry = []
+        for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not dist.is_main):
+            part = todo[i:i + batch]
+            out = engine.generate([prompts[rows[j]["qid"]] for j in part], n=1,
+                                  max_new_tokens=cfg.rollout.max_response_len, temperature=cfg.rollout.temperature,
+                                  top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                                  seed=[derive_seed(cfg.seed, "init", attempt, j) for j in part],
+                                  stop_token_ids=stop_ids)
+            for j, (comp,) in zip(part, out):
+                text = tokenizer.decode(comp.token_ids, skip_special_tokens=True)
+                res = reward_fn(rows[j], text)
+                spent = found[j][3] if j in found else 0
+                found[j] = (list(comp.token_ids), res.reward, res.correct, spent + len(comp.token_ids))
+                if format_reward(rows[j], text).reward == 0:
+                    retry.append(j)
+        todo = retry
+        if not todo:
+            break
+    merged = {j: v for part in dist.gather(found) for j, v in part.items()}
+    return [merged[j] for j in range(len(rows))]

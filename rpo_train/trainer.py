@@ -23,9 +23,29 @@ from .config import RunConfig
 from .data import encode_prompt, load_rows
 from .distributed import DistContext, derive_seed
 from .metrics import MetricsLogger
-from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
-from .rewards import exact_answer_reward, format_reward, math_verify_reward
-from .rollout_step import Group, advantages_of, collect_groups, rollout_groups
+from .policy import (
+    PolicySample,
+    build_batch,
+    micro_batches,
+    policy_loss,
+    sequence_logprobs,
+)
+from .rewards import exact_answer_reward, math_verify_reward
+from .rollout_step import (
+    Group,
+    advantages_of,
+    collect_groups,
+    initial_responses,
+    rollout_groups,
+)
+from .sharding import (
+    clip_grad_norm,
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded_tensor,
+    load_full_state,
+    shard_layers,
+)
 
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
 
@@ -73,15 +93,19 @@ class Trainer:
             row["qid"] = question_id(ids)
             self.prompts[row["qid"]] = ids
         forward = cfg.optim.policy_forward
-        self.policy_forward = (("prefix_once" if cfg.objective.rollout == "rpo" else "plain") if forward == "auto"
-                               else forward)
+        rpo_default = cfg.objective.rollout == "rpo" and not (self.dist.distributed and cfg.optim.parallel == "fsdp")
+        self.policy_forward = ("prefix_once" if rpo_default else "plain") if forward == "auto" else forward
         if cfg.optim.gradient_checkpointing and self.policy_forward == "plain":
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.objective.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
+        if self.sharded:
+            shard_layers(self.model, torch.device(self.device).type)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
-                                           weight_decay=cfg.optim.weight_decay)
+                                           weight_decay=cfg.optim.weight_decay,
+                                           foreach=False if self.sharded else None)
         warm = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
@@ -93,44 +117,18 @@ class Trainer:
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
-    def init_cache(self, batch: int = 64) -> None:
-        """One sampled response per training question from the initial policy (not filtered for correctness).
-
-        With ``cache_resample_no_answer = k``, a response that states no final answer is sampled again, up to k
-        more times. Each rank samples its share of the questions; every rank then holds the whole cache.
-        """
+    def init_cache(self) -> None:
+        """One sampled response per training question from the initial policy (``rollout_step.initial_responses``;
+        each rank samples its share, every rank then holds the whole cache)."""
         if self.cfg.cache_init_path:
             self.cache = ExperienceCache.load(self.cfg.cache_init_path)
             return
         start = time.perf_counter()
-        todo = self.dist.share(list(range(len(self.train_rows))))
-        found: dict[int, tuple] = {}
-        for attempt in range(self.cfg.cache_resample_no_answer + 1):
-            retry = []
-            for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not self.dist.is_main):
-                part = todo[i:i + batch]
-                rows = [self.train_rows[j] for j in part]
-                out = self.engine.generate([self.prompts[r["qid"]] for r in rows], n=1,
-                                           max_new_tokens=self.cfg.rollout.max_response_len,
-                                           temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
-                                           top_k=self.cfg.rollout.top_k,
-                                           seed=[derive_seed(self.cfg.seed, "init", attempt, j) for j in part],
-                                           stop_token_ids=self.stop_ids)
-                for j, row, (comp,) in zip(part, rows, out):
-                    text = self.tokenizer.decode(comp.token_ids, skip_special_tokens=True)
-                    res = self.reward_fn(row, text)
-                    found[j] = (list(comp.token_ids), res.reward, res.correct, found.get(j, (0, 0, 0, 0))[3]
-                                + len(comp.token_ids))
-                    if format_reward(row, text).reward == 0:
-                        retry.append(j)
-            todo = retry
-            if not todo:
-                break
-        for part in self.dist.gather(found):
-            for j, (ids, reward, correct, generated) in sorted(part.items()):
-                row = self.train_rows[j]
-                self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0)
-                self.tokens_generated += generated
+        found = initial_responses(self.engine, self.train_rows, self.prompts, self.cfg, self.tokenizer, self.reward_fn,
+                                  self.stop_ids, self.dist)
+        for row, (ids, reward, correct, generated) in zip(self.train_rows, found):
+            self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0)
+            self.tokens_generated += generated
         self.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_rows(self, count: int) -> list[dict]:
@@ -176,6 +174,11 @@ class Trainer:
         by_tokens = cfg.objective.loss_type in ("dapo", "bnpo")
         sizes = [float(b.loss_mask.sum()) if by_tokens else float(len(idx)) for b, idx in zip(batches, micro)]
         total = max(self.dist.sum_floats([sum(sizes)])[0], 1.0)
+        if self.sharded:  # sharded layers gather weights in every forward: the same number of micro-batches everywhere
+            extra = max(self.dist.gather(len(batches))) - len(batches)
+            dummy = build_batch([PolicySample([pad], [], [pad])], pad).to(self.device)
+            batches, sizes = batches + [dummy] * extra, sizes + [0.0] * extra
+            micro, adv = micro + [[len(adv)]] * extra, torch.cat([adv, torch.zeros(1)])
         old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
                if cfg.objective.mu > 1 else [None] * len(batches))
         ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
@@ -195,11 +198,15 @@ class Trainer:
                 (loss * (size / total)).backward()
                 for k, v in {**metrics, "loss": loss.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu
-            self.dist.sum_gradients(self.model.parameters())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            if self.sharded:  # FSDP summed the layers' gradients; the whole parameters' are summed here
+                self.dist.sum_gradients([p for p in self.model.parameters() if not is_sharded_tensor(p)])
+                grad_norm = clip_grad_norm(list(self.model.parameters()), cfg.optim.grad_clip)
+            else:
+                self.dist.sum_gradients(self.model.parameters())
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
-        self.engine.load_state_dict(self.model.state_dict())
+        self.engine.load_state_dict(full_state_dict(self.model) if self.sharded else self.model.state_dict())
         merged: dict[str, float] = {}
         for part in self.dist.gather(sums):
             for k, v in part.items():
@@ -246,12 +253,16 @@ class Trainer:
         if len(set(digests)) != 1:
             raise RuntimeError(f"step {self.step}: the experience cache differs across ranks (digests {digests}); "
                                "refusing to checkpoint a diverged job")
-        path = None
+        path, whole = None, {}
+        if self.sharded:  # gather whole tensors (every rank takes part); the tied lm_head is stored once
+            names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
+            whole = {"model_state": {k: v for k, v in full_state_dict(self.model).items() if k in names},
+                     "optimizer_state": full_optimizer_state(self.optimizer)}
         if self.dist.is_main:
             extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
                      "config": self.cfg.to_dict()}
             path = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache,
-                                   self.rng, extra)
+                                   self.rng, extra, **whole)
         self.dist.barrier()
         return path
 
@@ -260,14 +271,15 @@ class Trainer:
         folder = latest_checkpoint(self.out)
         if folder is None:
             return False
-        state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng)
+        load = ((lambda m, o: load_full_state(self.model, self.optimizer, m, o)) if self.sharded else None)
+        state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng, load)
         for key in ("model", "data", "rollout", "objective", "truncation"):
             if state["config"][key] != self.cfg.to_dict()[key]:
                 raise ValueError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
                                  f"({state['config'][key]} vs {self.cfg.to_dict()[key]})")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
-        self.engine.load_state_dict(self.model.state_dict())
+        self.engine.load_state_dict(full_state_dict(self.model) if self.sharded else self.model.state_dict())
         return True
 
     def _log(self, step: int, metrics: dict) -> None:
@@ -301,4 +313,5 @@ class Trainer:
         if self.logger is not None:
             self.logger.save_summary(summary)
             self.logger.plot()
+        self.dist.barrier()  # no rank tears the process group down while another still uses it
         return summary
