@@ -133,6 +133,8 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | N
     for arm in ("grpo", "grpo+rpo", "dapo", "dapo+rpo"):
         runs = [c for (a, la, extra, _), c in curves.items() if a == arm and la == length_aware and not extra]
         for ax, key in zip(axes.flat, HEALTH):
+            if key.startswith("cache/") and not arm.endswith("+rpo"):  # full-path arms never read the cache
+                continue
             per_step: dict[int, list[float]] = defaultdict(list)
             for curve in runs:
                 for row in curve:
