@@ -4,7 +4,8 @@ Every run starts from the same warm-started tiny model, data and budget (recipe 
 its own ``rpo-train`` process. Three studies:
 
 - ``grid``: the four arms x length-aware reward on/off x seeds;
-- ``truncation``: RPO-GRPO with L fixed at several values and L = 0.5*l (paper Table 2, Fig. 6);
+- ``truncation``: RPO-GRPO with L fixed at 8, 16 and 32 tokens and L = 0.5*l and l (paper Table 2, Fig. 6; the
+  grid's RPO arms use the recipe's L = 80, longer than the task's responses);
 - ``loss_tokens``: RPO-GRPO with ``loss_tokens: suffix`` (the grid's RPO arms use ``full``, the paper's choice).
 
 Each finished run appends its summary rows to ``benchmarks/results/training.csv`` at once and keeps its per-step
@@ -38,7 +39,8 @@ SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "token
 TRUNCATION_SWEEP = ({"truncation.mode": "fixed", "truncation.max_cut": 8},
                     {"truncation.mode": "fixed", "truncation.max_cut": 16},
                     {"truncation.mode": "fixed", "truncation.max_cut": 32},
-                    {"truncation.mode": "dynamic", "truncation.factor": 0.5})
+                    {"truncation.mode": "dynamic", "truncation.factor": 0.5},
+                    {"truncation.mode": "dynamic", "truncation.factor": 1.0})
 
 
 def run_name(arm: str, seed: int, length_aware: bool, extra: dict) -> str:
