@@ -92,16 +92,64 @@ def grid_table(agg: dict) -> str:
     return "\n".join(lines)
 
 
+def _setting_order(extra: tuple) -> tuple:
+    kv = dict(extra)
+    if "objective.loss_tokens" in kv:
+        return (2, 0.0)
+    if kv.get("truncation.mode") == "dynamic":
+        return (1, float(kv.get("truncation.factor", 0)))
+    return (0, float(kv.get("truncation.max_cut", 80)))
+
+
+def _setting_name(extra: tuple) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in extra) or "max_cut=80 (recipe), loss_tokens=full"
+
+
+def plot_sweep(agg: dict, path: Path) -> Path | None:
+    """Held-out accuracy against the share of full-path tokens per RPO-GRPO setting (the paper's Fig. 6 shape)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = ("grpo", True, ())
+    points = [(extra, agg[("grpo+rpo", True, extra)]) for extra in
+              sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=_setting_order)]
+    if base not in agg or not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (extra, a) in enumerate(points):
+        x = a["tokens_per_sample"][0] / agg[base]["tokens_per_sample"][0]
+        kv = dict(extra)
+        label = ("loss on suffix only" if "objective.loss_tokens" in kv else
+                 f"L = {kv['truncation.factor']} l" if kv.get("truncation.mode") == "dynamic" else
+                 f"L = {kv.get('truncation.max_cut', 80)}")
+        ax.errorbar(x, 100 * a["accuracy_after"][0], yerr=100 * a["accuracy_after"][1], fmt="o", capsize=3)
+        ax.annotate(label, (x, 100 * a["accuracy_after"][0]), fontsize=7, xytext=(5, 6 - 12 * (i % 3)),
+                    textcoords="offset points")
+    acc = agg[base]["accuracy_after"]
+    ax.axhline(100 * acc[0], color="gray", ls="--", lw=1, label=f"full-path GRPO {100 * acc[0]:.1f}%")
+    ax.axhline(100 * agg[base]["accuracy_before"][0], color="gray", ls=":", lw=1, label="before training")
+    ax.set_xlabel("RPO / full-path generated tokens per sample")
+    ax.set_ylabel("held-out accuracy after 60 steps (%)")
+    ax.set_title("RPO-GRPO truncation settings (mean ± sd over seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def sweep_table(agg: dict, runs: dict) -> str:
     """RPO-GRPO (length-aware on) per truncation / loss_tokens setting, against full-path GRPO of the same seeds."""
     lines = ["| RPO-GRPO setting | seeds | held-out accuracy | tokens / sample | RPO/full tokens | rollout s | "
              "RPO/full rollout time | train s |", "|" + "---|" * 8]
     base = ("grpo", True, ())
-    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=str)
+    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=_setting_order)
     for extra in settings:
         key = ("grpo+rpo", True, extra)
         a = agg[key]
-        name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in extra) or "max_cut=80 (recipe), loss_tokens=full"
+        name = _setting_name(extra)
         acc = a["accuracy_after"]
         lines.append(f"| {name} | {acc[2]} | {100 * acc[0]:.1f} ± {100 * acc[1]:.1f} | "
                      f"{_mean(agg, key, 'tokens_per_sample'):.1f} | "
@@ -183,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         written = plot_health(curves, csv_path.with_name(name), la)
         if written:
             print(f"plot: {written}")
+    written = plot_sweep(agg, csv_path.with_name("training_truncation.png"))
+    if written:
+        print(f"plot: {written}")
     print(f"summary: {out}")
 
 
