@@ -21,15 +21,7 @@ import sys
 
 import torch
 
-from .harness import (
-    RESULTS_DIR,
-    append_rows,
-    device_name,
-    emit_rows,
-    measure,
-    rows_for,
-    run_isolated,
-)
+from .harness import RESULTS_DIR, append_rows, device_name, emit_rows, measure, rows_for, run_isolated
 
 SHAPES = ((2048, 256, 8), (1024, 128, 6), (512, 64, 16))
 ARCHS = {

@@ -8,8 +8,10 @@ rank samples it and whatever else shares the engine call.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,18 @@ from .config import RunConfig
 from .distributed import DistContext, derive_seed
 from .objectives import group_advantages
 from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
+
+
+def build_engine(cfg: RunConfig, model):
+    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step)."""
+    from .rollout import HFEngine, NativeEngine, VLLMEngine
+    from .rollout.checkpoint import eos_token_ids
+
+    eos = eos_token_ids(Path(cfg.model), model.config)
+    if cfg.rollout.engine == "vllm":
+        return VLLMEngine.from_pretrained(cfg.model)
+    cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
+    return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
 
 
 @dataclass

@@ -23,43 +23,13 @@ from .config import RunConfig
 from .data import encode_prompt, load_rows
 from .distributed import DistContext, derive_seed
 from .metrics import MetricsLogger
-from .policy import (
-    PolicySample,
-    build_batch,
-    micro_batches,
-    policy_loss,
-    sequence_logprobs,
-)
+from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
 from .rewards import exact_answer_reward, math_verify_reward
-from .rollout_step import (
-    Group,
-    advantages_of,
-    collect_groups,
-    initial_responses,
-    rollout_groups,
-)
-from .sharding import (
-    clip_grad_norm,
-    full_optimizer_state,
-    full_state_dict,
-    is_sharded_tensor,
-    load_full_state,
-    shard_layers,
-)
+from .rollout_step import Group, advantages_of, build_engine, collect_groups, initial_responses, rollout_groups
+from .sharding import (clip_grad_norm, full_optimizer_state, full_state_dict, is_sharded_tensor, load_full_state,
+                       shard_layers)
 
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
-
-
-def build_engine(cfg: RunConfig, model):
-    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step)."""
-    from .rollout import HFEngine, NativeEngine, VLLMEngine
-    from .rollout.checkpoint import eos_token_ids
-
-    eos = eos_token_ids(Path(cfg.model), model.config)
-    if cfg.rollout.engine == "vllm":
-        return VLLMEngine.from_pretrained(cfg.model)
-    cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
-    return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
 
 
 class Trainer:
@@ -298,13 +268,14 @@ class Trainer:
             if self.logger is not None:
                 self.logger.save_summary(summary)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main)
+        accuracy = summary.get("accuracy_before", float("nan"))
         while self.step < self.cfg.steps:
             metrics = self.train_step()
             if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
-                metrics["eval/accuracy"] = self.evaluate()
+                metrics["eval/accuracy"] = accuracy = self.evaluate()
             self._log(self.step, metrics)
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics.get('eval/accuracy', 0):.2f}")
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest evaluation
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 self.save()
         bar.close()
