@@ -65,7 +65,11 @@ def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
     from .distributed import DistContext, RankLostError
 
     start = time.perf_counter() if start is None else start
-    dist = DistContext.from_env(cfg.device)
+    try:
+        dist = DistContext.from_env(cfg.device)
+    except RuntimeError as exc:
+        print(f"rpo-train: {exc}", file=sys.stderr)
+        return 2
     try:
         warm = time.perf_counter()
         if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached

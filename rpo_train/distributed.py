@@ -49,6 +49,10 @@ class DistContext:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
+            if torch.cuda.device_count() <= local:
+                raise RuntimeError(f"device: 'cuda' needs a GPU per local rank, but LOCAL_RANK={local} and this "
+                                   f"machine has {torch.cuda.device_count()} GPUs; lower --nproc_per_node or use "
+                                   "device=cpu")
             torch.cuda.set_device(local)
         if not tdist.is_initialized():
             tdist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))

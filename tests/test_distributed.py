@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rpo_train.distributed import DistContext, derive_seed
 from rpo_train.task.tokenizer import make_tiny_checkpoint
@@ -140,3 +141,13 @@ def test_parallel_settings_are_validated():
         OptimConfig(parallel="zero3")
     with pytest.raises(ValueError, match="prefix_once needs optim.parallel ddp"):
         OptimConfig(parallel="fsdp", policy_forward="prefix_once")
+
+
+def test_gpu_ranks_without_gpus_are_refused_clearly(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    if torch.cuda.device_count() > 1:
+        pytest.skip("this machine has a GPU per local rank")
+    with pytest.raises(RuntimeError, match="needs a GPU per local rank"):
+        DistContext.from_env("cuda")
