@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import rpo_kernels
 
-from .harness import RESULTS_DIR, append_rows, device_name, emit_rows, measure, rows_for, run_isolated
+from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
 
 HQ, HKV, D = 32, 8, 128
 GRID = dict(P=(512, 2048, 8192), G=(4, 8, 16), S=(64, 256))
@@ -196,12 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             rows += run_isolated(__spec__.name, [*child_argv, "--child", name, "--shape", str(i)])
     summarize(rows, grid, args.groups)
-    path = append_rows(args.out, rows)
-    print(f"rows appended to {path}")
-    if not args.no_plot:
-        from .plot import plot
-
-        print(f"plot: {plot(path)}")
+    record(rows, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

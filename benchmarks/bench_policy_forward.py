@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from .harness import RESULTS_DIR, append_rows, device_name, emit_rows, measure, rows_for, run_isolated
+from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
 
 SHAPES = ((2048, 256, 8), (1024, 128, 6), (512, 64, 16))
 ARCHS = {
@@ -121,12 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in PROVIDERS:
             rows += run_isolated(__spec__.name, [*child_argv, "--child", f"{name}:{i}"])
     print_table(rows)
-    path = append_rows(args.out, rows)
-    print(f"rows appended to {path}")
-    if not args.no_plot:
-        from .plot import plot
-
-        print(f"plot: {plot(path)}")
+    record(rows, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

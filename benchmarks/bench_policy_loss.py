@@ -22,7 +22,7 @@ import torch
 import rpo_kernels
 from rpo_kernels.reference import policy_loss_ref
 
-from .harness import RESULTS_DIR, append_rows, device_name, emit_rows, measure, rows_for, run_isolated
+from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
 
 SHAPES = {"cpu": (4096, 1024, 151936), "cuda": (8192, 2048, 151936), "quick": (512, 256, 32000)}
 
@@ -121,12 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.providers or name in args.providers:
             rows += run_isolated(__spec__.name, [*child_argv, "--child", name])
     print_table(rows)
-    path = append_rows(args.out, rows)
-    print(f"rows appended to {path}")
-    if not args.no_plot:
-        from .plot import plot
-
-        print(f"plot: {plot(path)}")
+    record(rows, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,17 @@ def append_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
     return path
 
 
+def record(rows: list[dict], out: str | os.PathLike, *, plot: bool = True) -> Path:
+    """Append ``rows`` to the CSV ``out`` (atomically) and redraw its plot beside it; returns the CSV path."""
+    path = append_rows(out, rows)
+    print(f"rows appended to {path}")
+    if plot:
+        from .plot import plot as draw
+
+        print(f"plot: {draw(path)}")
+    return path
+
+
 ROWS_MARK = "BENCH_ROWS_JSON:"
 
 
