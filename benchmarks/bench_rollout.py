@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from rpo_train.atomic import atomic_savefig
+
 from .harness import RESULTS_DIR, append_rows, device_name, measure, rows_for
 
 SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8)}
@@ -153,7 +155,7 @@ def plot_summary(rows: list[dict], out: Path) -> Path:
         ax.invert_yaxis()
     fig.suptitle(f"{rows[0]['shape']} | {rows[0]['device']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    atomic_savefig(fig, out, dpi=120)
     plt.close(fig)
     return out
 

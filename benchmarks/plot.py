@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rpo_train.atomic import atomic_savefig
+
 from .harness import read_rows
 
 PANELS = (("time_ms_median", "time per call (ms)"), ("peak_mem_mb", "peak extra memory (MiB)"))
@@ -47,7 +49,7 @@ def plot(csv_path: str | Path, out: str | Path | None = None) -> Path:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out) if out else csv_path.with_suffix(".png")
-    fig.savefig(out, dpi=120)
+    atomic_savefig(fig, out, dpi=120)
     plt.close(fig)
     return out
 

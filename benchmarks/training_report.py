@@ -13,6 +13,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from rpo_train.atomic import atomic_savefig, atomic_write_json
+
 from .harness import RESULTS_DIR, read_rows
 
 METRICS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
@@ -135,12 +137,12 @@ def plot_sweep(agg: dict, path: Path) -> Path | None:
     ax.set_title("RPO-GRPO truncation settings (mean ± sd over seeds)", fontsize=9)
     ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
 
-def sweep_table(agg: dict, runs: dict) -> str:
+def sweep_table(agg: dict) -> str:
     """RPO-GRPO (length-aware on) per truncation / loss_tokens setting, against full-path GRPO of the same seeds."""
     lines = ["| RPO-GRPO setting | seeds | held-out accuracy | tokens / sample | RPO/full tokens | rollout s | "
              "RPO/full rollout time | train s |", "|" + "---|" * 8]
@@ -201,7 +203,7 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | N
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"embedded task, length-aware reward {'on' if length_aware else 'off'}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -219,12 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{rows[0]['device']}; {rows[0]['version']}; runs {min(r['date'] for r in rows)} .. "
           f"{max(r['date'] for r in rows)}\n")
     print(grid_table(agg) + "\n")
-    print(sweep_table(agg, runs) + "\n")
+    print(sweep_table(agg) + "\n")
     summary = {" ".join(map(str, (k[0], "la" if k[1] else "no-la", *(f"{a}={b}" for a, b in k[2])))): v
                for k, v in agg.items()}
     out = csv_path.with_name("training_summary.json")
-    from rpo_train.atomic import atomic_write_json
-
     atomic_write_json(out, summary)
     curves = load_curves(csv_path.parent / "training_runs")
     for la, name in ((True, "training_health.png"), (False, "training_health_no_la.png")):

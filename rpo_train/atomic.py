@@ -19,8 +19,9 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()
-_DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -60,6 +61,12 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig`` (matplotlib) through ``atomic_write``; the format comes from ``path``'s suffix."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
 def atomic_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import atomic_write_json
+from .atomic import atomic_savefig, atomic_write_json
 
 PLOTS = ("reward/mean", "eval/accuracy", "rollout/response_len", "rollout/suffix_len",
          "rollout/zero_variance_share", "cache/mean_length", "train/clip_frac", "train/entropy_mean")
@@ -67,6 +67,6 @@ class MetricsLogger:
             ax.set_xlabel("step", fontsize=8)
         fig.tight_layout()
         out = self.out / "plots.png"
-        fig.savefig(out, dpi=100)
+        atomic_savefig(fig, out, dpi=100)
         plt.close(fig)
         return out

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 import rpo_kernels
 
-from .rollout.model import rotary_qkv
+from .rollout.model import attention_geometry, rotary_qkv
 
 
 @dataclass
@@ -103,12 +103,6 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
                         lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
 
 
-def _heads(model) -> tuple[int, int, int]:
-    cfg = model.config
-    hq = cfg.num_attention_heads
-    return hq, getattr(cfg, "num_key_value_heads", None) or hq, getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
-
-
 ATTENTIONS = ("auto", "kernel", "sdpa")
 
 
@@ -159,13 +153,11 @@ class _PackedAttention:
                 q[tc:], k[:tc], v[:tc], p.context_indptr, k[tc:], v[tc:], p.suffix_indptr, p.group_indptr,
                 q_indptr=p.suffix_indptr, softmax_scale=self.scale))
             return torch.cat(out)
-        suffix = q.new_zeros(q.shape[0] - tc, *q.shape[1:])
-        for (c0, c1), (s0, s1), mask in self.groups:
+        for (c0, c1), (s0, s1), mask in self.groups:  # the groups' suffix rows follow one another in order
             keys = torch.cat([k[c0:c1], k[tc + s0:tc + s1]])
             values = torch.cat([v[c0:c1], v[tc + s0:tc + s1]])
-            suffix = suffix.index_copy(0, torch.arange(s0, s1, device=q.device),
-                                       _sdpa(q[tc + s0:tc + s1], keys, values, self.scale, mask=mask))
-        return torch.cat(out + [suffix])
+            out.append(_sdpa(q[tc + s0:tc + s1], keys, values, self.scale, mask=mask))
+        return torch.cat(out)
 
 
 def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
@@ -175,9 +167,8 @@ def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = Fals
     ``attention``: "kernel" | "sdpa" | "auto" (kernel on a GPU, sdpa on a CPU), see ``_PackedAttention``.
     """
     core = model.model
-    heads = _heads(model)
-    attend = _PackedAttention(packed, float(getattr(core.layers[0].self_attn, "scaling", heads[2] ** -0.5)),
-                              attention)
+    heads, scale = attention_geometry(model)
+    attend = _PackedAttention(packed, scale, attention)
 
     def layer_forward(layer, h, cos, sin):
         q, k, v = rotary_qkv(layer.self_attn, layer.input_layernorm(h), cos, sin, heads)

@@ -38,9 +38,17 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """Every entry of ``model.state_dict()`` as a whole tensor (every rank calls it, every rank gets it)."""
-    return {k: full_tensor(v) for k, v in model.state_dict().items()}
+def full_state_dict(model, unique: bool = False) -> dict[str, torch.Tensor]:
+    """Every entry of ``model.state_dict()`` as a whole tensor (every rank calls it, every rank gets it).
+
+    ``unique``: a tensor shared by two names (a tied lm_head) appears once, under its ``named_parameters`` name, so
+    the dict can be saved as safetensors.
+    """
+    sd = model.state_dict()
+    if unique:
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        sd = {k: v for k, v in sd.items() if k in names}
+    return {k: full_tensor(v) for k, v in sd.items()}
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:

@@ -62,15 +62,15 @@ class Trainer:
                                  f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions")
             row["qid"] = question_id(ids)
             self.prompts[row["qid"]] = ids
+        self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
-        rpo_default = cfg.objective.rollout == "rpo" and not (self.dist.distributed and cfg.optim.parallel == "fsdp")
+        rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
         self.policy_forward = ("prefix_once" if rpo_default else "plain") if forward == "auto" else forward
         if cfg.optim.gradient_checkpointing and self.policy_forward == "plain":
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.objective.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         if self.sharded:
             shard_layers(self.model, torch.device(self.device).type)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
@@ -176,7 +176,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
-        self.engine.load_state_dict(full_state_dict(self.model) if self.sharded else self.model.state_dict())
+        self._push_weights()
         merged: dict[str, float] = {}
         for part in self.dist.gather(sums):
             for k, v in part.items():
@@ -224,9 +224,8 @@ class Trainer:
             raise RuntimeError(f"step {self.step}: the experience cache differs across ranks (digests {digests}); "
                                "refusing to checkpoint a diverged job")
         path, whole = None, {}
-        if self.sharded:  # gather whole tensors (every rank takes part); the tied lm_head is stored once
-            names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
-            whole = {"model_state": {k: v for k, v in full_state_dict(self.model).items() if k in names},
+        if self.sharded:  # gather whole tensors (every rank takes part)
+            whole = {"model_state": full_state_dict(self.model, unique=True),
                      "optimizer_state": full_optimizer_state(self.optimizer)}
         if self.dist.is_main:
             extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
@@ -249,8 +248,12 @@ class Trainer:
                                  f"({state['config'][key]} vs {self.cfg.to_dict()[key]})")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
-        self.engine.load_state_dict(full_state_dict(self.model) if self.sharded else self.model.state_dict())
+        self._push_weights()
         return True
+
+    def _push_weights(self) -> None:
+        """Install the policy's current weights in the rollout engine (gathered whole from shards under FSDP)."""
+        self.engine.load_state_dict(full_state_dict(self.model) if self.sharded else self.model.state_dict())
 
     def _log(self, step: int, metrics: dict) -> None:
         if self.logger is not None:

@@ -276,12 +276,17 @@ def _fwd_signature(dt: str) -> dict:
                 seg_ptr="*i32", tile_ptr="*i32", REP=i32, KV_PER_SPLIT=i32, qk_scale="fp32", D=i32)
 
 
+def spec_settings(dt: str) -> tuple[dict, Tiles]:
+    """(precision constexprs, tiles) the launchers use for storage dtype ``dt`` ("bf16" | "fp16" | "fp32")."""
+    prec = dict(UPCAST=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
+    return prec, TILES_FP32 if dt == "fp32" else TILES_16BIT
+
+
 def compile_specs() -> list[tuple[object, dict, dict]]:
     """(kernel, signature, constexprs) triples: ``SPEC_HEAD_DIMS`` x prefix/decode-suffix tiles."""
     specs = []
     for dt, dims in SPEC_HEAD_DIMS.items():
-        prec = dict(UPCAST=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
-        tiles = TILES_FP32 if dt == "fp32" else TILES_16BIT
+        prec, tiles = spec_settings(dt)
         for d in dims:
             for block_m in (tiles.prefix_m, tiles.decode_m):
                 specs.append((_segment_fwd_kernel, _fwd_signature(dt),

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .shared_prefix_attention import LAUNCH_OPTIONS as FORWARD_LAUNCH_OPTIONS
-from .shared_prefix_attention import (LOG2E, SPEC_HEAD_DIMS, TILES_16BIT, TILES_FP32, _segment_fields, _segment_rows,
+from .shared_prefix_attention import (LOG2E, SPEC_HEAD_DIMS, _segment_fields, _segment_rows, spec_settings,
                                       launch_options, precision)
 
 
@@ -202,8 +202,7 @@ def compile_specs() -> list[tuple[object, dict, dict]]:
     """(kernel, signature, constexprs) triples for the dtypes and head dims of ``SPEC_HEAD_DIMS``."""
     specs = []
     for dt, dims in SPEC_HEAD_DIMS.items():
-        prec = dict(UPCAST=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
-        tiles = TILES_FP32 if dt == "fp32" else TILES_16BIT
+        prec, tiles = spec_settings(dt)
         for d in dims:
             specs.append((_segment_dq_kernel, _bwd_signature(dt, False),
                           dict(BLOCK_M=tiles.prefix_m, BLOCK_N=tiles.bwd_n, BLOCK_D=d, **prec)))

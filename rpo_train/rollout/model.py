@@ -37,6 +37,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def attention_geometry(hf_model) -> tuple[tuple[int, int, int], float]:
+    """((Hq, Hkv, D), softmax scale) of an HF Llama/Qwen2/Qwen3 causal LM, as its own attention uses them."""
+    config = hf_model.config
+    hq = config.num_attention_heads
+    hkv = getattr(config, "num_key_value_heads", None) or hq
+    d = getattr(config, "head_dim", None) or config.hidden_size // hq
+    return (hq, hkv, d), float(getattr(hf_model.model.layers[0].self_attn, "scaling", d ** -0.5))
+
+
 def rotary_qkv(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: tuple[int, int, int]):
     """q [T, Hq, D], k/v [T, Hkv, D] of an HF Llama/Qwen2/Qwen3 attention module on packed rows h [T, H].
 
@@ -57,16 +66,12 @@ class PagedDecoder:
     """Forward passes of an HF causal LM over packed tokens with KV in a ``PrefixKVStore`` (inference only)."""
 
     def __init__(self, hf_model, *, attention_backend: str | None = None):
-        config = hf_model.config
         self.hf = hf_model
         core = hf_model.model
         self.embed_tokens, self.layers, self.norm = core.embed_tokens, core.layers, core.norm
         self.rotary_emb, self.lm_head = core.rotary_emb, hf_model.lm_head
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        (self.num_heads, self.num_kv_heads, self.head_dim), self.scale = attention_geometry(hf_model)
         self.num_layers = len(self.layers)
-        self.scale = float(getattr(self.layers[0].self_attn, "scaling", self.head_dim ** -0.5))
         self.backend = attention_backend
 
     @property
