@@ -1,16 +1,20 @@
 """Benchmark of one decode step with shared prefixes: B groups x G sequences, prefix P tokens, suffix S tokens.
 
-Providers, side by side on one device (each provider and shape in its own process, providers interleaved):
+Providers, side by side on one device (on a CPU each provider and shape in its own process, providers interleaved):
   sdpa_dup            torch SDPA on the G-fold duplicated KV [prefix; suffix] per sequence (what a plain engine does)
   reference           rpo_kernels.shared_prefix_attention(backend="reference"): prefix read once per group
   triton              rpo_kernels.shared_prefix_attention(backend="triton") (GPU only)
+  cuda                rpo_kernels.shared_prefix_attention(backend="cuda") (GPU, with the CUDA extension built)
   flash_attn          flash_attn_with_kvcache on the duplicated cache (GPU, when flash-attn is installed)
   flashinfer_cascade  flashinfer.MultiLevelCascadeAttentionWrapper, 2 levels (GPU, when flashinfer is installed)
 
-Grid P in {512, 2048, 8192}, G in {4, 8, 16}, S in {64, 256}; ``--quick``: P in {512, 2048}, G in {4, 16}, S = 64.
+Grid P in {512, 2048, 8192}, G in {4, 8, 16}, S in {64, 256}; ``--quick``: P in {512, 2048}, G in {4, 16}, S = 64;
+``--prefix``, ``--group-sizes`` and ``--suffix`` replace an axis (the GPU suite: P 1024 4096 16384, G 8 16, S 64).
 Hq/Hkv = 32/8, D = 128, fp32 on a CPU and bf16 on a GPU. Metrics per shape: time, peak memory, effective GB/s =
-bytes of KV that must be read (B*P + B*G*S tokens) / time, and kv_store_mb = the KV that provider's layout holds.
-Rows go to benchmarks/results/attention.csv (plot beside it); a table and the growth ratios are printed.
+bytes of KV that must be read (B*P + B*G*S tokens) / time, its share of the device's measured copy bandwidth
+(``bandwidth_share``; the copy is measured once per run and recorded as op ``copy``), and kv_store_mb = the KV that
+provider's layout holds. Rows go to benchmarks/results/attention.csv (plot beside it); a table, the speed-ups and
+the growth ratios are printed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch.nn.functional as F
 
 import rpo_kernels
 
-from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
+from rpo_kernels._dispatch import backend_status
+
+from .harness import RESULTS_DIR, copy_bandwidth_gbps, device_name, emit_rows, finish, measure, rows_for, run_jobs
 
 HQ, HKV, D = 32, 8, 128
 GRID = dict(P=(512, 2048, 8192), G=(4, 8, 16), S=(64, 256))
@@ -34,11 +40,11 @@ PAGE = 16
 
 
 def make_inputs(b: int, g: int, p: int, s: int, dtype: torch.dtype, device: str) -> dict:
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)  # drawn where it is used: GPU shapes are large
     n = b * g
 
     def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(dtype).to(device)
+        return torch.randn(*shape, generator=gen, device=device).to(dtype)
 
     def steps(size, count):
         return torch.arange(count + 1, dtype=torch.int32, device=device) * size
@@ -65,6 +71,8 @@ def provider_names(device: str) -> list[str]:
     names = ["sdpa_dup", "reference"]
     if device == "cuda":
         names.append("triton")
+        if backend_status("cuda", torch.device(device))[0]:
+            names.append("cuda")
         names += [n for n, mod in (("flash_attn", "flash_attn"), ("flashinfer_cascade", "flashinfer"))
                   if importlib.util.find_spec(mod) is not None]
     return names
@@ -75,7 +83,7 @@ def build(name: str, x: dict, b: int, g: int, p: int, s: int):
     n = b * g
     elem = x["q"].element_size()
     shared_bytes = (b * p + n * s) * HKV * D * 2 * elem
-    if name in ("reference", "triton"):
+    if name in ("reference", "triton", "cuda"):
         return (lambda: rpo_kernels.shared_prefix_attention(**x, backend=name)), shared_bytes
     if name == "sdpa_dup":
         # the cache in SDPA's [N, Hkv, L, D] layout; the Hq/Hkv query heads of a KV head ride as its query rows
@@ -136,18 +144,28 @@ def run_provider(name: str, shape: tuple[int, int, int], b: int, device: str, re
 
 
 def summarize(rows: list[dict], grid: dict, b: int) -> None:
-    """Markdown table (time per provider, speed-up over sdpa_dup) and how each provider's time grows with P and G."""
-    t = {(r["provider"], r["shape"]): float(r["value"]) for r in rows if r["metric"] == "time_ms_median"}
-    names = list(dict.fromkeys(r["provider"] for r in rows))
-    dtype = rows[0]["shape"].split()[-1]
-    print(f"\ndecode step on {rows[0]['device']} ({dtype}, Hq/Hkv {HQ}/{HKV}, D {D}, B {b}); time in ms")
-    print("| P | G | S | " + " | ".join(names) + " | sdpa_dup / reference |")
-    print("|---" * (len(names) + 4) + "|")
+    """Markdown table (time per provider, speed-up of each over sdpa_dup, share of the copy bandwidth) and how each
+    provider's time grows with P and G."""
+    value = {(r["provider"], r["shape"], r["metric"]): float(r["value"]) for r in rows}
+    t = {(n, shape): v for (n, shape, metric), v in value.items() if metric == "time_ms_median"}
+    names = list(dict.fromkeys(r["provider"] for r in rows if r["op"] == "attention_decode"))
+    others = [n for n in names if n != "sdpa_dup"]
+    dtype = next(r["shape"] for r in rows if r["op"] == "attention_decode").split()[-1]
+    copy = next((float(r["value"]) for r in rows if r["op"] == "copy"), None)
+    print(f"\ndecode step on {rows[0]['device']} ({dtype}, Hq/Hkv {HQ}/{HKV}, D {D}, B {b}); time in ms"
+          + (f"; measured copy bandwidth {copy:.0f} GB/s" if copy else ""))
+    print("| P | G | S | " + " | ".join(f"{n} ms" for n in names) + " | "
+          + " | ".join(f"sdpa_dup / {n}" for n in others) + " | " + " | ".join(f"{n} GB/s share" for n in others)
+          + " |")
+    print("|---" * (3 + len(names) + 2 * len(others)) + "|")
     for p, g, s in shapes(grid):
         key = f"B{b} G{g} P{p} S{s} h{HQ}/{HKV} d{D} {dtype}"
-        cells = [f"{t[(n, key)]:.2f}" if (n, key) in t else "-" for n in names]
-        ratio = t[("sdpa_dup", key)] / t[("reference", key)] if ("reference", key) in t else float("nan")
-        print(f"| {p} | {g} | {s} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        cells = [f"{t[(n, key)]:.3f}" if (n, key) in t else "-" for n in names]
+        speed = [f"{t[('sdpa_dup', key)] / t[(n, key)]:.2f}" if ("sdpa_dup", key) in t and (n, key) in t else "-"
+                 for n in others]
+        share = [f"{value[(n, key, 'bandwidth_share')]:.2f}" if (n, key, "bandwidth_share") in value else "-"
+                 for n in others]
+        print(f"| {p} | {g} | {s} | " + " | ".join(cells + speed + share) + " |")
     p_lo, p_hi, g_lo, g_hi = min(grid["P"]), max(grid["P"]), min(grid["G"]), max(grid["G"])
     if p_lo == p_hi or g_lo == g_hi:
         return
@@ -163,15 +181,24 @@ def summarize(rows: list[dict], grid: dict, b: int) -> None:
                       f"+{slope[1]:.2f} ms at G={g_hi})")
 
 
+def with_bandwidth_share(rows: list[dict], copy_gbps: float) -> list[dict]:
+    """Add ``bandwidth_share`` = effective GB/s / measured copy GB/s to every shape's rows."""
+    extra = [dict(r, metric="bandwidth_share", value=f"{float(r['value']) / copy_gbps:.6g}")
+             for r in rows if r["metric"] == "gbps_effective"]
+    return rows + extra
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="P in {512, 2048}, G in {4, 16}, S = 64")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--groups", type=int, default=4, help="B, the number of groups")
     parser.add_argument("--prefix", type=int, nargs="+", help="prefix lengths P instead of the grid's (e.g. 4096)")
+    parser.add_argument("--group-sizes", type=int, nargs="+", help="group sizes G instead of the grid's")
+    parser.add_argument("--suffix", type=int, nargs="+", help="suffix lengths S instead of the grid's")
     parser.add_argument("--rep", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads per provider (default: torch's choice)")
-    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, reference, triton, flash_attn, "
+    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, reference, triton, cuda, flash_attn, "
                                                        "flashinfer_cascade")
     parser.add_argument("--out", default=str(RESULTS_DIR / "attention.csv"))
     parser.add_argument("--no-plot", action="store_true")
@@ -179,24 +206,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     grid = dict(QUICK if args.quick else GRID)
-    if args.prefix:
-        grid["P"] = tuple(args.prefix)
+    for axis, given in (("P", args.prefix), ("G", args.group_sizes), ("S", args.suffix)):
+        if given:
+            if min(given) < 1:
+                parser.error(f"--{ {'P': 'prefix', 'G': 'group-sizes', 'S': 'suffix'}[axis]}: expected positive "
+                             f"ints, got {given}")
+            grid[axis] = tuple(given)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def child(job_args) -> list[dict]:
+        return run_provider(job_args.child, shapes(grid)[job_args.shape], args.groups, args.device, args.rep)
+
     if args.child:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        emit_rows(run_provider(args.child, shapes(grid)[args.shape], args.groups, args.device, args.rep))
+        emit_rows(child(args))
         return
-    print(f"shared-prefix decode on {device_name(args.device)}, one process per provider and shape (providers "
-          f"interleaved, so a change of machine load hits them alike), threads: {args.threads or 'default'}",
-          flush=True)
+    print(f"shared-prefix decode on {device_name(args.device)} (on a CPU one process per provider and shape, "
+          f"providers interleaved, so a change of machine load hits them alike), threads: "
+          f"{args.threads or 'default'}", flush=True)
     child_argv = list(sys.argv[1:] if argv is None else argv)
     names = [n for n in provider_names(args.device) if not args.providers or n in args.providers]
-    rows = []
-    for i in range(len(shapes(grid))):
-        for name in names:
-            rows += run_isolated(__spec__.name, [*child_argv, "--child", name, "--shape", str(i)])
-    summarize(rows, grid, args.groups)
-    record(rows, args.out, plot=not args.no_plot)
+    jobs = [["--child", name, "--shape", str(i)] for i in range(len(shapes(grid))) for name in names]
+    rows, failed = run_jobs(__spec__.name, child_argv, jobs, args.device,
+                            lambda job: child(parser.parse_args([*child_argv, *job])))
+    copy = copy_bandwidth_gbps(args.device, mib=2048 if args.device == "cuda" else 256)
+    print(f"measured copy bandwidth: {copy:.1f} GB/s (bytes read + written)", flush=True)
+    if rows:
+        stamp = {k: rows[0][k] for k in ("device", "version", "date")}
+        rows = with_bandwidth_share(rows, copy) + [
+            dict(stamp, op="copy", provider="torch", shape="device-to-device copy", metric="gbps",
+                 value=f"{copy:.6g}")]
+        summarize(rows, grid, args.groups)
+    finish(rows, failed, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Benchmark of the training forward: plain per-sample forward vs prefix-once, forward + backward of the policy loss.
 
 One RPO group: G samples share a context of P tokens (prompt + kept prefix) and have their own S-token suffixes; the
-loss covers the full response (``loss_tokens: full``, DAPO aggregation). Providers, side by side in one run, each in
-its own process (exact peak memory):
+loss covers the full response (``loss_tokens: full``, DAPO aggregation). Providers, side by side in one run (on a CPU
+each in its own process, for exact peak memory):
   plain        ``rpo_train.policy`` on a right-padded batch: the context is computed G times
   prefix_once  ``rpo_train.prefix_forward``: the context once, the suffixes against its one KV
 
-Models are random (no download): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads, vocab 4096; fp32 on a CPU) and
-``qwen2-0.5b`` (the Qwen2.5-0.5B shape; bf16 on a GPU). Rows go to benchmarks/results/policy_forward.csv with a plot.
+Models are random (no download, ``benchmarks.models``): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads, vocab 4096)
+and ``qwen2-0.5b`` (the Qwen2.5-0.5B shape); fp32 on a CPU, bf16 on a GPU. Rows go to benchmarks/results/policy_forward.csv with a plot.
 
     python -m benchmarks.bench_policy_forward                      # CPU, (P, S, G) of the issue, tiny model
     python -m benchmarks.bench_policy_forward --arch qwen2-0.5b    # on a GPU
@@ -21,24 +21,12 @@ import sys
 
 import torch
 
-from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
+from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
+from .models import ARCHS, random_qwen2
 
 SHAPES = ((2048, 256, 8), (1024, 128, 6), (512, 64, 16))
-ARCHS = {
-    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2, vocab_size=4096),
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, vocab_size=151936),
-}
+FORWARD_ARCHS = ("tiny", "qwen2-0.5b")
 PROVIDERS = ("plain", "prefix_once")
-
-
-def build_model(arch: str, device: str, dtype: torch.dtype):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(max_position_embeddings=8192, tie_word_embeddings=True, **ARCHS[arch])
-    return Qwen2ForCausalLM(cfg).to(device, dtype).train()
 
 
 def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
@@ -59,7 +47,7 @@ def run_provider(name: str, arch: str, shape: tuple[int, int, int], device: str,
     from rpo_train.policy import build_batch, policy_loss
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = build_model(arch, device, dtype)
+    model = random_qwen2(arch, device, dtype).train()
     if checkpoint_layers and name == "plain":
         model.gradient_checkpointing_enable()
     samples = make_samples(*shape, ARCHS[arch]["vocab_size"])
@@ -94,7 +82,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="tiny", choices=list(ARCHS))
+    parser.add_argument("--arch", default="tiny", choices=FORWARD_ARCHS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES],
                         help="P,S,G triples")
@@ -110,18 +98,21 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes]
     if any(len(s) != 3 or min(s) < 1 for s in shapes):
         raise SystemExit(f"--shapes: expected P,S,G triples of positive ints, got {args.shapes}")
+    def child(job: str) -> list[dict]:
+        name, index = job.split(":")
+        return run_provider(name, args.arch, shapes[int(index)], args.device, args.rep, args.checkpoint_layers)
+
     if args.child:
-        name, index = args.child.split(":")
-        emit_rows(run_provider(name, args.arch, shapes[int(index)], args.device, args.rep, args.checkpoint_layers))
+        emit_rows(child(args.child))
         return
-    print(f"policy forward + backward on {device_name(args.device)}, one process per provider and shape", flush=True)
+    print(f"policy forward + backward on {device_name(args.device)} (on a CPU one process per provider and shape)",
+          flush=True)
     child_argv = list(sys.argv[1:] if argv is None else argv)
-    rows = []
-    for i in range(len(shapes)):
-        for name in PROVIDERS:
-            rows += run_isolated(__spec__.name, [*child_argv, "--child", f"{name}:{i}"])
-    print_table(rows)
-    record(rows, args.out, plot=not args.no_plot)
+    jobs = [["--child", f"{name}:{i}"] for i in range(len(shapes)) for name in PROVIDERS]
+    rows, failed = run_jobs(__spec__.name, child_argv, jobs, args.device, lambda job: child(job[1]))
+    if rows:
+        print_table(rows)
+    finish(rows, failed, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Benchmark of the fused clipped-ratio policy loss: forward + backward time and peak memory per provider.
 
-Providers, side by side in one run on one device:
+Providers, side by side in one run on one device (on a CPU each in its own process):
   naive      plain torch: full [N, V] logits, log_softmax, gather, then rpo_kernels' policy_loss
   reference  rpo_kernels.fused_linear_policy_loss(backend="reference") (chunked, the CPU path)
   triton     rpo_kernels.fused_linear_policy_loss(backend="triton") (GPU only)
-  liger      liger_kernel's LigerFusedLinearGRPOLoss (when installed; pip install --no-deps liger-kernel)
+  liger      liger_kernel's LigerFusedLinearGRPOLoss (when installed; pip install --no-deps liger-kernel), with its
+             torch.compile'd chunk step on a GPU (its default), eager on a CPU
 
 ``python -m benchmarks.bench_policy_loss`` runs (N, H, V) = (4096, 1024, 151936) fp32 on a CPU and
 (8192, 2048, 151936) bf16 on a GPU; ``--quick`` a small shape (the quickstart demo). Rows go to
@@ -22,23 +23,29 @@ import torch
 import rpo_kernels
 from rpo_kernels.reference import policy_loss_ref
 
-from .harness import RESULTS_DIR, device_name, emit_rows, measure, record, rows_for, run_isolated
+from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
 
 SHAPES = {"cpu": (4096, 1024, 151936), "cuda": (8192, 2048, 151936), "quick": (512, 256, 32000)}
 
 
 def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, seq_len: int = 512):
-    gen = torch.Generator().manual_seed(0)
+    """hidden [b, t, h], weight [v, h], targets, advantages, mask (about 75% active), old log-probs; drawn on
+    ``device`` (the GPU shape's weight alone is 311M numbers)."""
+    gen = torch.Generator(device=device).manual_seed(0)
     b = max(1, n // seq_len)
     t = n // b
-    hidden = (torch.randn(b, t, h, generator=gen) * 0.5).to(dtype).to(device)
-    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(dtype).to(device)
-    targets = torch.randint(0, v, (b, t), generator=gen).to(device)
-    lengths = torch.randint(t // 2, t + 1, (b,), generator=gen)
-    mask = (torch.arange(t)[None] < lengths[:, None]).to(device)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    hidden = (rand(b, t, h) * 0.5).to(dtype)
+    weight = (rand(v, h) / h**0.5).to(dtype)
+    targets = torch.randint(0, v, (b, t), generator=gen, device=device)
+    lengths = torch.randint(t // 2, t + 1, (b,), generator=gen, device=device)
+    mask = torch.arange(t, device=device)[None] < lengths[:, None]
     mask[:, 0] = True
-    advantages = torch.randn(b, generator=gen).to(device)
-    old = (-torch.rand(b, t, generator=gen) * 5).to(device)
+    advantages = rand(b)
+    old = -torch.rand(b, t, generator=gen, device=device) * 5
     return hidden, weight, targets, advantages, mask, old
 
 
@@ -60,8 +67,8 @@ def providers(device: str) -> dict:
     if importlib.util.find_spec("liger_kernel") is not None:
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
-        liger = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, compiled=False, epsilon_high=0.28,
-                                         loss_type="dapo")
+        liger = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, compiled=device == "cuda",
+                                         epsilon_high=0.28, loss_type="dapo")
         found["liger"] = lambda h, w, t, a, m, o: liger(h, w, t, m.long(), a, old_per_token_logps=o)[0]
     return found
 
@@ -114,14 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         emit_rows(run_provider(args.child, key, args.device, args.rep))
         return
-    print(f"fused_linear_policy_loss fwd+bwd on {device_name(args.device)}, one process per provider", flush=True)
+    print(f"fused_linear_policy_loss fwd+bwd on {device_name(args.device)} (on a CPU one process per provider)",
+          flush=True)
     child_argv = list(sys.argv[1:] if argv is None else argv)
-    rows = []
-    for name in providers(args.device):
-        if not args.providers or name in args.providers:
-            rows += run_isolated(__spec__.name, [*child_argv, "--child", name])
-    print_table(rows)
-    record(rows, args.out, plot=not args.no_plot)
+    jobs = [["--child", name] for name in providers(args.device) if not args.providers or name in args.providers]
+    rows, failed = run_jobs(__spec__.name, child_argv, jobs, args.device,
+                            lambda job: run_provider(job[1], key, args.device, args.rep))
+    if rows:
+        print_table(rows)
+    finish(rows, failed, args.out, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

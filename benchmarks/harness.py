@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,17 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
     return Measurement(statistics.median(times), q[0], q[3], peak)
 
 
+def copy_bandwidth_gbps(device: torch.device | str, mib: int = 1024, rep: int = 10) -> float:
+    """The device's measured memory bandwidth (GB/s): a copy of ``mib`` MiB, bytes read + written, median of ``rep``.
+
+    The ceiling that memory-bound kernels are judged against (on a GPU the buffer is many times the L2 cache).
+    """
+    src = torch.ones(mib * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    m = measure(lambda: dst.copy_(src), device, warmup=2, rep=rep)
+    return 2 * src.numel() / (m.median_ms * 1e-3) / 1e9
+
+
 def rows_for(op: str, provider: str, shape: str, m: Measurement, device: torch.device | str) -> list[dict]:
     stamp = {"device": device_name(device), "version": versions(),
              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -189,3 +201,37 @@ def run_isolated(module: str, argv: list[str], timeout: float = 3600) -> list[di
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child {module} {' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
     return rows
+
+
+def run_jobs(module: str, argv: list[str], jobs: list[list[str]], device: torch.device | str,
+             in_process: Callable[[list[str]], list[dict]], *, isolate: bool | None = None,
+             timeout: float = 3600) -> tuple[list[dict], list[str]]:
+    """Rows of every job (each a list of extra child arguments), and one line per job that failed.
+
+    By default (``isolate`` None) on a CPU each job runs in a fresh process (``run_isolated``): the resident
+    high-water mark is per process. On a GPU the jobs run in this process one after another (``in_process(job)``):
+    CUDA's peak counters are reset for each measurement, so the figures are exact without a new process, and CUDA
+    starts once. A failing job is reported with its traceback and skipped, so one broken provider does not lose the
+    others' rows.
+    """
+    rows, failed = [], []
+    on_gpu = torch.device(device).type == "cuda"
+    isolate = not on_gpu if isolate is None else isolate
+    for job in jobs:
+        try:
+            rows += run_isolated(module, [*argv, *job], timeout) if isolate else in_process(job)
+        except Exception as exc:  # noqa: BLE001 - reported, and the run ends with a failure status in finish()
+            traceback.print_exc()
+            failed.append(f"{' '.join(job)}: {type(exc).__name__}: {str(exc).strip()[-1500:]}")
+        finally:
+            if on_gpu:
+                torch.cuda.empty_cache()
+    return rows, failed
+
+
+def finish(rows: list[dict], failed: list[str], out: str | os.PathLike, *, plot: bool = True) -> None:
+    """Record the rows that were measured; then, if any job failed, exit with status 1 naming each failure."""
+    if rows:
+        record(rows, out, plot=plot)
+    if failed:
+        raise SystemExit(f"{len(failed)} benchmark job(s) failed:\n" + "\n".join(failed))

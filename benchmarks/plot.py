@@ -33,7 +33,8 @@ def plot(csv_path: str | Path, out: str | Path | None = None) -> Path:
     table = latest(read_rows(csv_path))
     if not table:
         raise ValueError(f"{csv_path}: no benchmark rows to plot")
-    groups = sorted({(k[0], k[2], k[4]) for k in table})
+    panel_metrics = {metric for metric, _ in PANELS}
+    groups = sorted({(k[0], k[2], k[4]) for k in table if k[3] in panel_metrics})
     providers = sorted({k[1] for k in table})
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 1.2 + 0.9 * len(groups) * len(providers) / 2))
     width = 0.8 / len(providers)

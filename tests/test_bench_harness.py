@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.harness import COLUMNS, append_rows, measure, peak_memory_mb, read_rows, rows_for
+from benchmarks.harness import (COLUMNS, append_rows, copy_bandwidth_gbps, finish, measure, peak_memory_mb, read_rows,
+                                rows_for, run_jobs)
 
 
 def test_peak_memory_sees_a_large_temporary():
@@ -37,3 +38,35 @@ def test_plot_writes_png(tmp_path):
     path = append_rows(tmp_path / "r.csv", rows_for("op", "a", "s", m, "cpu") + rows_for("op", "b", "s", m, "cpu"))
     png = plot(path)
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_job_is_reported_and_the_others_rows_are_kept(tmp_path):
+    m = measure(lambda: torch.ones(10).sum(), "cpu", warmup=0, rep=2)
+
+    def job(args):
+        if args == ["broken"]:
+            raise RuntimeError("provider exploded")
+        return rows_for("op", args[0], "s", m, "cpu")
+
+    rows, failed = run_jobs("unused", [], [["a"], ["broken"], ["b"]], "cpu", job, isolate=False)
+    assert {r["provider"] for r in rows} == {"a", "b"}
+    assert len(failed) == 1 and "broken" in failed[0] and "provider exploded" in failed[0]
+    with pytest.raises(SystemExit, match="1 benchmark job"):
+        finish(rows, failed, tmp_path / "r.csv", plot=False)
+    assert len(read_rows(tmp_path / "r.csv")) == 8  # measured rows are recorded before the failure is raised
+
+
+def test_copy_bandwidth_is_measured():
+    assert copy_bandwidth_gbps("cpu", mib=16, rep=3) > 0.1
+
+
+def test_merge_appends_new_rows_once(tmp_path):
+    from benchmarks.merge import merge
+
+    m = measure(lambda: torch.ones(10).sum(), "cpu", warmup=0, rep=2)
+    src, into = tmp_path / "gpu", tmp_path / "results"
+    append_rows(src / "attention.csv", rows_for("op", "triton", "s", m, "cpu"))
+    append_rows(into / "attention.csv", rows_for("op", "reference", "s", m, "cpu"))
+    assert merge(src, into, plot=False) == {"attention.csv": 4}
+    assert merge(src, into, plot=False) == {"attention.csv": 0}
+    assert {r["provider"] for r in read_rows(into / "attention.csv")} == {"reference", "triton"}
