@@ -48,7 +48,8 @@ def make_case(glens, plens, hq, hkv, d, *, slens=None, extend=False, max_q=None,
 
 def sdpa_oracle(case: dict, dtype=torch.float64, tensors: dict | None = None) -> torch.Tensor:
     """[total_q, Hq, D]: per sequence, SDPA over cat(prefix of its group, its suffix) in ``dtype`` (causal for
-    extend queries: query t of n sees keys up to P + S - n + t). ``tensors`` replaces q/K/V (e.g. leaves)."""
+    extend queries: query t of n sees keys up to P + S - n + t), on the device of the case's tensors. ``tensors``
+    replaces q/K/V (e.g. leaves)."""
     x = dict(case, **(tensors or {}))
     group, prefix, suffix = (case[k].tolist() for k in ("group_indptr", "prefix_indptr", "suffix_indptr"))
     n = len(suffix) - 1
@@ -62,9 +63,10 @@ def sdpa_oracle(case: dict, dtype=torch.float64, tensors: dict | None = None) ->
             v = torch.cat([x["prefix_v"][prefix[b]:prefix[b + 1]], x["suffix_v"][suffix[i]:suffix[i + 1]]])
             q = x["q"][query[i]:query[i + 1]]
             nq, length = q.shape[0], k.shape[0]
-            mask = torch.arange(length)[None, :] <= (length - nq + torch.arange(nq))[:, None]
+            pos = torch.arange(length, device=q.device)
+            mask = pos[None, :] <= (length - nq + pos[:nq])[:, None]
             o = F.scaled_dot_product_attention(q.to(dtype).transpose(0, 1), k.to(dtype).transpose(0, 1),
                                                v.to(dtype).transpose(0, 1), attn_mask=mask, enable_gqa=True)
             outs.append(o.transpose(0, 1))
     hq, d = case["q"].shape[1:]
-    return torch.cat(outs) if outs else torch.zeros(0, hq, d, dtype=dtype)
+    return torch.cat(outs) if outs else torch.zeros(0, hq, d, dtype=dtype, device=x["q"].device)

@@ -3,7 +3,9 @@
 - ``TRITON_INTERPRET=1`` is set before anything imports triton when the machine has no NVIDIA driver, so Triton
   kernels run through the CPU interpreter.
 - Markers: ``gpu`` (needs a CUDA GPU), ``cuda_ext`` (needs the built CUDA extension), ``vllm`` (needs vLLM),
-  ``slow`` (runs only with RPO_RUN_SLOW=1). Skips print their reason (pytest -ra).
+  ``slow`` (runs only with RPO_RUN_SLOW=1). Skips print their reason (pytest -ra). ``parity`` needs nothing: those
+  tests run on the ``device`` fixture (GPU scale on a GPU, rehearsal scale on a CPU).
+- The ``device`` fixture: the CUDA device when there is one, else the CPU (asked when a test first uses it).
 - Every test starts from fixed seeds.
 """
 
@@ -57,6 +59,11 @@ def pytest_collection_modifyitems(config, items):
                 reasons[name] = gate()
             if reasons[name] is not None:
                 item.add_marker(pytest.mark.skip(reason=reasons[name]))
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(autouse=True)
