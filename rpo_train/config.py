@@ -32,7 +32,9 @@ def _require(cond: bool, message: str) -> None:
 @dataclass(frozen=True)
 class RolloutConfig:
     """engine: native | hf | vllm. suffix_budget: "m" (each suffix gets at most m new tokens, the paper's setting)
-    or a fixed number of tokens. max_response_len bounds prefix + suffix."""
+    or a fixed number of tokens. max_response_len bounds prefix + suffix. dtype: the engine's copy of the weights;
+    "auto" = bfloat16 when the run keeps float32 master weights on a GPU (sampling on the 16-bit GPU kernels while
+    AdamW updates fp32), else the run's dtype (see ``rpo_train.rollout_step.engine_dtype``)."""
 
     engine: str = "native"
     group_size: int = 6
@@ -41,9 +43,12 @@ class RolloutConfig:
     top_k: int = 0
     max_response_len: int = 4096
     suffix_budget: str | int = "m"
+    dtype: str = "auto"
 
     def __post_init__(self):
         _require(self.engine in ENGINES, f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
+        _require(self.dtype in ("auto",) + DTYPES, f"rollout.dtype must be one of {('auto',) + DTYPES}, "
+                                                   f"got {self.dtype!r}")
         _require(isinstance(self.group_size, int) and self.group_size >= 2,
                  f"rollout.group_size must be an int >= 2 (group advantages need G >= 2), got {self.group_size!r}")
         _require(self.temperature > 0, f"rollout.temperature must be > 0, got {self.temperature}")

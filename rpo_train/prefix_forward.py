@@ -160,6 +160,13 @@ class _PackedAttention:
         return torch.cat(out)
 
 
+def attention_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's on q's device when it is on (as torch SDPA under autocast, so fp32
+    master weights still use the 16-bit kernels), else q's."""
+    kind = q.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
+
+
 def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
                   attention: str = "auto") -> torch.Tensor:
     """Hidden states [Tc + Ts, H] (before the final norm) of every packed row; differentiable.
@@ -172,8 +179,8 @@ def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = Fals
 
     def layer_forward(layer, h, cos, sin):
         q, k, v = rotary_qkv(layer.self_attn, layer.input_layernorm(h), cos, sin, heads)
-        k, v = k.to(q.dtype), v.to(q.dtype)  # under autocast v stays bf16 while the rotary output is fp32
-        out = attend(q, k, v)
+        dtype = attention_dtype(q)  # under autocast v comes out bf16 while the rotary output is fp32
+        out = attend(q.to(dtype), k.to(dtype), v.to(dtype))
         h = h + layer.self_attn.o_proj(out.reshape(out.shape[0], -1).to(h.dtype))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 

@@ -22,16 +22,27 @@ from .objectives import group_advantages
 from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
 
 
+def engine_dtype(cfg: RunConfig) -> torch.dtype:
+    """The dtype of the rollout engine's weights: ``rollout.dtype``, where "auto" is bfloat16 for float32 master
+    weights on a GPU (the engine samples on the 16-bit kernels; bf16 master weights would round AdamW's small updates
+    away) and the run's dtype otherwise."""
+    name = cfg.rollout.dtype
+    if name == "auto":
+        name = "bfloat16" if cfg.device.startswith("cuda") and cfg.dtype == "float32" else cfg.dtype
+    return getattr(torch, name)
+
+
 def build_engine(cfg: RunConfig, model):
-    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step)."""
+    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step, cast to
+    ``engine_dtype(cfg)``)."""
     from .rollout import HFEngine, NativeEngine, VLLMEngine
     from .rollout.checkpoint import eos_token_ids
 
     eos = eos_token_ids(Path(cfg.model), model.config)
     if cfg.rollout.engine == "vllm":
-        return VLLMEngine.from_pretrained(cfg.model)
+        return VLLMEngine.from_pretrained(cfg.model, dtype=engine_dtype(cfg))
     cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
-    return cls(copy.deepcopy(model).eval(), eos_token_ids=eos)
+    return cls(copy.deepcopy(model).eval().to(engine_dtype(cfg)), eos_token_ids=eos)
 
 
 @dataclass

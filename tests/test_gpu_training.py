@@ -4,8 +4,9 @@
   native engine, which must decode on the GPU kernels (CUDA extension or Triton), and the plain policy forward, whose
   fused lm_head + loss must run in Triton.
 - The paper's GPU recipe (``r1-distill-qwen-1.5b-gpu``) on a random model of the R1-Distill-Qwen-1.5B shape (28
-  layers, vocab 151936): 2 RPO-GRPO steps with its settings (bf16, the prefix-once forward with its fused lm_head
-  log-probs, KL to a frozen reference, math-verify reward), only the lengths and counts made small. A random model
+  layers, vocab 151936): 2 RPO-GRPO steps with its settings (fp32 master weights with the forward under bf16
+  autocast and a bf16 engine copy, the prefix-once forward with its fused lm_head log-probs, KL to a frozen
+  reference, math-verify reward), only the lengths and counts made small. A random model
   earns no reward, so the update is driven by the KL term alone: the code path, not learning, is what is shown.
 
 Each runs on a GPU (marked ``gpu``) and, at rehearsal size on the CPU, in every test run: the same recipe overrides
@@ -113,7 +114,7 @@ def gpu_recipe_smoke(tmp_path, device: str, arch: str, seen: dict) -> None:
     if device == "cpu":
         overrides += ["device=cpu", "dtype=float32"]
     cfg = load_recipe("r1-distill-qwen-1.5b-gpu", overrides)
-    assert (cfg.reward, cfg.objective.beta, cfg.rollout.engine) == ("math", 0.04, "native")
+    assert (cfg.reward, cfg.objective.beta, cfg.rollout.engine, cfg.rollout.dtype) == ("math", 0.04, "native", "auto")
     start = time.perf_counter()
     trainer = Trainer(cfg)
     assert trainer.policy_forward == "prefix_once" and trainer.ref_model is not None

@@ -130,6 +130,29 @@ def test_nothing_to_score_gives_zero_loss_and_gradients(model):
     assert float(loss) == 0.0 and all(float(g.abs().max()) == 0.0 for g in grads.values())
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "kernel"])
+def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
+    """fp32 weights under bf16 autocast (the GPU recipes' fp32 master weights): q, k and v reach attention in bf16,
+    as torch SDPA gets them in the plain forward, and the log-probs stay close to the plain forward's."""
+    import rpo_kernels
+    from rpo_train import prefix_forward
+
+    seen = []
+    real_sdpa, real_kernel = prefix_forward._sdpa, rpo_kernels.shared_prefix_attention
+    monkeypatch.setattr(prefix_forward, "_sdpa", lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype))
+                        or real_sdpa(q, k, v, *a, **kw))
+    monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", lambda q, pk, pv, pi, sk, sv, *a, **kw:
+                        seen.append((q.dtype, pk.dtype, sv.dtype)) or real_kernel(q, pk, pv, pi, sk, sv, *a, **kw))
+    samples = ragged_samples(4)
+    batch = build_batch(samples, 0, "full", "prefix_once")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = prefix_once_logprobs(model, batch, attention=attention)
+    assert seen and all(d == (torch.bfloat16,) * 3 for d in seen), seen
+    exact = sequence_logprobs(model, build_batch(samples, 0, "full"))
+    mask = batch.loss_mask
+    assert float((mixed[mask] - exact[mask]).detach().abs().max()) < 0.1  # bf16 activations, fp32 weights
+
+
 @pytest.mark.gpu
 def test_prefix_once_on_gpu_bf16_within_the_rule(model):
     """bf16 on a GPU (Triton attention forward + backward): gradients within 2x plain bf16's error vs fp32."""

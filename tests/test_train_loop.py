@@ -170,3 +170,29 @@ def test_prompts_use_the_chat_template_when_there_is_one():
     templated = encode_prompt(tok, "12+34")
     assert templated == tok.encode("12+34=", add_special_tokens=False)
     assert all(isinstance(t, int) for t in templated)
+
+
+def test_engine_keeps_a_16_bit_copy_of_fp32_master_weights(checkpoint, tmp_path):
+    """rollout.dtype: the engine samples with a bf16 copy while AdamW updates fp32 weights, and every step's push
+    refreshes that copy; "auto" picks it for fp32 weights on a GPU only."""
+    import dataclasses
+
+    from rpo_train.rollout_step import engine_dtype
+    from rpo_train.trainer import Trainer
+
+    cfg = config(checkpoint, tmp_path, steps=2)
+    auto = {(device, dtype): engine_dtype(dataclasses.replace(cfg, device=device, dtype=dtype))
+            for device in ("cpu", "cuda") for dtype in ("float32", "bfloat16")}
+    assert auto == {("cpu", "float32"): torch.float32, ("cpu", "bfloat16"): torch.bfloat16,
+                    ("cuda", "float32"): torch.bfloat16, ("cuda", "bfloat16"): torch.bfloat16}
+    with pytest.raises(ValueError, match="rollout.dtype"):
+        RolloutConfig(dtype="int8")
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, dtype="bfloat16"))
+    trainer = Trainer(cfg, reward_fn=ones_reward)
+    trainer.train()
+    master = trainer.model.state_dict()
+    served = trainer.engine.model.hf.state_dict()
+    assert all(w.dtype == torch.float32 for w in master.values())
+    assert all(w.dtype == torch.bfloat16 for w in served.values())
+    for name, w in master.items():
+        assert torch.equal(served[name], w.to(torch.bfloat16)), name
