@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import rpo_kernels
-
 from rpo_kernels._dispatch import backend_status
+from rpo_train.errors import ArgumentParser, report_usage_errors
 
 from .harness import RESULTS_DIR, copy_bandwidth_gbps, device_name, emit_rows, finish, measure, rows_for, run_jobs
 
@@ -171,12 +171,13 @@ def summarize(rows: list[dict], grid: dict, b: int) -> None:
         return
     print(f"\ngrowth of the time from P={p_lo} to P={p_hi}: (t_hi - t_lo) at G={g_hi} / (t_hi - t_lo) at G={g_lo} "
           f"(1 = the prefix costs once per group; {g_hi / g_lo:.0f} = once per sequence)")
+    def key(n, p, g, s):
+        return (n, f"B{b} G{g} P{p} S{s} h{HQ}/{HKV} d{D} {dtype}")
+
     for s in grid["S"]:
         for n in names:
-            def key(p, g):
-                return (n, f"B{b} G{g} P{p} S{s} h{HQ}/{HKV} d{D} {dtype}")
-            if all(key(p, g) in t for p in (p_lo, p_hi) for g in (g_lo, g_hi)):
-                slope = [max(t[key(p_hi, g)] - t[key(p_lo, g)], 1e-9) for g in (g_lo, g_hi)]
+            if all(key(n, p, g, s) in t for p in (p_lo, p_hi) for g in (g_lo, g_hi)):
+                slope = [max(t[key(n, p_hi, g, s)] - t[key(n, p_lo, g, s)], 1e-9) for g in (g_lo, g_hi)]
                 print(f"  S={s} {n:18s} {slope[1] / slope[0]:.2f}  (+{slope[0]:.2f} ms at G={g_lo}, "
                       f"+{slope[1]:.2f} ms at G={g_hi})")
 
@@ -189,7 +190,7 @@ def with_bandwidth_share(rows: list[dict], copy_gbps: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="P in {512, 2048}, G in {4, 16}, S = 64")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--groups", type=int, default=4, help="B, the number of groups")
@@ -241,4 +242,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_attention", lambda: main() or 0))

@@ -7,7 +7,8 @@ each in its own process, for exact peak memory):
   prefix_once  ``rpo_train.prefix_forward``: the context once, the suffixes against its one KV
 
 Models are random (no download, ``benchmarks.models``): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads, vocab 4096)
-and ``qwen2-0.5b`` (the Qwen2.5-0.5B shape); fp32 on a CPU, bf16 on a GPU. Rows go to benchmarks/results/policy_forward.csv with a plot.
+and ``qwen2-0.5b`` (the Qwen2.5-0.5B shape); fp32 on a CPU, bf16 on a GPU. Rows go to
+benchmarks/results/policy_forward.csv with a plot.
 
     python -m benchmarks.bench_policy_forward                      # CPU, (P, S, G) of the issue, tiny model
     python -m benchmarks.bench_policy_forward --arch qwen2-0.5b    # on a GPU
@@ -20,6 +21,8 @@ import random
 import sys
 
 import torch
+
+from rpo_train.errors import ArgumentParser, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
 from .models import ARCHS, random_qwen2
@@ -81,7 +84,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="tiny", choices=FORWARD_ARCHS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES],
@@ -95,9 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes]
-    if any(len(s) != 3 or min(s) < 1 for s in shapes):
-        raise SystemExit(f"--shapes: expected P,S,G triples of positive ints, got {args.shapes}")
+    try:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        parser.error(f"--shapes: expected P,S,G triples of positive ints, got {args.shapes}")
+
     def child(job: str) -> list[dict]:
         name, index = job.split(":")
         return run_provider(name, args.arch, shapes[int(index)], args.device, args.rep, args.checkpoint_layers)
@@ -116,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_policy_forward", lambda: main() or 0))

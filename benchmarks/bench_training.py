@@ -20,7 +20,6 @@ into the tables (mean and spread over seeds, RPO/full ratios) and plots.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -28,7 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .harness import RESULTS_DIR, append_rows, device_name, versions
+from rpo_train.errors import ArgumentParser, report_usage_errors
+
+from .harness import RESULTS_DIR, device_name, record, versions
 
 ARMS = {"grpo": ("grpo", "full"), "grpo+rpo": ("grpo", "rpo"), "dapo": ("dapo", "full"), "dapo+rpo": ("dapo", "rpo")}
 CURVE_KEYS = ("eval/accuracy", "reward/mean", "rollout/response_len", "rollout/suffix_len", "rollout/prefix_len",
@@ -94,8 +95,8 @@ def save_run(result: dict, arm: str, seed: int, length_aware: bool, extra: dict,
     overrides = " ".join(f"{k}={v}" for k, v in sorted(extra.items()))
     shape = f"tiny-cpu steps={steps} length_aware={int(length_aware)} seed={seed} {overrides}".strip()
     s = result["summary"]
-    append_rows(csv_path, [{"op": "training", "provider": arm, "shape": shape, "metric": m, "value": f"{s[m]:.6g}",
-                            **stamp} for m in SUMMARY_KEYS])
+    record([{"op": "training", "provider": arm, "shape": shape, "metric": m, "value": f"{s[m]:.6g}", **stamp}
+            for m in SUMMARY_KEYS], csv_path, plot=False)  # training_report draws these
     runs_dir.mkdir(parents=True, exist_ok=True)
     meta = {"run": result["name"], "arm": arm, "seed": seed, "length_aware": length_aware, "extra": extra,
             "steps": steps, **stamp}
@@ -104,7 +105,7 @@ def save_run(result: dict, arm: str, seed: int, length_aware: bool, extra: dict,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="grid", choices=["grid", "truncation", "loss_tokens"])
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
@@ -135,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_training", lambda: main() or 0))

@@ -1,14 +1,14 @@
 """Shared benchmark harness: timing (median and spread), peak memory, result rows kept as CSV data.
 
-Rows have the columns ``op, provider, shape, metric, value, device, version, date`` and are appended to
-``benchmarks/results/<file>.csv`` with an atomic replace. Peak memory is the extra memory a call needs beyond what was
-allocated before it: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's resident high-water mark
-(VmHWM, reset through /proc/self/clear_refs) minus the resident size before the call.
+Rows (``benchmarks.rows``: ``op, provider, shape, metric, value, device, version, date``) are appended to
+``benchmarks/results/<file>.csv`` with an atomic replace and the plot redrawn (``record``). Peak memory is the extra
+memory a call needs beyond what was allocated before it: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the
+process's resident high-water mark (VmHWM, reset through /proc/self/clear_refs) minus the resident size before the
+call.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -16,7 +16,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from .plot import plot as draw
+from .rows import append_rows
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COLUMNS = ("op", "provider", "shape", "metric", "value", "device", "version", "date")
 
 
 @dataclass(frozen=True)
@@ -133,47 +134,11 @@ def rows_for(op: str, provider: str, shape: str, m: Measurement, device: torch.d
             for k, v in metrics.items()]
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """Append ``rows`` to the CSV at ``path`` atomically (write a temp file, then rename over the old one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        missing = set(COLUMNS) - set(row)
-        if missing:
-            raise ValueError(f"benchmark row lacks columns {sorted(missing)}: {row}")
-    existing = read_rows(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(existing + rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def record(rows: list[dict], out: str | os.PathLike, *, plot: bool = True) -> Path:
     """Append ``rows`` to the CSV ``out`` (atomically) and redraw its plot beside it; returns the CSV path."""
     path = append_rows(out, rows)
     print(f"rows appended to {path}")
     if plot:
-        from .plot import plot as draw
-
         print(f"plot: {draw(path)}")
     return path
 

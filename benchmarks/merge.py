@@ -8,10 +8,13 @@ there are skipped, so merging twice changes nothing) and its plot is redrawn.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
-from .harness import COLUMNS, RESULTS_DIR, read_rows, record
+from rpo_train.errors import ArgumentParser, report_usage_errors
+
+from .harness import RESULTS_DIR, record
+from .rows import COLUMNS, read_rows
 
 
 def merge(source: Path, into: Path, *, plot: bool = True) -> dict[str, int]:
@@ -27,16 +30,16 @@ def merge(source: Path, into: Path, *, plot: bool = True) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a folder of benchmark CSVs (e.g. runs/gpu-suite/results)")
     parser.add_argument("--into", type=Path, default=RESULTS_DIR, help="the results folder (default: %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
-        raise SystemExit(f"benchmarks.merge: source {args.source} is not a folder")
+        parser.error(f"source {args.source} is not a folder")
     for name, count in merge(args.source, args.into, plot=not args.no_plot).items():
         print(f"{name}: {count} new rows")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.merge", lambda: main() or 0))

@@ -6,12 +6,13 @@ newest row of each (op, provider, shape, metric, device).
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from rpo_train.atomic import atomic_savefig
+from rpo_train.errors import ArgumentParser, report_usage_errors
 
-from .harness import read_rows
+from .rows import read_rows
 
 PANELS = (("time_ms_median", "time per call (ms)"), ("peak_mem_mb", "peak extra memory (MiB)"))
 
@@ -56,7 +57,7 @@ def plot(csv_path: str | Path, out: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="plot benchmark CSV rows")
+    parser = ArgumentParser(description="plot benchmark CSV rows")
     parser.add_argument("csv", help="a CSV under benchmarks/results/")
     parser.add_argument("--out", help="PNG path (default: beside the CSV)")
     args = parser.parse_args(argv)
@@ -64,4 +65,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.plot", lambda: main() or 0))

@@ -7,15 +7,17 @@ and the health curves (reward, response length, zero-variance share, cache mean 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 from rpo_train.atomic import atomic_savefig, atomic_write_json
+from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
 
-from .harness import RESULTS_DIR, read_rows
+from .harness import RESULTS_DIR
+from .rows import read_rows
 
 METRICS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
            "cache_init_s", "total_s", "step_s")
@@ -209,13 +211,13 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", default=str(RESULTS_DIR / "training.csv"))
     args = parser.parse_args(argv)
     csv_path = Path(args.csv)
     runs = load_runs(csv_path)
     if not runs:
-        raise SystemExit(f"no training rows in {csv_path}; run python -m benchmarks.bench_training first")
+        raise UsageError(f"no training rows in {csv_path}; run python -m benchmarks.bench_training first")
     agg = aggregate(runs)
     rows = [r for r in read_rows(csv_path) if r["op"] == "training"]
     print(f"{rows[0]['device']}; {rows[0]['version']}; runs {min(r['date'] for r in rows)} .. "
@@ -238,4 +240,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.training_report", lambda: main() or 0))

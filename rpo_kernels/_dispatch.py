@@ -24,7 +24,7 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import() -> tuple[bool, str]:
     try:
         triton = importlib.import_module("triton")
@@ -33,7 +33,7 @@ def _triton_import() -> tuple[bool, str]:
     return True, f"triton {triton.__version__}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_ext_import() -> tuple[bool, str]:
     try:
         from .cuda import load

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
+from .errors import UsageError, check_types, one_line
 
 FORMAT = "rpo-experience-cache/1"
 TRUNCATION_MODES = ("fixed", "dynamic")
@@ -57,12 +58,13 @@ class TruncationConfig:
     factor: float = 0.5
 
     def __post_init__(self):
+        check_types(self, "truncation")
         if self.mode not in TRUNCATION_MODES:
-            raise ValueError(f"truncation.mode must be one of {TRUNCATION_MODES}, got {self.mode!r}")
+            raise UsageError(f"truncation.mode must be one of {TRUNCATION_MODES}, got {self.mode!r}")
         if not isinstance(self.max_cut, int) or self.max_cut < 0:
-            raise ValueError(f"truncation.max_cut must be an int >= 0, got {self.max_cut!r}")
+            raise UsageError(f"truncation.max_cut must be an int >= 0, got {self.max_cut!r}")
         if not 0.0 < self.factor <= 1.0:
-            raise ValueError(f"truncation.factor must be in (0, 1], got {self.factor!r}")
+            raise UsageError(f"truncation.factor must be in (0, 1], got {self.factor!r}")
 
     def limit(self, entry: CacheEntry) -> int:
         """L for this entry."""
@@ -167,19 +169,22 @@ class ExperienceCache:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ExperienceCache":
+    def load(cls, path: str | os.PathLike) -> ExperienceCache:
         """Read a cache written by ``save``; clear errors for a missing or foreign file."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"experience cache file not found: {path}")
+            raise UsageError(f"experience cache file not found: {path}")
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            t = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure to parse the user's file is reported with its path
+            raise UsageError(f"experience cache {path}: not a readable safetensors file ({one_line(exc)})") from exc
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an rpo experience cache (format {meta.get('format')!r}, "
+            raise UsageError(f"{path} is not an rpo experience cache (format {meta.get('format')!r}, "
                              f"expected {FORMAT!r})")
-        t = load_file(str(path))
         qids = json.loads(meta["qids"])
 
         def split(data, offsets):

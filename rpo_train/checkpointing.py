@@ -19,6 +19,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .atomic import atomic_directory, atomic_write_json
 from .cache import ExperienceCache
+from .errors import UsageError, one_line
 
 FORMAT = "rpo-checkpoint/1"
 
@@ -73,15 +74,29 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder, or None when the run has none."""
+    """The newest complete checkpoint folder, or None when the run has none. A damaged pointer or a missing folder
+    is a ``UsageError`` naming it (nothing is deleted: the user decides)."""
     pointer = Path(out_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
         return None
-    with pointer.open() as f:
-        folder = Path(out_dir) / "checkpoints" / json.load(f)["dir"]
+    try:
+        with pointer.open() as f:
+            folder = Path(out_dir) / "checkpoints" / str(json.load(f)["dir"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"checkpoint pointer {pointer} is damaged ({one_line(exc)}); it should be "
+                         '{"step": N, "dir": "step-00000N"}: fix it, or move the out_dir away to start afresh') from exc
     if not (folder / "state.json").is_file():
-        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+        raise UsageError(f"{pointer} names {folder}, which is missing or incomplete; point it at another "
+                         "step-* folder, or move the out_dir away to start afresh")
     return folder
+
+
+def _read(folder: Path, name: str, read):
+    """``read(path)`` of a checkpoint file; any failure is a ``UsageError`` naming the file."""
+    try:
+        return read(folder / name)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is reported with its path
+        raise UsageError(f"checkpoint file {folder / name} cannot be read ({one_line(exc)})") from exc
 
 
 def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -92,22 +107,28 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
     (e.g. into shards, ``rpo_train.sharding.load_full_state``).
     """
     folder = Path(folder)
-    with open(folder / "state.json") as f:
-        state = json.load(f)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{folder} is not an rpo checkpoint (format {state.get('format')!r})")
-    optimizer_state = _optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    state = _read(folder, "state.json", lambda p: json.loads(p.read_text()))
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise UsageError(f"{folder} is not an rpo checkpoint (format {found!r}, expected {FORMAT!r})")
+    tensors = _read(folder, "optimizer.safetensors", lambda p: load_file(str(p)))
+    optimizer_state = _optimizer_state_from_files(tensors, state["optimizer"])
     if load_state is not None:
-        load_state(load_file(str(folder / "model.safetensors")), optimizer_state)
+        load_state(_read(folder, "model.safetensors", lambda p: load_file(str(p))), optimizer_state)
     else:
         try:
             load_model(model, str(folder / "model.safetensors"))
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {folder} does not fit the model: {exc}") from exc
-        optimizer.load_state_dict(optimizer_state)
+        except Exception as exc:  # noqa: BLE001 - another model's weights, or a damaged file
+            raise UsageError(f"checkpoint {folder / 'model.safetensors'} does not fit the model or cannot be read "
+                             f"({one_line(exc)[:300]})") from exc
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"checkpoint {folder / 'optimizer.safetensors'} does not fit the optimizer "
+                             f"({one_line(exc)})") from exc
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     version, internal, gauss = state["python_rng"]
     rng.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    torch.set_rng_state(_read(folder, "rng.safetensors", lambda p: load_file(str(p))["torch"]))
     return state, ExperienceCache.load(folder / "cache.safetensors")

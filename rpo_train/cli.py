@@ -17,6 +17,7 @@ import sys
 import time
 
 from .config import load_recipe
+from .errors import ArgumentParser, add_debug_flag, report_usage_errors
 
 
 def _resolve_model(cfg):
@@ -43,18 +44,17 @@ def summary_table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpo-train", description="RPO (and GRPO/DAPO) fine-tuning",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    """The ``rpo-train`` command; a configuration, data, model, checkpoint or machine problem is one line on
+    stderr and exit status 2 (``--debug`` or RPO_DEBUG=1 shows the traceback)."""
+    parser = ArgumentParser(prog="rpo-train", description="RPO (and GRPO/DAPO) fine-tuning",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--recipe", default="tiny-cpu", help="bundled recipe name or a YAML file")
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        cfg = load_recipe(args.recipe, args.overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"rpo-train: {exc}", file=sys.stderr)
-        return 2
-    return run(cfg, start=start)
+    return report_usage_errors("rpo-train", lambda: run(load_recipe(args.recipe, args.overrides), start=start),
+                               debug=args.debug)
 
 
 def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
@@ -65,11 +65,7 @@ def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
     from .distributed import DistContext, RankLostError
 
     start = time.perf_counter() if start is None else start
-    try:
-        dist = DistContext.from_env(cfg.device)
-    except RuntimeError as exc:
-        print(f"rpo-train: {exc}", file=sys.stderr)
-        return 2
+    dist = DistContext.from_env(cfg.device)
     try:
         warm = time.perf_counter()
         if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
@@ -92,6 +88,7 @@ def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
         print(summary_table(summary))
         print(f"metrics: {cfg.out_dir}/metrics.jsonl, plots: {cfg.out_dir}/plots.png")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

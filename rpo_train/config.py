@@ -7,12 +7,14 @@ keys (``objective.beta=0.0``, ``steps=20``) and are parsed as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .cache import TruncationConfig
+from .errors import UsageError, check_types
 from .objectives import ObjectiveConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -26,7 +28,7 @@ PARALLEL = ("ddp", "fsdp")
 
 def _require(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class RolloutConfig:
     dtype: str = "auto"
 
     def __post_init__(self):
+        check_types(self, "rollout")
         _require(self.engine in ENGINES, f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
         _require(self.dtype in ("auto",) + DTYPES, f"rollout.dtype must be one of {('auto',) + DTYPES}, "
                                                    f"got {self.dtype!r}")
@@ -53,7 +56,8 @@ class RolloutConfig:
                  f"rollout.group_size must be an int >= 2 (group advantages need G >= 2), got {self.group_size!r}")
         _require(self.temperature > 0, f"rollout.temperature must be > 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        _require(isinstance(self.top_k, int) and self.top_k >= 0, f"rollout.top_k must be an int >= 0, got {self.top_k!r}")
+        _require(isinstance(self.top_k, int) and self.top_k >= 0,
+                 f"rollout.top_k must be an int >= 0, got {self.top_k!r}")
         _require(isinstance(self.max_response_len, int) and self.max_response_len >= 1,
                  f"rollout.max_response_len must be an int >= 1, got {self.max_response_len!r}")
         _require(self.suffix_budget == "m" or (isinstance(self.suffix_budget, int) and self.suffix_budget >= 1),
@@ -76,6 +80,7 @@ class OptimConfig:
     parallel: str = "ddp"
 
     def __post_init__(self):
+        check_types(self, "optim")
         _require(self.parallel in PARALLEL, f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
         _require(not (self.parallel == "fsdp" and self.policy_forward == "prefix_once"),
                  "optim.policy_forward prefix_once needs optim.parallel ddp: FSDP gathers a layer's weights in the "
@@ -106,6 +111,7 @@ class DataConfig:
     seed: int = 1234
 
     def __post_init__(self):
+        check_types(self, "data")
         _require(self.task in ("addition", "jsonl"), f"data.task must be 'addition' or 'jsonl', got {self.task!r}")
         _require(self.task != "jsonl" or bool(self.path), "data.path is required when data.task is 'jsonl'")
 
@@ -133,7 +139,10 @@ class RunConfig:
     truncation: TruncationConfig = field(default_factory=TruncationConfig)
 
     def __post_init__(self):
+        check_types(self)
         _require(bool(self.model), "model (a checkpoint directory) is required")
+        _require(self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+                 f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         _require(self.reward in ("exact", "math"), f"reward must be 'exact' or 'math', got {self.reward!r}")
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
@@ -153,11 +162,11 @@ SECTIONS = {"data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig, 
 
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
+        raise UsageError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+        raise UsageError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
     kwargs = {}
     for key, value in values.items():
         if key in SECTIONS and cls is RunConfig:
@@ -169,7 +178,7 @@ def _build(cls, values: dict, where: str):
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"{where}: {exc}") from exc
+        raise UsageError(f"{where}: {exc}") from exc
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -177,16 +186,28 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
+            raise UsageError(f"override {item!r} must look like key=value or section.key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise UsageError(f"override {item!r}: the key {key!r} has an empty part")
         target = raw
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        target[parts[-1]] = yaml.safe_load(value)
+                raise UsageError(f"override {item!r}: {part!r} is not a section")
+        try:
+            target[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"override {item!r}: the value is not a YAML scalar ({_yaml_problem(exc)})") from exc
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The problem and its line/column of a YAML error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
@@ -196,7 +217,17 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"recipe {name_or_path!r} not found (looked at {path}); bundled recipes: {names}")
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+        raise UsageError(f"recipe {name_or_path!r} not found (looked at {path}); bundled recipes: {names}")
+    try:
+        with path.open() as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path}: not valid YAML: {_yaml_problem(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"recipe {path}: cannot be read ({exc})") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"recipe {path}: expected a mapping of keys to values at the top, got a "
+                         f"{type(raw).__name__}")
     return _build(RunConfig, apply_overrides(raw, list(overrides)), f"recipe {path.name}")

@@ -7,26 +7,36 @@ import json
 from pathlib import Path
 
 from .config import DataConfig
+from .errors import MissingPathError, UsageError
 from .task.addition import AdditionTask
 
 
-def _read_jsonl(path: str, cfg: DataConfig) -> list[dict]:
+def _read_jsonl(path: str, cfg: DataConfig, field: str) -> list[dict]:
+    """Rows of the JSONL file at ``path`` (the config field ``field`` names it); errors name the file and row."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"data file not found: {file}")
+        raise MissingPathError(f"{field}={path}: no such file (expected a JSONL file, one JSON object per line)")
     rows = []
-    with file.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for key in (cfg.prompt_field, cfg.answer_field):
-                if row.get(key) in (None, ""):
-                    raise ValueError(f"{file}:{n}: row has no {key!r} field")
-            rows.append({"id": str(row.get("id", f"{file.stem}-{n}")), "question": str(row[cfg.prompt_field]),
-                         "answer": str(row[cfg.answer_field])})
+    try:
+        with file.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{file}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+                if not isinstance(row, dict):
+                    raise UsageError(f"{file}:{n}: expected a JSON object, got {type(row).__name__}")
+                for key, name in ((cfg.prompt_field, "data.prompt_field"), (cfg.answer_field, "data.answer_field")):
+                    if row.get(key) in (None, ""):
+                        raise UsageError(f"{file}:{n}: row has no {key!r} field ({name}); its keys: {sorted(row)}")
+                rows.append({"id": str(row.get("id", f"{file.stem}-{n}")), "question": str(row[cfg.prompt_field]),
+                             "answer": str(row[cfg.answer_field])})
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if not rows:
-        raise ValueError(f"{file}: no rows")
+        raise UsageError(f"{file}: no rows (an empty file or only blank lines)")
     return rows
 
 
@@ -34,9 +44,9 @@ def load_rows(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows)."""
     if cfg.task == "addition":
         return AdditionTask(cfg.digits, cfg.n_train, cfg.n_test, cfg.seed).splits()
-    train = _read_jsonl(cfg.path, cfg)
+    train = _read_jsonl(cfg.path, cfg, "data.path")
     if cfg.test_path:
-        return train, _read_jsonl(cfg.test_path, cfg)
+        return train, _read_jsonl(cfg.test_path, cfg, "data.test_path")
     cut = max(1, len(train) // 10)
     return train[cut:], train[:cut]
 

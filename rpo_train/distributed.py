@@ -14,18 +14,13 @@ NCCL on GPUs (rank r uses ``cuda:LOCAL_RANK``).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
 
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any printable parts (run seed, step, question index, purpose)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from .errors import UsageError
 
 
 class RankLostError(RuntimeError):
@@ -41,7 +36,7 @@ class DistContext:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, device: str = "cpu", timeout_s: float = 1800.0) -> "DistContext":
+    def from_env(cls, device: str = "cpu", timeout_s: float = 1800.0) -> DistContext:
         """Join the process group described by torchrun's environment (a single process when WORLD_SIZE <= 1)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -50,7 +45,7 @@ class DistContext:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             if torch.cuda.device_count() <= local:
-                raise RuntimeError(f"device: 'cuda' needs a GPU per local rank, but LOCAL_RANK={local} and this "
+                raise UsageError(f"device: 'cuda' needs a GPU per local rank, but LOCAL_RANK={local} and this "
                                    f"machine has {torch.cuda.device_count()} GPUs; lower --nproc_per_node or use "
                                    "device=cpu")
             torch.cuda.set_device(local)
@@ -115,7 +110,7 @@ class DistContext:
             size += p.grad.numel() * p.grad.element_size()
             if size >= bucket_mb * 2**20 or i == len(params) - 1:
                 flat = torch.cat([g.reshape(-1) for g in bucket])
-                self._guard("gradient all_reduce", lambda: tdist.all_reduce(flat))
+                self._guard("gradient all_reduce", lambda flat=flat: tdist.all_reduce(flat))
                 offset = 0
                 for g in bucket:
                     g.copy_(flat[offset:offset + g.numel()].view_as(g))

@@ -12,6 +12,8 @@ import torch
 
 from rpo_kernels.reference import LOSS_TYPES
 
+from .errors import UsageError, check_types
+
 ALGORITHMS = ("grpo", "dapo")
 ROLLOUTS = ("full", "rpo")
 LOSS_TOKENS = ("full", "suffix")
@@ -31,18 +33,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = Tru
     return centred / (r.std(1, keepdim=True) + eps) if scale else centred
 
 
-def zero_variance(rewards: torch.Tensor) -> torch.Tensor:
-    """Bool [B]: groups whose G rewards are all equal (no learning signal; DAPO's dynamic sampling drops them)."""
-    return (rewards == rewards[:, :1]).all(1)
-
-
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """The objective of one run. ``preset("grpo"|"dapo")`` gives the paper's settings; fields override them.
 
     rollout "full" is the GRPO/DAPO baseline, "rpo" samples suffixes of cached responses. loss_tokens "full" (paper
     default) trains on prefix + suffix tokens, "suffix" only on generated tokens. mu > 1 runs several updates per
-    rollout batch with the engine's logprobs as old logprobs.
+    rollout batch; the old log-probs are the policy's own, recomputed once before the first update, not the
+    sampler's: those cover only the suffix tokens (the prefix came from the cache) and carry the engine's numerics
+    (a bf16 copy, other kernels), which would put a sampler/trainer mismatch into every ratio. With mu = 1 the
+    ratio is 1 by construction and no old log-probs are computed.
     """
 
     algorithm: str = "grpo"
@@ -62,29 +62,30 @@ class ObjectiveConfig:
     mu: int = 1
 
     def __post_init__(self):
+        check_types(self, "objective")
         checks = (("algorithm", self.algorithm, ALGORITHMS), ("rollout", self.rollout, ROLLOUTS),
                   ("loss_type", self.loss_type, LOSS_TYPES), ("loss_tokens", self.loss_tokens, LOSS_TOKENS))
         for name, value, allowed in checks:
             if value not in allowed:
-                raise ValueError(f"objective.{name} must be one of {allowed}, got {value!r}")
+                raise UsageError(f"objective.{name} must be one of {allowed}, got {value!r}")
         for name in ("eps_low", "eps_high", "beta", "adv_eps", "length_alpha", "overlong_factor"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"objective.{name} must be a number >= 0, got {value!r}")
+                raise UsageError(f"objective.{name} must be a number >= 0, got {value!r}")
         if self.eps_low >= 1:
-            raise ValueError(f"objective.eps_low must be < 1, got {self.eps_low}")
+            raise UsageError(f"objective.eps_low must be < 1, got {self.eps_low}")
         for name in ("mu", "max_resample_rounds"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"objective.{name} must be an int >= 1, got {getattr(self, name)!r}")
+                raise UsageError(f"objective.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.overlong_buffer, int) or self.overlong_buffer < 0:
-            raise ValueError(f"objective.overlong_buffer must be an int >= 0, got {self.overlong_buffer!r}")
+            raise UsageError(f"objective.overlong_buffer must be an int >= 0, got {self.overlong_buffer!r}")
 
     @classmethod
-    def preset(cls, algorithm: str, **overrides) -> "ObjectiveConfig":
+    def preset(cls, algorithm: str, **overrides) -> ObjectiveConfig:
         """GRPO: eps 0.2, beta 0.04, sequence-mean loss. DAPO: clip-higher 0.28, beta 0, token-level loss, dynamic
         sampling, overlong shaping over the last 1/8 of the length budget (set ``overlong_buffer``)."""
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"objective.algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+            raise UsageError(f"objective.algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         base = dict(algorithm="grpo", loss_type="grpo", eps_low=0.2, eps_high=0.2, beta=0.04)
         if algorithm == "dapo":
             base = dict(algorithm="dapo", loss_type="dapo", eps_low=0.2, eps_high=0.28, beta=0.0,
@@ -92,5 +93,5 @@ class ObjectiveConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(f"unknown objective key(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise UsageError(f"unknown objective key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{**base, **overrides})

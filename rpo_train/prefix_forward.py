@@ -12,8 +12,8 @@ would count them. The result is the [B, T] layout of ``rpo_train.policy.build_ba
 loss, the old and the reference log-probs are interchangeable between the two forwards.
 
 Works for the Llama / Qwen2 / Qwen3 families (the checkpoint's own embedding, norms, projections, rotary embedding and
-MLP; attention through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers`` recomputes each layer in
-the backward.
+MLP; attention through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers`` recomputes
+each layer in the backward.
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
     ordered = sorted(token_row)
     if ordered:
         mask[torch.tensor([b for b, _ in ordered]), torch.tensor([t for _, t in ordered])] = True
-    lt = lambda x: torch.tensor(x, dtype=torch.long)
+
+    def lt(x):
+        return torch.tensor(x, dtype=torch.long)
+
     return PackedGroups(lt(ids), lt(pos), lt(ctx_indptr), lt(suf_indptr), lt(group_indptr), lt(row_hidden),
                         lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
 

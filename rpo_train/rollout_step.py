@@ -17,9 +17,10 @@ import torch
 
 from .cache import ExperienceCache, TruncationConfig
 from .config import RunConfig
-from .distributed import DistContext, derive_seed
+from .distributed import DistContext
 from .objectives import group_advantages
 from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
+from .seeding import derive_seed
 
 
 def engine_dtype(cfg: RunConfig) -> torch.dtype:
@@ -47,7 +48,8 @@ def build_engine(cfg: RunConfig, model):
 
 @dataclass
 class Group:
-    """The G scored responses to one question. responses = prefix + suffix_i (token ids, prompt excluded)."""
+    """The G scored responses to one question. responses = prefix + suffix_i (token ids, prompt excluded); ``cut`` =
+    the m tokens cut from the end of the cached response (0 on the full path)."""
 
     row: dict
     qid: str
@@ -55,7 +57,6 @@ class Group:
     prefix_ids: list[int]
     cut: int
     suffixes: list[list[int]]
-    sample_logprobs: list[list[float]]
     rewards: list[float]
     correct: list[bool]
     seed: int = 0
@@ -110,8 +111,7 @@ def score(row: dict, prompt_ids: list[int], prefix: list[int], cut: int, complet
                                         cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
     if any(r != r for r in rewards):
         raise ValueError(f"question {row['id']!r}: a reward is NaN; check the reward function")
-    return Group(row, row["qid"], prompt_ids, prefix, cut, suffixes, [list(c.logprobs) for c in completions],
-                 rewards, correct)
+    return Group(row, row["qid"], prompt_ids, prefix, cut, suffixes, rewards, correct)
 
 
 def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,

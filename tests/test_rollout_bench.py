@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.bench_rollout import main
-from benchmarks.harness import read_rows
+from benchmarks.rows import read_rows
 
 
 def test_bench_rollout_quick(tmp_path):

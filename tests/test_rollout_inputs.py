@@ -72,7 +72,7 @@ def test_missing_files(tmp_path, path):
     (empty / "config.json").write_text((path / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="has no weights"):
         NativeEngine.from_pretrained(empty)
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
         NativeEngine.from_pretrained(path / "config.json")
 
 

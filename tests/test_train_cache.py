@@ -88,10 +88,10 @@ def test_save_load_roundtrip_and_metrics(tmp_path):
 
 
 def test_load_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="experience cache file not found"):
+    with pytest.raises(ValueError, match="experience cache file not found"):
         ExperienceCache.load(tmp_path / "missing.safetensors")
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not an rpo experience cache"):

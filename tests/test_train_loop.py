@@ -68,7 +68,7 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
         RolloutConfig(group_size=1)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\]"):
         load_recipe("tiny-cpu", ["stepz=3"])
-    with pytest.raises(FileNotFoundError, match="bundled recipes"):
+    with pytest.raises(ValueError, match="bundled recipes"):
         load_recipe("no-such-recipe")
     with pytest.raises(ValueError, match="exceed the model's 96 positions"):
         from rpo_train.trainer import Trainer
@@ -166,7 +166,8 @@ def test_prompts_use_the_chat_template_when_there_is_one():
     tok = build_tokenizer()
     plain = encode_prompt(tok, "12+34=")
     assert plain == [tok.bos_token_id] + tok.encode("12+34=", add_special_tokens=False)
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}={% endif %}")
     templated = encode_prompt(tok, "12+34")
     assert templated == tok.encode("12+34=", add_special_tokens=False)
     assert all(isinstance(t, int) for t in templated)
@@ -196,3 +197,31 @@ def test_engine_keeps_a_16_bit_copy_of_fp32_master_weights(checkpoint, tmp_path)
     assert all(w.dtype == torch.bfloat16 for w in served.values())
     for name, w in master.items():
         assert torch.equal(served[name], w.to(torch.bfloat16)), name
+
+
+def test_mu_above_one_takes_old_logprobs_from_the_policy_before_the_update(checkpoint, tmp_path, monkeypatch):
+    """mu = 3: the first pass over the batch sees ratio 1 exactly (old log-probs are the policy's own, recomputed
+    before the update, also on the prefix tokens the sampler never scored); the later passes see the moved policy."""
+    import dataclasses
+
+    from rpo_train import trainer as trainer_module
+    from rpo_train.trainer import Trainer
+
+    cfg = config(checkpoint, tmp_path, steps=1)
+    cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, mu=3, beta=0.0))
+    calls = []
+    real = trainer_module.policy_loss
+
+    def recording(model, batch, adv, objective, **kw):
+        loss, metrics = real(model, batch, adv, objective, **kw)
+        calls.append((kw["old_logprobs"] is not None, float(metrics["ratio_mean"]), float(metrics["clip_frac"])))
+        return loss, metrics
+
+    monkeypatch.setattr(trainer_module, "policy_loss", recording)
+    trainer = Trainer(cfg, reward_fn=ones_reward)
+    trainer.init_cache()
+    trainer.train_step()
+    assert calls and len(calls) % 3 == 0 and all(has_old for has_old, _, _ in calls)
+    first = calls[:len(calls) // 3]
+    assert all(ratio == pytest.approx(1.0, abs=1e-6) and clip == 0.0 for _, ratio, clip in first)
+    assert any(abs(ratio - 1.0) > 1e-6 for _, ratio, _ in calls[len(calls) // 3:])

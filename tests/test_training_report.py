@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.harness import append_rows
+from benchmarks.rows import append_rows
 from benchmarks.training_report import aggregate, grid_table, load_runs, main
 
 

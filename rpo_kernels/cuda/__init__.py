@@ -7,7 +7,6 @@ functions of ``rpo_kernels`` and load the extension on first use. Build it with 
 """
 
 from .ops import (
-    OPS,
     available,
     kv_append,
     load,
@@ -17,5 +16,5 @@ from .ops import (
     supports_shared_prefix_attention,
 )
 
-__all__ = ["OPS", "available", "kv_append", "load", "merge_attention_states", "register_fakes",
+__all__ = ["available", "kv_append", "load", "merge_attention_states", "register_fakes",
            "shared_prefix_attention", "supports_shared_prefix_attention"]

@@ -19,7 +19,6 @@ import importlib
 
 import torch
 
-OPS = ("merge_attention_states", "shared_prefix_decode", "kv_append")
 DECODE_DTYPES = (torch.float16, torch.bfloat16)
 DECODE_HEAD_DIMS = (64, 128)
 

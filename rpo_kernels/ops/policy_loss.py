@@ -112,7 +112,10 @@ def fused_linear_policy_loss(hidden, weight, targets, advantages, mask, *, old_l
                                entropy=entropy)
     adv = advantages[:, None].expand(shape) if advantages.dim() == 1 else advantages
     weights = token_weights(mask, loss_type, max_response_len)[active]
-    pick = (lambda x: None if x is None else x[active].float())
+
+    def pick(x):
+        return None if x is None else x[active].float()
+
     loss, lp, ent = fused_linear_policy_loss_ref(h_act, weight, t_act, pick(old_logprobs), pick(ref_logprobs),
                                                  adv[active].float(), weights, eps_low=eps_low, eps_high=eps_high,
                                                  beta=beta, temperature=temperature)

@@ -33,10 +33,10 @@ class _EagerFusedLinearPolicyLoss(torch.autograd.Function):
             logp[sl], entropy[sl] = lp, ent
             with torch.enable_grad():
                 leaf = lp.detach().requires_grad_(need_h or need_w)
-                row = (lambda x: None if x is None else x[sl][None])
                 old_c = lp[None] if old is None else old[sl][None]
+                ref_c = None if ref is None else ref[sl][None]
                 terms = per_token_objective(leaf[None], old_c, adv[sl][None],
-                                            torch.ones_like(leaf[None], dtype=torch.bool), row(ref),
+                                            torch.ones_like(leaf[None], dtype=torch.bool), ref_c,
                                             eps_low, eps_high, beta)
                 chunk_loss = (weights[sl][None] * terms["per_token"]).sum()
                 if need_h or need_w:

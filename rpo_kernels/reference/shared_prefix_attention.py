@@ -46,7 +46,7 @@ class RaggedLayout:
     decode: bool
 
     @classmethod
-    def from_tensors(cls, prefix_indptr, suffix_indptr, group_indptr, q_indptr=None) -> "RaggedLayout":
+    def from_tensors(cls, prefix_indptr, suffix_indptr, group_indptr, q_indptr=None) -> RaggedLayout:
         suffix = tuple(int(x) for x in suffix_indptr.tolist())
         decode = q_indptr is None
         query = tuple(range(len(suffix))) if decode else tuple(int(x) for x in q_indptr.tolist())

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-
 # Largest dynamic shared memory per block (opt-in) of the targets we check.
 SHARED_MEMORY_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 

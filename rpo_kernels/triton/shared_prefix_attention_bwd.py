@@ -22,8 +22,15 @@ import triton
 import triton.language as tl
 
 from .shared_prefix_attention import LAUNCH_OPTIONS as FORWARD_LAUNCH_OPTIONS
-from .shared_prefix_attention import (LOG2E, SPEC_HEAD_DIMS, _segment_fields, _segment_rows, spec_settings,
-                                      launch_options, precision)
+from .shared_prefix_attention import (
+    LOG2E,
+    SPEC_HEAD_DIMS,
+    _segment_fields,
+    _segment_rows,
+    launch_options,
+    precision,
+    spec_settings,
+)
 
 
 @triton.jit

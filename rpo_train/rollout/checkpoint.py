@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingPathError, UsageError, one_line
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -18,14 +20,14 @@ def checkpoint_dir(path) -> Path:
     """The checkpoint directory, checked: it exists and holds config.json and safetensors weights."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint path {str(p)!r} does not exist")
+        raise MissingPathError(f"checkpoint path {str(p)!r} does not exist")
     if not p.is_dir():
-        raise NotADirectoryError(f"checkpoint path {str(p)!r} is not a directory (expected an HF-format folder)")
+        raise MissingPathError(f"checkpoint path {str(p)!r} is not a directory (expected an HF-format folder)")
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} has no config.json")
+        raise MissingPathError(f"checkpoint {str(p)!r} has no config.json")
     if not any((p / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"checkpoint {str(p)!r} has no weights: expected one of {list(WEIGHT_FILES)} "
-                                f"(safetensors; convert .bin/.gguf checkpoints first)")
+        raise MissingPathError(f"checkpoint {str(p)!r} has no weights: expected one of {list(WEIGHT_FILES)} "
+                               f"(safetensors; convert .bin/.gguf checkpoints first)")
     return p
 
 
@@ -34,21 +36,24 @@ def load_config(path):
     from transformers import AutoConfig
 
     p = checkpoint_dir(path)
-    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the user's config.json names the file
+        raise UsageError(f"checkpoint {str(p)!r}: config.json cannot be read ({one_line(exc)})") from exc
     check_supported(config, str(p))
     return config
 
 
 def check_supported(config, where: str = "the checkpoint") -> None:
-    """Raise ValueError unless ``config`` is a decoder of a family the native engine implements."""
+    """Raise ``UsageError`` unless ``config`` is a decoder of a family the native engine implements."""
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{where}: unsupported architecture model_type={model_type!r} "
+        raise UsageError(f"{where}: unsupported architecture model_type={model_type!r} "
                          f"(architectures={getattr(config, 'architectures', None)}); the native engine supports "
                          f"{list(SUPPORTED_MODEL_TYPES)}")
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types) or getattr(config, "use_sliding_window", False):
-        raise ValueError(f"{where}: sliding-window attention layers are not supported by the native engine")
+        raise UsageError(f"{where}: sliding-window attention layers are not supported by the native engine")
 
 
 def load_model(path, *, dtype: torch.dtype = torch.float32, device="cpu"):

@@ -32,7 +32,7 @@ class HFEngine:
 
     @classmethod
     def from_pretrained(cls, path, *, device="cpu", dtype: torch.dtype = torch.float32,
-                        max_batch_seqs: int = 256) -> "HFEngine":
+                        max_batch_seqs: int = 256) -> HFEngine:
         """Load a local HF-format checkpoint (config.json + safetensors); nothing is downloaded."""
         p = checkpoint_dir(path)
         model = load_model(p, dtype=dtype, device=device)

@@ -1,9 +1,10 @@
 """The rollout engine contract: what the trainer and users call, shared by every backend.
 
 ``engine.generate(prompts, *, prefixes=None, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-seed=None, stop_token_ids=None)`` (seed: an int for the call, or one int per prompt) returns one list of ``n`` ``Completion`` per prompt; ``engine.load_state_dict``
-pushes new policy weights and bumps ``engine.weight_version``. ``normalize_requests`` turns the arguments into
-validated ``GroupRequest`` objects with messages that name the bad argument; every backend calls it first.
+seed=None, stop_token_ids=None)`` (seed: an int for the call, or one int per prompt) returns one list of ``n``
+``Completion`` per prompt; ``engine.load_state_dict`` pushes new policy weights and bumps ``engine.weight_version``.
+``normalize_requests`` turns the arguments into validated ``GroupRequest`` objects with messages that name the bad
+argument; every backend calls it first.
 """
 
 from __future__ import annotations

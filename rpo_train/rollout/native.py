@@ -81,7 +81,7 @@ class NativeEngine:
 
     @classmethod
     def from_pretrained(cls, path, *, device="cpu", dtype: torch.dtype = torch.float32,
-                        config: NativeEngineConfig | None = None) -> "NativeEngine":
+                        config: NativeEngineConfig | None = None) -> NativeEngine:
         """Load a local HF-format checkpoint (config.json + safetensors); nothing is downloaded."""
         p = checkpoint_dir(path)
         model = load_model(p, dtype=dtype, device=device)
@@ -258,9 +258,9 @@ class NativeEngine:
         tok = sample(lp, None if cfg.greedy else [s.noise for s in seqs])
         chosen = lp.gather(1, tok[:, None])[:, 0].tolist()
         self.stats["generated_tokens"] += len(seqs)
-        for s, t, l in zip(seqs, tok.tolist(), chosen):
+        for s, t, logprob in zip(seqs, tok.tolist(), chosen):
             s.tokens.append(t)
-            s.logprobs.append(l)
+            s.logprobs.append(logprob)
             reason = "stop" if t in stop_set else "length" if len(s.tokens) >= s.group.req.budget else None
             if reason is not None:
                 s.group.results[s.sample] = Completion(s.tokens, s.logprobs, reason)

@@ -6,17 +6,10 @@ the same tokens whatever the batching, the KV budget or the order in which group
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
+from ..seeding import derive_seed
 from .config import SamplingConfig
-
-
-def sequence_seed(seed: int, group: int, sample: int) -> int:
-    """A 63-bit seed for sample ``sample`` of prompt ``group`` of a call seeded with ``seed``."""
-    digest = hashlib.blake2b(f"{seed}:{group}:{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class NoiseStream:
@@ -30,7 +23,7 @@ class NoiseStream:
 
     def __init__(self, seed: int, group: int, sample: int, vocab_size: int):
         self.generator = torch.Generator()
-        self.generator.manual_seed(sequence_seed(seed, group, sample))
+        self.generator.manual_seed(derive_seed(seed, group, sample))
         self.vocab_size = vocab_size
         self.block = torch.empty(0, vocab_size)
         self.next_row = 0

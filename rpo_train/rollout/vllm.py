@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..seeding import derive_seed
 from .checkpoint import checkpoint_dir, eos_token_ids, load_config
 from .config import SamplingConfig
 from .interface import Completion, normalize_requests, seed_streams
@@ -54,7 +55,7 @@ class VLLMEngine:
         self.weight_version = 0
 
     @classmethod
-    def from_pretrained(cls, path, *, device=None, dtype: torch.dtype | str = "auto", **llm_kwargs) -> "VLLMEngine":
+    def from_pretrained(cls, path, *, device=None, dtype: torch.dtype | str = "auto", **llm_kwargs) -> VLLMEngine:
         """``device`` is decided by the installed vLLM build (CUDA or CPU); accepted for interface symmetry."""
         return cls(path, dtype=dtype, **llm_kwargs)
 
@@ -87,7 +88,8 @@ class VLLMEngine:
                 params.append(self._vllm.SamplingParams(
                     n=per_request or g.n, max_tokens=g.budget, temperature=float(cfg.temperature),
                     top_p=float(cfg.top_p), top_k=cfg.top_k or self._no_top_k,
-                    seed=None if seed is None else streams[g.index][0] + streams[g.index][1], stop_token_ids=stop_ids, ignore_eos=False,
+                    seed=None if seed is None else derive_seed(*streams[g.index]), stop_token_ids=stop_ids,
+                    ignore_eos=False,
                     logprobs=0, detokenize=False))
                 owner.append(g)
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class AdditionTask:
@@ -27,11 +29,12 @@ class AdditionTask:
 
     def __post_init__(self):
         if not 1 <= self.digits <= 12:
-            raise ValueError(f"task.digits must be in [1, 12], got {self.digits}")
+            raise UsageError(f"data.digits must be in [1, 12], got {self.digits}")
         if self.n_train < 1 or self.n_test < 1:
-            raise ValueError(f"task.n_train and task.n_test must be >= 1, got {self.n_train}, {self.n_test}")
+            raise UsageError(f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
         if self.n_train + self.n_test > (9 * 10 ** (self.digits - 1)) ** 2 // 2:
-            raise ValueError("task.n_train + task.n_test exceed the distinct questions of this many digits")
+            raise UsageError(f"data.n_train + data.n_test ({self.n_train + self.n_test}) exceed the distinct questions "
+                             f"of {self.digits}-digit operands; lower them or raise data.digits")
 
     def splits(self) -> tuple[list[dict], list[dict]]:
         """(train, test) rows ``{"id", "question", "answer"}``; disjoint, the same for the same seed."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_directory
+from ..errors import UsageError
 from .addition import AdditionTask, make_solution
 from .tokenizer import build_tokenizer, make_tiny_checkpoint
 
@@ -83,7 +84,8 @@ def train_warm_start(path: Path, cfg: WarmStartConfig, task: AdditionTask) -> di
 def ensure_warm_model(name: str, data_cfg) -> Path:
     """Path of the cached warm-started model ``name``; trained (a few minutes on 2 cores) on first use."""
     if name not in WARM_STARTS:
-        raise ValueError(f"unknown builtin model {name!r}; known: {sorted(WARM_STARTS)}")
+        raise UsageError(f"model=builtin:{name}: unknown builtin model; known: "
+                         f"{['builtin:' + n for n in sorted(WARM_STARTS)]}")
     cfg = WARM_STARTS[name]
     task = AdditionTask(data_cfg.digits, data_cfg.n_train, data_cfg.n_test, data_cfg.seed)
     key = hashlib.sha1(json.dumps([asdict(cfg), asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
