@@ -7,11 +7,10 @@ Layout: kernel, launcher (no autograd: a cache write is an inference-time op).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreter_on
+from .common import launch_options, strides
 
 
 @triton.jit
@@ -39,19 +38,15 @@ APPEND_BLOCKS = dict(BLOCK_T=16, BLOCK_C=256)
 LAUNCH_OPTIONS = dict(num_warps=4, num_stages=1)
 
 
-def _strides(x: torch.Tensor) -> tuple[int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def kv_append(k_cache, v_cache, k_new, v_new, slots) -> None:
     """In place: rows of k_new/v_new [T, Hkv, D] into k_cache/v_cache [num_slots, Hkv, D] at slots [T] int64."""
     t, h, d = k_new.shape
     if t == 0:
         return
     _kv_append_kernel[(triton.cdiv(t, APPEND_BLOCKS["BLOCK_T"]),)](
-        k_cache, *_strides(k_cache), v_cache, *_strides(v_cache), k_new, *_strides(k_new), v_new, *_strides(v_new),
+        k_cache, *strides(k_cache), v_cache, *strides(v_cache), k_new, *strides(k_new), v_new, *strides(v_new),
         slots, t, h, d,
-        **APPEND_BLOCKS, **({} if interpreter_on() else LAUNCH_OPTIONS))
+        **APPEND_BLOCKS, **launch_options(LAUNCH_OPTIONS))
 
 
 def compile_specs() -> list[tuple[object, dict, dict]]:

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreter_on
+from .common import launch_options
 
 
 @triton.jit
@@ -64,10 +64,6 @@ MERGE_BLOCKS = dict(BLOCK_R=32, BLOCK_D=64)
 LAUNCH_OPTIONS = dict(num_warps=4, num_stages=2)
 
 
-def _launch_options() -> dict:
-    return {} if interpreter_on() else LAUNCH_OPTIONS
-
-
 def merge_states(a, lse_a, b, lse_b, out_dtype: torch.dtype):
     """Merge stacked states a [K, N, H, D] / lse_a [K, N, H] with b [N, H, D] / lse_b [N, H].
 
@@ -83,7 +79,7 @@ def merge_states(a, lse_a, b, lse_b, out_dtype: torch.dtype):
             a, a.stride(0), a.stride(1), a.stride(2), a.stride(3), lse_a, lse_a.stride(0), lse_a.stride(1),
             lse_a.stride(2), b, b.stride(0), b.stride(1), b.stride(2), lse_b, lse_b.stride(0), lse_b.stride(1),
             out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
-            rows, h, d, k, **blocks, **_launch_options())
+            rows, h, d, k, **blocks, **launch_options(LAUNCH_OPTIONS))
     return out, lse
 
 

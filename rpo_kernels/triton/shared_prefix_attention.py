@@ -29,36 +29,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreter_on
+from .common import LOG2E, grid_splits, launch_options, precision
 from .merge_attention_states import merge_states
+from .segments import (
+    LAUNCH_OPTIONS,
+    SPEC_HEAD_DIMS,
+    Tiles,
+    _segment_rows,
+    spec_settings,
+    tiles_for,
+)
+from .shared_prefix_attention_bwd import shared_prefix_backward
 
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _segment_fields(seg_ptr, tile_ptr, tile):
-    """(first row or key of the tile, q_start, q_len, kv_start, kv_len, off) of tile ``tile``'s segment."""
-    seg = tl.load(tile_ptr + tile * 2)
-    first = tl.load(tile_ptr + tile * 2 + 1)
-    q_start = tl.load(seg_ptr + seg * 5)
-    q_len = tl.load(seg_ptr + seg * 5 + 1)
-    kv_start = tl.load(seg_ptr + seg * 5 + 2)
-    kv_len = tl.load(seg_ptr + seg * 5 + 3)
-    off = tl.load(seg_ptr + seg * 5 + 4)
-    return first, q_start, q_len, kv_start, kv_len, off
-
-
-@triton.jit
-def _segment_rows(seg_ptr, tile_ptr, tile, kvh, REP, BLOCK_M: tl.constexpr):
-    """Rows of one M tile: (segment fields, row mask, query row index (int64), head, query index t in segment)."""
-    m0, q_start, q_len, kv_start, kv_len, off = _segment_fields(seg_ptr, tile_ptr, tile)
-    rows = m0 + tl.arange(0, BLOCK_M)
-    row_ok = rows < q_len * REP
-    t = rows // REP
-    head = kvh * REP + rows % REP
-    # last key any row of this tile may see (causal bound), exclusive
-    kv_hi = tl.minimum(kv_len, tl.minimum((m0 + BLOCK_M - 1) // REP, q_len - 1) + off + 1)
-    return m0, q_start, q_len, kv_start, kv_len, off, row_ok, (q_start + t).to(tl.int64), head, t, kv_hi
+# A prefix split covers at least this many keys.
+MIN_KEYS_PER_SPLIT = 256
 
 
 @triton.jit
@@ -121,40 +105,6 @@ def _segment_fwd_kernel(q_ptr, stride_qn, stride_qh, stride_qd,
     tl.store(lse_ptr + split * stride_ls + qrow * stride_ln + head, lse, mask=row_ok)
 
 
-@dataclass(frozen=True)
-class Tiles:
-    """Tile sizes. M: (query, head) rows of a program or step; N: KV rows of a program or step."""
-
-    prefix_m: int  # largest M tile of a prefix program (a group with fewer rows gets a smaller one, >= 16)
-    decode_m: int  # M tile of a decode suffix program (its Hq/Hkv rows)
-    n: int  # KV rows per forward step
-    bwd_m: int  # query rows per dk/dv step
-    bwd_n: int  # KV rows per dk/dv program and per dq step
-
-
-# 16-bit tiles feed the tensor cores; fp32 (IEEE FMA dots, 4-byte tiles) uses smaller ones on a GPU. The interpreter
-# runs the 16-bit tiles for every dtype: it pays per program and per step, so fewer, larger tiles test faster.
-TILES_16BIT = Tiles(prefix_m=64, decode_m=16, n=64, bwd_m=64, bwd_n=64)
-TILES_FP32 = Tiles(prefix_m=32, decode_m=16, n=32, bwd_m=32, bwd_n=32)
-# Launch options on a GPU; the ahead-of-time lowering check compiles with the same ones.
-LAUNCH_OPTIONS = dict(num_warps=4, num_stages=2)
-# A prefix split covers at least this many keys.
-MIN_KEYS_PER_SPLIT = 256
-
-
-def precision(dtype: torch.dtype) -> dict:
-    upcast = interpreter_on() or dtype == torch.float32
-    return dict(UPCAST=upcast, DOT_PRECISION="ieee" if upcast else "tf32")
-
-
-def launch_options() -> dict:
-    return {} if interpreter_on() else LAUNCH_OPTIONS
-
-
-def tiles_for(dtype: torch.dtype) -> Tiles:
-    return TILES_FP32 if dtype == torch.float32 and not interpreter_on() else TILES_16BIT
-
-
 def _tiles(lengths: list[int], block: int) -> list[tuple[int, int]]:
     """(segment, start) of every ``block``-row tile of segments with ``lengths`` rows."""
     return [(i, s) for i, n in enumerate(lengths) for s in range(0, n, block)]
@@ -204,14 +154,6 @@ def make_plan(layout, rep: int, device: torch.device, dtype: torch.dtype) -> Pla
                 suffix_block_m=suffix_block_m)
 
 
-def _num_splits(programs: int, max_kv: int, device: torch.device) -> int:
-    """Prefix splits so the grid fills the device about twice over (1 off a GPU: programs are costly there)."""
-    if device.type != "cuda" or programs == 0:
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(max_kv, MIN_KEYS_PER_SPLIT), triton.cdiv(2 * sms, programs)))
-
-
 def segment_forward(q, k, v, seg, tiles, rep: int, scale: float, splits: int, kv_per_split: int, blocks: dict):
     """Partial states of every segment: (o [splits, total_q, Hq, D] fp32, lse [splits, total_q, Hq] fp32)."""
     total_q, hq, d = q.shape
@@ -222,7 +164,7 @@ def segment_forward(q, k, v, seg, tiles, rep: int, scale: float, splits: int, kv
             q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
             v, v.stride(0), v.stride(1), v.stride(2), o, o.stride(0), o.stride(1), o.stride(2),
             lse, lse.stride(0), lse.stride(1), seg, tiles, rep, kv_per_split, scale * LOG2E, d,
-            **blocks, BLOCK_D=triton.next_power_of_2(d), **precision(q.dtype), **launch_options())
+            **blocks, BLOCK_D=triton.next_power_of_2(d), **precision(q.dtype), **launch_options(LAUNCH_OPTIONS))
     return o, lse
 
 
@@ -230,7 +172,7 @@ def shared_prefix_forward(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: Plan,
                           num_splits: int | None = None):
     """(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] fp32): prefix splits + suffix, merged by lse."""
     programs = plan.prefix_qtiles.shape[0] * prefix_k.shape[1]
-    splits = num_splits or _num_splits(programs, plan.max_prefix, q.device)
+    splits = num_splits or grid_splits(programs, triton.cdiv(max(plan.max_prefix, 1), MIN_KEYS_PER_SPLIT), q.device)
     block_n = plan.tiles.n
     per_split = triton.cdiv(triton.cdiv(max(plan.max_prefix, 1), splits), block_n) * block_n
     splits = max(1, triton.cdiv(plan.max_prefix, per_split))
@@ -254,18 +196,11 @@ class TritonSharedPrefixAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        from .shared_prefix_attention_bwd import shared_prefix_backward
-
         if grad_out is None and grad_lse is None:
             return (None,) * 7
         grads = shared_prefix_backward(*ctx.saved_tensors, grad_out, grad_lse, ctx.plan, ctx.scale,
                                        ctx.needs_input_grad[:5])
         return (*grads, None, None)
-
-
-# Lowered ahead of time, dtype -> head dims: bf16 (training and rollout) at both dims; fp16 runs the same 16-bit code
-# and fp32 (FMA dots) is the slowest to compile, so one dim each. Other combinations compile on first use.
-SPEC_HEAD_DIMS = {"bf16": (64, 128), "fp16": (128,), "fp32": (64,)}
 
 
 def _fwd_signature(dt: str) -> dict:
@@ -274,12 +209,6 @@ def _fwd_signature(dt: str) -> dict:
                 stride_kd=i32, v_ptr=ptr, stride_vn=i32, stride_vh=i32, stride_vd=i32, o_ptr="*fp32",
                 stride_os=i32, stride_on=i32, stride_oh=i32, lse_ptr="*fp32", stride_ls=i32, stride_ln=i32,
                 seg_ptr="*i32", tile_ptr="*i32", REP=i32, KV_PER_SPLIT=i32, qk_scale="fp32", D=i32)
-
-
-def spec_settings(dt: str) -> tuple[dict, Tiles]:
-    """(precision constexprs, tiles) the launchers use for storage dtype ``dt`` ("bf16" | "fp16" | "fp32")."""
-    prec = dict(UPCAST=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
-    return prec, TILES_FP32 if dt == "fp32" else TILES_16BIT
 
 
 def compile_specs() -> list[tuple[object, dict, dict]]:

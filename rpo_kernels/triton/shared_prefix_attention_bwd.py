@@ -21,16 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .shared_prefix_attention import LAUNCH_OPTIONS as FORWARD_LAUNCH_OPTIONS
-from .shared_prefix_attention import (
-    LOG2E,
-    SPEC_HEAD_DIMS,
-    _segment_fields,
-    _segment_rows,
-    launch_options,
-    precision,
-    spec_settings,
-)
+from .common import LOG2E, launch_options, precision, strides
+from .segments import LAUNCH_OPTIONS, SPEC_HEAD_DIMS, _segment_fields, _segment_rows, spec_settings
 
 
 @triton.jit
@@ -141,22 +133,14 @@ def _segment_dkdv_kernel(q_ptr, stride_qn, stride_qh, stride_qd, k_ptr, stride_k
              dv.to(dv_ptr.dtype.element_ty), mask=kd_mask)
 
 
-# Launch options on a GPU (the forward's); the ahead-of-time lowering check compiles with the same ones.
-LAUNCH_OPTIONS = dict(FORWARD_LAUNCH_OPTIONS)
-
-
-def _strides(x):
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def segment_backward(q, k, v, do, lse, delta, dq, seg, qtiles, kvtiles, rep: int, scale: float, q_block_m: int,
                      tiles, need_kv: bool):
     """Add this segment set's dq into ``dq`` (fp32; skipped when None) and return (dk, dv) in k's dtype (or
     (None, None) when not ``need_kv``)."""
     hq, d = q.shape[1], q.shape[2]
     hkv = k.shape[1]
-    common = dict(BLOCK_D=triton.next_power_of_2(d), **precision(q.dtype), **launch_options())
-    args = (q, *_strides(q), k, *_strides(k), v, *_strides(v), do, *_strides(do), lse, delta)
+    common = dict(BLOCK_D=triton.next_power_of_2(d), **precision(q.dtype), **launch_options(LAUNCH_OPTIONS))
+    args = (q, *strides(q), k, *strides(k), v, *strides(v), do, *strides(do), lse, delta)
     if dq is not None and qtiles.shape[0]:
         _segment_dq_kernel[(qtiles.shape[0], hkv)](
             *args, dq, seg, qtiles, rep, hq, scale * LOG2E, scale, d,
@@ -166,7 +150,7 @@ def segment_backward(q, k, v, do, lse, delta, dq, seg, qtiles, kvtiles, rep: int
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     if kvtiles.shape[0]:
         _segment_dkdv_kernel[(kvtiles.shape[0], hkv)](
-            *args, dk, *_strides(dk), dv, *_strides(dv), seg, kvtiles, rep, hq, scale * LOG2E, scale, d,
+            *args, dk, *strides(dk), dv, *strides(dv), seg, kvtiles, rep, hq, scale * LOG2E, scale, d,
             BLOCK_M=tiles.bwd_m, BLOCK_N=tiles.bwd_n, **common)
     return dk, dv
 

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreter_on
 from ..reference.token_logprobs import chunk_rows
+from .common import grid_splits, launch_options, precision, spec_precision
 
 
 @triton.jit
@@ -154,25 +154,8 @@ DW_BLOCKS = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64)
 BACKWARD_CHUNK_ELEMENTS = 1 << 27
 
 
-def _precision(dtype: torch.dtype) -> dict:
-    upcast = interpreter_on() or dtype == torch.float32
-    return dict(UPCAST=upcast, DOT_PRECISION="ieee" if upcast else "tf32")
-
-
 # Launch options on a GPU; the ahead-of-time lowering check compiles with the same ones.
 LAUNCH_OPTIONS = dict(num_warps=8, num_stages=3)
-
-
-def _num_warps() -> dict:
-    return {} if interpreter_on() else LAUNCH_OPTIONS
-
-
-def _default_splits(n_row_blocks: int, vocab: int, device: torch.device) -> int:
-    """Vocab splits so the grid fills the device about twice over (1 in the interpreter: programs are costly)."""
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(vocab, STATS_BLOCKS["BLOCK_V"]), triton.cdiv(2 * sms, n_row_blocks)))
 
 
 def logprob_stats(hidden, weight, targets, temperature: float, want_entropy: bool, num_splits: int | None = None):
@@ -181,7 +164,7 @@ def logprob_stats(hidden, weight, targets, temperature: float, want_entropy: boo
     v = weight.shape[0]
     blocks = STATS_BLOCKS
     row_blocks = triton.cdiv(n, blocks["BLOCK_N"])
-    splits = num_splits or _default_splits(row_blocks, v, hidden.device)
+    splits = num_splits or grid_splits(row_blocks, triton.cdiv(v, blocks["BLOCK_V"]), hidden.device)
     per_split = triton.cdiv(triton.cdiv(v, splits), blocks["BLOCK_V"]) * blocks["BLOCK_V"]
     splits = triton.cdiv(v, per_split)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -191,7 +174,7 @@ def logprob_stats(hidden, weight, targets, temperature: float, want_entropy: boo
         _stats_kernel[(row_blocks, splits)](
             hidden, hidden.stride(0), hidden.stride(1), weight, weight.stride(0), weight.stride(1), targets,
             mx, sm, zs, zt, n, v, h, per_split, 1.0 / temperature, ENTROPY=want_entropy,
-            **blocks, **_precision(hidden.dtype), **_num_warps())
+            **blocks, **precision(hidden.dtype), **launch_options(LAUNCH_OPTIONS))
     top = mx.max(0).values
     scale = torch.exp(mx - top)
     total = (sm * scale).sum(0)
@@ -212,7 +195,7 @@ def dlogits_chunk(hidden, weight, targets, lse, entropy, grad_logp, grad_entropy
         dummy if entropy is None else entropy, dummy if grad_logp is None else grad_logp,
         dummy if grad_entropy is None else grad_entropy, out, out.stride(0), out.stride(1),
         c, v, h, 1.0 / temperature, HAS_GLP=grad_logp is not None, HAS_GENT=grad_entropy is not None,
-        **b, **_precision(hidden.dtype), **_num_warps())
+        **b, **precision(hidden.dtype), **launch_options(LAUNCH_OPTIONS))
     return out
 
 
@@ -224,7 +207,7 @@ def accumulate_dweight(dz, hidden, dweight):
     _dweight_kernel[(triton.cdiv(v, b["BLOCK_V"]), triton.cdiv(h, b["BLOCK_H"]))](
         dz, dz.stride(0), dz.stride(1), hidden, hidden.stride(0), hidden.stride(1),
         dweight, dweight.stride(0), dweight.stride(1), c, v, h,
-        **b, **_precision(hidden.dtype), **_num_warps())
+        **b, **precision(hidden.dtype), **launch_options(LAUNCH_OPTIONS))
     return dweight
 
 
@@ -274,7 +257,7 @@ def compile_specs() -> list[tuple[object, dict, dict]]:
     """(kernel, signature, constexprs) triples covering every kernel of this file, for ahead-of-time lowering."""
     specs = []
     for dt in ("bf16", "fp16", "fp32"):
-        prec = dict(UPCAST=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
+        prec = spec_precision(dt)
         ptr, i32, f32 = f"*{dt}", "i32", "fp32"
         specs.append((_stats_kernel,
                       dict(h_ptr=ptr, stride_hn=i32, stride_hh=i32, w_ptr=ptr, stride_wv=i32, stride_wh=i32,
