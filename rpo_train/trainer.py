@@ -272,7 +272,10 @@ class Trainer:
     def train(self) -> dict:
         """Run (or resume) to ``cfg.steps``; returns the summary (accuracy before/after, tokens, times)."""
         resumed = self.resume()
-        summary = self.logger.summary() if self.logger is not None else {}
+        summary = {}
+        if self.logger is not None:  # rows logged after the checkpoint (or by a run that never checkpointed) go
+            self.logger.resume_at(self.step if resumed else -1)
+            summary = self.logger.summary() if resumed else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
             if self.cfg.objective.rollout == "rpo":

@@ -88,14 +88,37 @@ import sys
 sys.path.insert(0, {root!r})
 from tests.test_train_loop import config, ones_reward
 from rpo_train.trainer import Trainer
-Trainer(config({ckpt!r}, {out!r}, steps=4, save_every=1), reward_fn=ones_reward).train()
+Trainer(config({ckpt!r}, {out!r}, steps={steps}, save_every={save_every}), reward_fn=ones_reward).train()
 """
 
 
-def run_script(checkpoint, out):
-    code = SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), ckpt=str(checkpoint), out=str(out))
+def run_script(checkpoint, out, steps=4, save_every=1):
+    code = SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), ckpt=str(checkpoint), out=str(out),
+                         steps=steps, save_every=save_every)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
+
+
+def logged_steps(out) -> list[int]:
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
+def kill_when(proc, ready, timeout=300.0):
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (or it exits on its own)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def final_weights(out):
@@ -125,6 +148,64 @@ def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path):
     assert step_a == step_b == 4
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
+
+
+def test_logs_after_repeated_kill_9_equal_an_uninterrupted_run(checkpoint, tmp_path):
+    """Killed twice after rows past the last checkpoint were logged, once with a torn last line left behind: each
+    step is logged exactly once and the rows (all but wall times) and the plots equal an uninterrupted run's."""
+    whole = run_script(checkpoint, tmp_path / "whole", steps=6, save_every=2)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    out = tmp_path / "killed"
+    kill_when(run_script(checkpoint, out, steps=6, save_every=2), lambda: max(logged_steps(out), default=-1) >= 3)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "reward/me')  # a write cut off by the kill
+    kill_when(run_script(checkpoint, out, steps=6, save_every=2), lambda: max(logged_steps(out), default=-1) >= 5)
+    again = run_script(checkpoint, out, steps=6, save_every=2)
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+
+    def rows(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in lines]
+
+    assert [r["step"] for r in rows(out)] == list(range(7))
+    assert rows(out) == rows(tmp_path / "whole")
+    assert (out / "plots.png").read_bytes() == (tmp_path / "whole" / "plots.png").read_bytes()
+
+
+def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
+    from rpo_train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    for step in range(5):
+        logger.log(step, {"x": float(step)})
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "x"')
+    assert logger.resume_at(2) == 3
+    assert [r["step"] for r in logger.rows()] == [0, 1, 2]
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("\n")
+    assert MetricsLogger(tmp_path).resume_at(-1) == 3 and logger.rows() == []
+
+
+def test_tensorboard_events_after_the_checkpoint_are_purged(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is optional (pip install tensorboard); JSONL is checked "
+                                              "without it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rpo_train.metrics import MetricsLogger
+
+    first = MetricsLogger(tmp_path)
+    first.resume_at(-1)
+    for step in range(5):
+        first.log(step, {"x": float(step)})
+    first.tb.close()
+    second = MetricsLogger(tmp_path)  # resumed from the checkpoint of step 2: steps 3 and 4 come again
+    second.resume_at(2)
+    for step in range(3, 5):
+        second.log(step, {"x": 10.0 * step})
+    second.tb.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
 def test_cache_init_resamples_responses_without_an_answer(checkpoint, tmp_path):
