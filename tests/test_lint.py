@@ -72,3 +72,23 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_nothing_points_outside_the_repository():
+    """A user's clone has only the repository: no file may send them to the folder beside it or to this machine."""
+    listed = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout ({listed.stderr.strip()}): cannot list the repository's files")
+    offenders = []
+    for name in listed.stdout.splitlines():
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".yaml", ".toml", ".sh", ".txt", ".cu", ".cuh", ".h", ".cpp") and \
+                name not in ("CMakeLists.txt", ".ci/run"):
+            continue
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for needle in ("../shared", "/work/"):
+            if needle in text and path.name != "test_lint.py":
+                offenders.append(f"{name}: {needle}")
+    assert not offenders, offenders
