@@ -156,6 +156,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 SECTIONS = {"data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig, "objective": ObjectiveConfig,
             "truncation": TruncationConfig}
 
@@ -171,6 +172,8 @@ def _build(cls, values: dict, where: str):
     for key, value in values.items():
         if key in SECTIONS and cls is RunConfig:
             value = _build(SECTIONS[key], value, key)
+        elif isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
         kwargs[key] = value
     if cls is ObjectiveConfig and "algorithm" in kwargs:
         algorithm = kwargs.pop("algorithm")

@@ -87,7 +87,7 @@ CASES = [
     ("truncation-mode", lambda w, t: ["truncation.mode=sometimes"], "truncation.mode must be one of"),
     ("digits", lambda w, t: ["data.digits=0"], "data.digits must be in [1, 12]"),
     ("device-unknown", lambda w, t: ["device=tpu"], "device must be cpu, cuda or cuda:N"),
-    ("device-absent", lambda w, t: ["device=cuda:7"], "device=cuda:7"),
+    ("device-absent", lambda w, t: ["device=cuda:99"], "device=cuda:99"),
     ("out-dir-is-a-file", lambda w, t: [f"out_dir={_file(t, 'taken', 'x')}/run"], "is a file; out_dir must be"),
     ("model-missing", lambda w, t: [f"model={t / 'nowhere'}"], "does not exist"),
     ("model-is-a-file", lambda w, t: [f"model={_file(t, 'weights.bin', 'x')}"], "is not a directory"),

@@ -79,8 +79,8 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
 
     for recipe in sorted(RECIPES_DIR.glob("*.yaml")):  # every bundled recipe validates
         assert load_recipe(recipe.stem).steps >= 1
-    cfg = load_recipe("tiny-cpu", ["steps=7", "objective.loss_tokens=suffix", "rollout.group_size=4"])
-    assert (cfg.steps, cfg.objective.loss_tokens, cfg.rollout.group_size) == (7, "suffix", 4)
+    cfg = load_recipe("tiny-cpu", ["steps=7", "objective.loss_tokens=suffix", "rollout.group_size=4", "optim.lr=1e-6"])
+    assert (cfg.steps, cfg.objective.loss_tokens, cfg.rollout.group_size, cfg.optim.lr) == (7, "suffix", 4, 1e-6)
 
 
 SCRIPT = """
