@@ -2,7 +2,8 @@
 Tables 1-3: mean and spread over seeds per arm, RPO/full ratios, the truncation sweep, ``loss_tokens`` full vs suffix,
 and the health curves (reward, response length, zero-variance share, cache mean length) as PNG.
 
-    python -m benchmarks.training_report        # prints the markdown tables, writes training_*.png and the JSON
+    python -m benchmarks.training_report --recipe tiny-cpu   # prints the markdown tables; writes health*.png,
+                                                             # truncation.png, summary.json in results/training/R/
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rpo_train.atomic import atomic_savefig, atomic_write_json
+from rpo_train.config import load_recipe
 from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR
@@ -96,20 +98,21 @@ def grid_table(agg: dict) -> str:
     return "\n".join(lines)
 
 
-def _setting_order(extra: tuple) -> tuple:
+def _setting_order(extra: tuple, recipe_cut: int) -> tuple:
     kv = dict(extra)
     if "objective.loss_tokens" in kv:
         return (2, 0.0)
     if kv.get("truncation.mode") == "dynamic":
         return (1, float(kv.get("truncation.factor", 0)))
-    return (0, float(kv.get("truncation.max_cut", 80)))
+    return (0, float(kv.get("truncation.max_cut", recipe_cut)))
 
 
-def _setting_name(extra: tuple) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in extra) or "max_cut=80 (recipe), loss_tokens=full"
+def _setting_name(extra: tuple, recipe_cut: int) -> str:
+    return (", ".join(f"{k.split('.')[-1]}={v}" for k, v in extra)
+            or f"max_cut={recipe_cut} (recipe), loss_tokens=full")
 
 
-def plot_sweep(agg: dict, path: Path) -> Path | None:
+def plot_sweep(agg: dict, path: Path, recipe_cut: int, steps: str) -> Path | None:
     """Held-out accuracy against the share of full-path tokens per RPO-GRPO setting (the paper's Fig. 6 shape)."""
     import matplotlib
 
@@ -118,7 +121,7 @@ def plot_sweep(agg: dict, path: Path) -> Path | None:
 
     base = ("grpo", True, ())
     points = [(extra, agg[("grpo+rpo", True, extra)]) for extra in
-              sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=_setting_order)]
+              sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=lambda e: _setting_order(e, recipe_cut))]
     if base not in agg or not points:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -127,7 +130,7 @@ def plot_sweep(agg: dict, path: Path) -> Path | None:
         kv = dict(extra)
         label = ("loss on suffix only" if "objective.loss_tokens" in kv else
                  f"L = {kv['truncation.factor']} l" if kv.get("truncation.mode") == "dynamic" else
-                 f"L = {kv.get('truncation.max_cut', 80)}")
+                 f"L = {kv.get('truncation.max_cut', recipe_cut)}")
         ax.errorbar(x, 100 * a["accuracy_after"][0], yerr=100 * a["accuracy_after"][1], fmt="o", capsize=3)
         ax.annotate(label, (x, 100 * a["accuracy_after"][0]), fontsize=7, xytext=(5, 6 - 12 * (i % 3)),
                     textcoords="offset points")
@@ -135,7 +138,7 @@ def plot_sweep(agg: dict, path: Path) -> Path | None:
     ax.axhline(100 * acc[0], color="gray", ls="--", lw=1, label=f"full-path GRPO {100 * acc[0]:.1f}%")
     ax.axhline(100 * agg[base]["accuracy_before"][0], color="gray", ls=":", lw=1, label="before training")
     ax.set_xlabel("RPO / full-path generated tokens per sample")
-    ax.set_ylabel("held-out accuracy after 60 steps (%)")
+    ax.set_ylabel(f"held-out accuracy after {steps} steps (%)")
     ax.set_title("RPO-GRPO truncation settings (mean ± sd over seeds)", fontsize=9)
     ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
@@ -144,16 +147,16 @@ def plot_sweep(agg: dict, path: Path) -> Path | None:
     return path
 
 
-def sweep_table(agg: dict) -> str:
+def sweep_table(agg: dict, recipe_cut: int) -> str:
     """RPO-GRPO (length-aware on) per truncation / loss_tokens setting, against full-path GRPO of the same seeds."""
     lines = ["| RPO-GRPO setting | seeds | held-out accuracy | tokens / sample | RPO/full tokens | rollout s | "
              "RPO/full rollout time | train s |", "|" + "---|" * 8]
     base = ("grpo", True, ())
-    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=_setting_order)
+    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=lambda e: _setting_order(e, recipe_cut))
     for extra in settings:
         key = ("grpo+rpo", True, extra)
         a = agg[key]
-        name = _setting_name(extra)
+        name = _setting_name(extra, recipe_cut)
         acc = a["accuracy_after"]
         lines.append(f"| {name} | {acc[2]} | {100 * acc[0]:.1f} ± {100 * acc[1]:.1f} | "
                      f"{_mean(agg, key, 'tokens_per_sample'):.1f} | "
@@ -174,7 +177,7 @@ def load_curves(runs_dir: Path) -> dict[tuple, list[dict]]:
     return curves
 
 
-def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | None:
+def plot_health(curves: dict, path: Path, length_aware: bool = True, title: str = "") -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +206,7 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | N
         plt.close(fig)
         return None
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"embedded task, length-aware reward {'on' if length_aware else 'off'}", fontsize=10)
+    fig.suptitle(f"{title}, length-aware reward {'on' if length_aware else 'off'}", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -212,28 +215,33 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True) -> Path | N
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default=str(RESULTS_DIR / "training.csv"))
+    parser.add_argument("--recipe", default="tiny-cpu", help="the recipe whose comparison to report (default tiny-cpu)")
+    parser.add_argument("--dir", help="results folder (default benchmarks/results/training/RECIPE)")
     args = parser.parse_args(argv)
-    csv_path = Path(args.csv)
+    folder = Path(args.dir) if args.dir else RESULTS_DIR / "training" / Path(args.recipe).stem
+    csv_path = folder / "runs.csv"
     runs = load_runs(csv_path)
     if not runs:
-        raise UsageError(f"no training rows in {csv_path}; run python -m benchmarks.bench_training first")
+        raise UsageError(f"no training rows in {csv_path}; run python -m benchmarks.bench_training --recipe "
+                         f"{args.recipe} first")
+    recipe_cut = load_recipe(args.recipe).truncation.max_cut
     agg = aggregate(runs)
     rows = [r for r in read_rows(csv_path) if r["op"] == "training"]
+    steps = parse_shape(rows[0]["shape"]).get("steps", "?")
     print(f"{rows[0]['device']}; {rows[0]['version']}; runs {min(r['date'] for r in rows)} .. "
           f"{max(r['date'] for r in rows)}\n")
     print(grid_table(agg) + "\n")
-    print(sweep_table(agg) + "\n")
+    print(sweep_table(agg, recipe_cut) + "\n")
     summary = {" ".join(map(str, (k[0], "la" if k[1] else "no-la", *(f"{a}={b}" for a, b in k[2])))): v
                for k, v in agg.items()}
-    out = csv_path.with_name("training_summary.json")
+    out = folder / "summary.json"
     atomic_write_json(out, summary)
-    curves = load_curves(csv_path.parent / "training_runs")
-    for la, name in ((True, "training_health.png"), (False, "training_health_no_la.png")):
-        written = plot_health(curves, csv_path.with_name(name), la)
+    curves = load_curves(folder / "runs")
+    for la, name in ((True, "health.png"), (False, "health_no_la.png")):
+        written = plot_health(curves, folder / name, la, title=Path(args.recipe).stem)
         if written:
             print(f"plot: {written}")
-    written = plot_sweep(agg, csv_path.with_name("training_truncation.png"))
+    written = plot_sweep(agg, folder / "truncation.png", recipe_cut, steps)
     if written:
         print(f"plot: {written}")
     print(f"summary: {out}")

@@ -20,7 +20,7 @@ from .config import load_recipe
 from .errors import ArgumentParser, add_debug_flag, report_usage_errors
 
 
-def _resolve_model(cfg):
+def resolve_model(cfg):
     """``builtin:tiny-addition`` is the embedded default's warm-started tiny model, built once and cached."""
     if cfg.model.startswith("builtin:"):
         from .task.warmstart import ensure_warm_model
@@ -29,10 +29,21 @@ def _resolve_model(cfg):
     return cfg
 
 
+def _per_sample(summary: dict) -> str:
+    """Tokens generated per sample in the training steps, and their share of a full-path sample's."""
+    per = summary.get("tokens_per_sample", float("nan"))
+    full = summary.get("full_path_tokens_per_sample")
+    if not full:
+        return f"{per:.1f}"
+    return (f"{per:.1f} = {per / full:.1%} of the {full:.0f} tokens of a full-path sample (the cache init's mean "
+            "response length)")
+
+
 def summary_table(summary: dict) -> str:
     rows = [("held-out accuracy before", f"{summary.get('accuracy_before', float('nan')):.3f}"),
             ("held-out accuracy after", f"{summary.get('accuracy_after', float('nan')):.3f}"),
             ("rollout tokens generated", f"{summary.get('tokens_generated', 0):,}"),
+            ("generated tokens / sample", _per_sample(summary)),
             ("steps", str(summary.get("steps", 0))),
             ("time: warm start (s)", f"{summary.get('warm_start_s', 0.0):.1f}"),
             ("time: cache init (s)", f"{summary.get('cache_init_s', 0.0):.1f}"),
@@ -70,7 +81,7 @@ def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
         warm = time.perf_counter()
         if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
             dist.barrier()
-        cfg = _resolve_model(cfg)
+        cfg = resolve_model(cfg)
         if dist.is_main:
             dist.barrier()
         warm_s = time.perf_counter() - warm

@@ -98,7 +98,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """task "addition" (the bundled task) or "jsonl" (rows with ``prompt_field`` and ``answer_field`` at ``path``)."""
+    """task: a bundled task, "recurrence" (long reasoning decided at its end, ``terms`` steps) or "addition" (column
+    addition decided early, ``digits`` per operand), or "jsonl" (rows with ``prompt_field`` and ``answer_field`` at
+    ``path``)."""
 
     task: str = "addition"
     path: str | None = None
@@ -108,11 +110,13 @@ class DataConfig:
     n_train: int = 2000
     n_test: int = 200
     digits: int = 5
+    terms: int = 17
     seed: int = 1234
 
     def __post_init__(self):
         check_types(self, "data")
-        _require(self.task in ("addition", "jsonl"), f"data.task must be 'addition' or 'jsonl', got {self.task!r}")
+        _require(self.task in ("addition", "recurrence", "jsonl"),
+                 f"data.task must be 'addition', 'recurrence' or 'jsonl', got {self.task!r}")
         _require(self.task != "jsonl" or bool(self.path), "data.path is required when data.task is 'jsonl'")
 
 

@@ -1,4 +1,4 @@
-"""Training data: rows ``{"id", "question", "answer"}`` from the bundled task or a local JSONL file, and prompts as
+"""Training data: rows ``{"id", "question", "answer"}`` from a bundled task or a local JSONL file, and prompts as
 token ids (the tokenizer's chat template when it has one)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .errors import MissingPathError, UsageError
-from .task.addition import AdditionTask
+from .task import make_task
 
 
 def _read_jsonl(path: str, cfg: DataConfig, field: str) -> list[dict]:
@@ -42,8 +42,8 @@ def _read_jsonl(path: str, cfg: DataConfig, field: str) -> list[dict]:
 
 def load_rows(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows)."""
-    if cfg.task == "addition":
-        return AdditionTask(cfg.digits, cfg.n_train, cfg.n_test, cfg.seed).splits()
+    if cfg.task != "jsonl":
+        return make_task(cfg).splits()
     train = _read_jsonl(cfg.path, cfg, "data.path")
     if cfg.test_path:
         return train, _read_jsonl(cfg.test_path, cfg, "data.test_path")

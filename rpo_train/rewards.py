@@ -56,6 +56,9 @@ def exact_answer_reward(sample: dict, response_text: str) -> RewardResult:
     return RewardResult(float(ok), ok)
 
 
+REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
+
+
 def format_reward(sample: dict, response_text: str, weight: float = 0.1) -> RewardResult:
     """``weight`` when the response states a final answer ('Answer: X' or \\boxed{X}); never marks it correct."""
     has = final_answer(response_text) is not None or bool(BOXED.search(response_text))

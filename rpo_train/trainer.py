@@ -17,17 +17,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import ExperienceCache, question_id
+from .cache import ExperienceCache
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .data import encode_prompt, load_rows
 from .distributed import DistContext
 from .errors import UsageError
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
-from .preflight import check_device, check_out_dir, check_reward, load_policy
-from .rewards import exact_answer_reward, math_verify_reward
-from .rollout_step import Group, advantages_of, build_engine, collect_groups, initial_responses, rollout_groups
+from .rollout_step import Group, advantages_of, collect_groups, initial_responses, rollout_groups
+from .run_inputs import load_run_inputs
 from .seeding import derive_seed
 from .sharding import (
     clip_grad_norm,
@@ -38,8 +36,6 @@ from .sharding import (
     shard_layers,
 )
 
-REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
-
 
 class Trainer:
     """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
@@ -48,27 +44,13 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist or DistContext()
         self.device = self.dist.device(cfg.device)
-        check_device(self.device)
-        self.out = check_out_dir(cfg.out_dir)
-        if reward_fn is None:
-            check_reward(cfg.reward)
+        self.out = Path(cfg.out_dir)
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model, self.tokenizer = load_policy(cfg.model, getattr(torch, cfg.dtype), self.device)
-        self.train_rows, self.test_rows = load_rows(cfg.data)
-        self.engine = build_engine(cfg, self.model)
-        self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        self.reward_fn = reward_fn or REWARDS[cfg.reward]
-        self.prompts: dict[str, list[int]] = {}
-        limit = self.model.config.max_position_embeddings
-        for row in self.train_rows + self.test_rows:
-            ids = encode_prompt(self.tokenizer, row["question"])
-            if len(ids) + cfg.rollout.max_response_len > limit:
-                raise UsageError(f"question {row['id']!r}: prompt ({len(ids)} tokens) + rollout.max_response_len "
-                                 f"({cfg.rollout.max_response_len}) exceed the model's {limit} positions; lower "
-                                 "rollout.max_response_len")
-            row["qid"] = question_id(ids)
-            self.prompts[row["qid"]] = ids
+        inputs = load_run_inputs(cfg, self.device, reward_fn=reward_fn)
+        self.model, self.tokenizer, self.engine = inputs.model, inputs.tokenizer, inputs.engine
+        self.reward_fn, self.stop_ids, self.prompts = inputs.reward_fn, inputs.stop_ids, inputs.prompts
+        self.train_rows, self.test_rows = inputs.train_rows, inputs.test_rows
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
         rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
@@ -91,6 +73,9 @@ class Trainer:
         self.order: list[int] = []
         self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
         self.tokens_generated = 0
+        # tokens and samples of the training steps' rollouts; the cache init's mean response length (a full-path
+        # sample's length under the initial policy)
+        self.rollout_counts = {"tokens": 0, "samples": 0, "init_mean_length": 0.0}
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
@@ -106,6 +91,7 @@ class Trainer:
         for row, (ids, reward, correct, generated) in zip(self.train_rows, found):
             self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0)
             self.tokens_generated += generated
+        self.rollout_counts["init_mean_length"] = sum(len(f[0]) for f in found) / max(len(found), 1)
         self.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_rows(self, count: int) -> list[dict]:
@@ -136,6 +122,8 @@ class Trainer:
                  "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
                  "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept))}
         self.tokens_generated += sum(gen)
+        self.rollout_counts["tokens"] += sum(gen)
+        self.rollout_counts["samples"] += len(gen)
         return kept, rolled, stats
 
     def _optimize(self, kept: list[Group]) -> dict:
@@ -238,6 +226,7 @@ class Trainer:
                      "optimizer_state": full_optimizer_state(self.optimizer)}
         if self.dist.is_main:
             extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
+                     "rollout_counts": self.rollout_counts,
                      "config": self.cfg.to_dict()}
             path = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache,
                                    self.rng, extra, **whole)
@@ -258,6 +247,7 @@ class Trainer:
                                  "or the checkpoint's settings")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
+        self.rollout_counts = state.get("rollout_counts", self.rollout_counts)
         self._push_weights()
         return True
 
@@ -284,19 +274,24 @@ class Trainer:
             if self.logger is not None:
                 self.logger.save_summary(summary)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main)
-        accuracy = summary.get("accuracy_before", float("nan"))
+        accuracy, evaluated_at = summary.get("accuracy_before", float("nan")), -1
         while self.step < self.cfg.steps:
             metrics = self.train_step()
             if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
                 metrics["eval/accuracy"] = accuracy = self.evaluate()
+                evaluated_at = self.step
             self._log(self.step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest evaluation
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 self.save()
         bar.close()
-        summary.update(accuracy_after=self.evaluate(), steps=self.step, tokens_generated=self.tokens_generated,
-                       world_size=self.dist.world_size, cache_digest=self.cache.digest(), **self.timings)
+        counts = self.rollout_counts
+        summary.update(accuracy_after=accuracy if evaluated_at == self.step else self.evaluate(), steps=self.step,
+                       tokens_generated=self.tokens_generated, world_size=self.dist.world_size,
+                       cache_digest=self.cache.digest(), **self.timings,
+                       tokens_per_sample=counts["tokens"] / max(counts["samples"], 1),
+                       full_path_tokens_per_sample=counts["init_mean_length"] or None)
         if self.logger is not None:
             self.logger.save_summary(summary)
             self.logger.plot()

@@ -1,8 +1,8 @@
 """End-to-end training smokes of the GPU recipes' code paths, run by the GPU suite (scripts/gpu_suite.sh).
 
-- The embedded task on a GPU: recipe ``tiny-cpu`` with ``device=cuda dtype=bfloat16``, a few RPO-DAPO steps with the
-  native engine, which must decode on the GPU kernels (CUDA extension or Triton), and the plain policy forward, whose
-  fused lm_head + loss must run in Triton.
+- The embedded task on a GPU: recipe ``tiny-cpu`` (the recurrence task) with ``device=cuda dtype=bfloat16``, a few
+  RPO-GRPO steps with the native engine, which must decode on the GPU kernels (CUDA extension or Triton), and the
+  plain policy forward, whose fused lm_head + loss must run in Triton.
 - The paper's GPU recipe (``r1-distill-qwen-1.5b-gpu``) on a random model of the R1-Distill-Qwen-1.5B shape (28
   layers, vocab 151936): 2 RPO-GRPO steps with its settings (fp32 master weights with the forward under bf16
   autocast and a bf16 engine copy, the prefix-once forward with its fused lm_head log-probs, KL to a frozen
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from rpo_train.config import load_recipe
+from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
 from tests.test_train_loop import ones_reward
 
@@ -85,7 +86,8 @@ def embedded_task_smoke(tmp_path, device: str, seen: dict) -> None:
     from rpo_train.trainer import Trainer
 
     # head dim 64: the CUDA decode kernel's size (it takes 64 and 128)
-    ckpt = make_tiny_checkpoint(tmp_path / "tiny", hidden=256, layers=2, max_positions=160)
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny", hidden=256, layers=2, max_positions=320,
+                                tokenizer=RecurrenceTask().tokenizer())
     dtype = "bfloat16" if device == "cuda" else "float32"
     cfg = load_recipe("tiny-cpu", [f"model={ckpt}", f"out_dir={tmp_path / 'run'}", f"device={device}",
                                    f"dtype={dtype}", "steps=3", "batch_questions=8", "eval_every=3",

@@ -13,9 +13,9 @@ from benchmarks.training_report import aggregate, grid_table, load_runs, main
 def write_run(results, arm, seed, la, values, extra=""):
     shape = f"tiny-cpu steps=4 length_aware={int(la)} seed={seed} {extra}".strip()
     stamp = {"device": "cpu", "version": "test", "date": "2026-01-01T00:00:00Z"}
-    append_rows(results / "training.csv", [{"op": "training", "provider": arm, "shape": shape, "metric": k,
+    append_rows(results / "runs.csv", [{"op": "training", "provider": arm, "shape": shape, "metric": k,
                                             "value": str(v), **stamp} for k, v in values.items()])
-    runs = results / "training_runs"
+    runs = results / "runs"
     runs.mkdir(exist_ok=True)
     meta = {"run": f"{arm}{seed}", "arm": arm, "seed": seed, "length_aware": la, "extra": {}, "steps": 4}
     curve = [{"step": s, "eval/accuracy": 0.1 * s, "reward/mean": 0.2} for s in range(5)]
@@ -35,7 +35,7 @@ def test_report_aggregates_seeds_and_ratios(tmp_path, capsys):
     write_run(tmp_path, "grpo+rpo", 0, True, values(0.7, 5.0, 1.0))
     write_run(tmp_path, "grpo+rpo", 1, True, values(0.9, 7.0, 1.0))
     write_run(tmp_path, "grpo+rpo", 0, True, values(0.5, 2.0, 0.5), extra="truncation.max_cut=8")
-    agg = aggregate(load_runs(tmp_path / "training.csv"))
+    agg = aggregate(load_runs(tmp_path / "runs.csv"))
     mean, sd, n = agg[("grpo+rpo", True, ())]["accuracy_after"]
     assert n == 2 and mean == pytest.approx(0.8) and sd == pytest.approx(0.1414, abs=1e-3)
     assert ("grpo+rpo", True, (("truncation.max_cut", "8"),)) in agg
@@ -43,7 +43,7 @@ def test_report_aggregates_seeds_and_ratios(tmp_path, capsys):
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[10] == "0.060" and cells[11] == "0.060" and cells[12] == "0.100"  # tokens, generated, rollout
     assert cells[15] == "-5.0 pt"
-    main(["--csv", str(tmp_path / "training.csv")])
+    main(["--recipe", "tiny-cpu", "--dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "max_cut=8" in out and (tmp_path / "training_health.png").is_file()
-    assert json.loads((tmp_path / "training_summary.json").read_text())
+    assert "max_cut=8" in out and (tmp_path / "health.png").is_file() and (tmp_path / "truncation.png").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())

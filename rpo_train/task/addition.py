@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class AdditionTask:
             seen.add((a, b))
             rows.append({"id": f"add-{a}-{b}", "question": f"{a}+{b}=", "answer": str(a + b), "a": a, "b": b})
         return rows[:self.n_train], rows[self.n_train:]
+
+    def solution(self, row: dict, flawed: bool = False) -> str:
+        """The worked solution of ``row``; ``flawed`` forgets incoming carries (the warm start's habit)."""
+        return make_solution(row["a"], row["b"], skip_carry=flawed)
+
+    def tokenizer(self):
+        return build_tokenizer()
 
 
 def make_solution(a: int, b: int, skip_carry: bool = False) -> str:

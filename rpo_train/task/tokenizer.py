@@ -1,20 +1,22 @@
-"""A character tokenizer for the bundled addition task, built locally (no download) as a transformers tokenizer."""
+"""Character tokenizers for the bundled tasks, built locally (no download) as transformers tokenizers, and the random
+tiny models that go with them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
-CHARS = "0123456789+=c;\n Answer:"
+ADDITION_CHARS = "0123456789+=c;\n Answer:"
 
 
-def build_tokenizer():
-    """``PreTrainedTokenizerFast`` with one token per character of the task; ids 0, 1, 2 = pad, bos, eos."""
+def build_tokenizer(chars: str = ADDITION_CHARS):
+    """``PreTrainedTokenizerFast`` with one token per character of ``chars`` (default: the addition task's); ids 0,
+    1, 2 = pad, bos, eos."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in CHARS:
+    for ch in chars:
         vocab.setdefault(ch, len(vocab))
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.decoder = decoders.Fuse()
@@ -22,13 +24,14 @@ def build_tokenizer():
 
 
 def make_tiny_checkpoint(path: str | Path, *, hidden: int = 64, layers: int = 2, arch: str = "llama",
-                         max_positions: int = 160, seed: int = 0) -> Path:
-    """Save a random tiny Llama/Qwen2 model with the task tokenizer at ``path`` (HF format, safetensors)."""
+                         max_positions: int = 160, seed: int = 0, tokenizer=None) -> Path:
+    """Save a random tiny Llama/Qwen2 model with ``tokenizer`` (default: the addition task's) at ``path`` (HF format,
+    safetensors); its vocabulary has at least 32 entries."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    tok = build_tokenizer()
-    kw = dict(vocab_size=32, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    kw = dict(vocab_size=max(32, len(tok)), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               tie_word_embeddings=True)

@@ -1,6 +1,7 @@
-"""The warm start of the embedded default: a tiny model trained briefly on worked column additions, most of which
-forget incoming carries (``make_solution(..., skip_carry=True)``). The model learns the flawed habit as its most
-likely path while still sampling the correct one sometimes: an imperfect start that RL can improve.
+"""The warm starts of the bundled tasks: a tiny model trained briefly on worked solutions, most of them flawed
+(``task.solution(row, flawed=True)``: forgotten carries for addition, a second-guessed closing for the recurrence).
+The model learns the flawed habit as its most likely path while still sampling the correct one sometimes: an
+imperfect start that RL can improve.
 
 Built once by ``rpo-train`` and cached under ``$RPO_CACHE_DIR`` (default ``~/.cache/rpo``), keyed by its settings.
 """
@@ -19,12 +20,15 @@ import torch
 
 from ..atomic import atomic_directory
 from ..errors import UsageError
-from .addition import AdditionTask, make_solution
-from .tokenizer import build_tokenizer, make_tiny_checkpoint
+from . import make_task
+from .tokenizer import make_tiny_checkpoint
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
+    """Supervised warm start of a tiny Llama on ``task``: ``steps`` AdamW steps of ``batch`` solutions, a
+    ``correct_share`` of them correct and the rest flawed."""
+
     hidden: int = 64
     layers: int = 2
     steps: int = 1000
@@ -32,29 +36,35 @@ class WarmStartConfig:
     lr: float = 3e-3
     correct_share: float = 0.35
     seed: int = 0
+    task: str = "addition"
+    max_positions: int = 160
+    train_prompt: bool = False  # also learn the prompt's worked steps (all but its first 6 tokens)
 
 
-WARM_STARTS = {"tiny-addition": WarmStartConfig()}
+WARM_STARTS = {"tiny-addition": WarmStartConfig(),
+               "tiny-recurrence": WarmStartConfig(steps=900, batch=32, correct_share=0.3, task="recurrence",
+                                                  max_positions=320, train_prompt=True)}
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("RPO_CACHE_DIR", Path.home() / ".cache" / "rpo"))
 
 
-def _encode(tok, row: dict, flawed: bool) -> tuple[list[int], list[int]]:
+def _encode(tok, task, row: dict, flawed: bool) -> tuple[list[int], list[int]]:
     prompt = [tok.bos_token_id] + tok.encode(row["question"], add_special_tokens=False)
-    answer = tok.encode(make_solution(row["a"], row["b"], skip_carry=flawed), add_special_tokens=False)
+    answer = tok.encode(task.solution(row, flawed), add_special_tokens=False)
     return prompt, answer + [tok.eos_token_id]
 
 
-def train_warm_start(path: Path, cfg: WarmStartConfig, task: AdditionTask) -> dict:
+def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
     """Supervised warm start on the train split only; returns its stats (time, final loss)."""
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    make_tiny_checkpoint(path, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
+    tok = task.tokenizer()
+    make_tiny_checkpoint(path, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed,
+                         max_positions=cfg.max_positions, tokenizer=tok)
     model = AutoModelForCausalLM.from_pretrained(path).train()
-    tok = build_tokenizer()
     rows, _ = task.splits()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -62,13 +72,13 @@ def train_warm_start(path: Path, cfg: WarmStartConfig, task: AdditionTask) -> di
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / cfg.steps))
     loss_value = float("nan")
     for _ in range(cfg.steps):
-        pairs = [_encode(tok, row, rng.random() >= cfg.correct_share) for row in rng.sample(rows, cfg.batch)]
+        pairs = [_encode(tok, task, row, rng.random() >= cfg.correct_share) for row in rng.sample(rows, cfg.batch)]
         length = max(len(p) + len(a) for p, a in pairs)
         ids = torch.full((cfg.batch, length), tok.pad_token_id)
         mask = torch.zeros(cfg.batch, length)
         for i, (p, a) in enumerate(pairs):
             ids[i, :len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, len(p):len(p) + len(a)] = 1
+            mask[i, min(7, len(p)) if cfg.train_prompt else len(p):len(p) + len(a)] = 1
         logits = model(input_ids=ids).logits[:, :-1]
         per_tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         loss = (per_tok * mask[:, 1:]).sum() / mask[:, 1:].sum()
@@ -87,8 +97,14 @@ def ensure_warm_model(name: str, data_cfg) -> Path:
         raise UsageError(f"model=builtin:{name}: unknown builtin model; known: "
                          f"{['builtin:' + n for n in sorted(WARM_STARTS)]}")
     cfg = WARM_STARTS[name]
-    task = AdditionTask(data_cfg.digits, data_cfg.n_train, data_cfg.n_test, data_cfg.seed)
-    key = hashlib.sha1(json.dumps([asdict(cfg), asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
+    if data_cfg.task != cfg.task:
+        raise UsageError(f"model=builtin:{name} is warm-started on the {cfg.task} task; set data.task={cfg.task} "
+                         f"(got data.task={data_cfg.task})")
+    task = make_task(data_cfg)
+    settings = asdict(cfg)
+    if cfg.task == "addition":  # the key the addition warm start had before tasks were named: its cache stays valid
+        settings = {k: v for k, v in settings.items() if k not in ("task", "max_positions", "train_prompt")}
+    key = hashlib.sha1(json.dumps([settings, asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
     final = cache_root() / f"{name}-{key}"
     if (final / "warm_start.json").is_file():
         return final
