@@ -97,7 +97,7 @@ class ExperienceCache:
             raise KeyError(f"experience cache has no entry for question id {qid!r}; initialise the cache first")
         entry = self.entries[qid]
         if entry.prompt_ids != list(prompt_ids):
-            raise ValueError(f"question id {qid!r}: the cached prompt differs from the one given (id collision or a "
+            raise UsageError(f"question id {qid!r}: the cached prompt differs from the one given (id collision or a "
                              f"changed dataset/tokenizer)")
         return entry
 

@@ -19,6 +19,7 @@ from .objectives import ObjectiveConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 ENGINES = ("native", "hf", "vllm")
+REWARD_NAMES = ("exact", "math", "task")
 DTYPES = ("float32", "bfloat16", "float16")
 # "auto": prefix_once when objective.rollout is rpo (groups share a prompt + prefix), else plain.
 POLICY_FORWARDS = ("auto", "plain", "prefix_once")
@@ -96,17 +97,35 @@ class OptimConfig:
                  f"optim.micro_batch must be an int >= 1, got {self.micro_batch!r}")
 
 
+DATA_TASKS = ("recurrence", "addition", "hf", "reasoning_gym")
+ANSWER_FORMATS = ("tag", "line")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """task: a bundled task, "recurrence" (long reasoning decided at its end, ``terms`` steps) or "addition" (column
-    addition decided early, ``digits`` per operand), or "jsonl" (rows with ``prompt_field`` and ``answer_field`` at
-    ``path``)."""
+    """Where the questions come from (``task``):
+
+    - "recurrence" (long reasoning decided at its end, ``terms`` steps) or "addition" (column addition decided early,
+      ``digits`` per operand): the bundled tasks, ``n_train`` / ``n_test`` questions from ``seed``;
+    - "hf": local files through 🤗 datasets (``rpo_train.data_files``): ``path`` and its ``split``, held out from
+      ``test_path`` or ``test_split``; ``prompt_field``, ``answer_field``, ``id_field`` name (dotted) columns;
+    - "reasoning_gym": reasoning-gym's generators (``rpo_train.data_gym``): ``name`` with ``options``, or ``mix``
+      ({name: weight}); ``prompt_template`` asks for the answer as ``answer_format`` says ("tag" or "line").
+    """
 
     task: str = "addition"
     path: str | None = None
     test_path: str | None = None
+    split: str = "train"
+    test_split: str | None = None
     prompt_field: str = "question"
     answer_field: str = "answer"
+    id_field: str | None = None
+    name: str | None = None
+    mix: dict | None = None
+    options: dict = field(default_factory=dict)
+    prompt_template: str = "{question}\nGive your final answer between <answer> and </answer>."
+    answer_format: str = "tag"
     n_train: int = 2000
     n_test: int = 200
     digits: int = 5
@@ -115,9 +134,18 @@ class DataConfig:
 
     def __post_init__(self):
         check_types(self, "data")
-        _require(self.task in ("addition", "recurrence", "jsonl"),
-                 f"data.task must be 'addition', 'recurrence' or 'jsonl', got {self.task!r}")
-        _require(self.task != "jsonl" or bool(self.path), "data.path is required when data.task is 'jsonl'")
+        _require(self.task != "jsonl", "data.task 'jsonl' is now 'hf', which reads .json/.jsonl/.csv/.parquet files "
+                                       "and save_to_disk folders (set data.task=hf)")
+        _require(self.task in DATA_TASKS, f"data.task must be one of {DATA_TASKS}, got {self.task!r}")
+        _require(self.task != "hf" or bool(self.path), "data.path is required when data.task is 'hf'")
+        _require(self.task != "reasoning_gym" or (bool(self.name) != bool(self.mix)),
+                 "data.task reasoning_gym needs exactly one of data.name (a dataset) and data.mix ({name: weight})")
+        _require(self.answer_format in ANSWER_FORMATS,
+                 f"data.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        _require("{question}" in self.prompt_template,
+                 f"data.prompt_template must contain {{question}}, got {self.prompt_template!r}")
+        _require(isinstance(self.n_train, int) and self.n_train >= 1 and isinstance(self.n_test, int)
+                 and self.n_test >= 1, f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +176,9 @@ class RunConfig:
         _require(self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
                  f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        _require(self.reward in ("exact", "math"), f"reward must be 'exact' or 'math', got {self.reward!r}")
+        _require(self.reward in REWARD_NAMES, f"reward must be one of {REWARD_NAMES}, got {self.reward!r}")
+        _require(self.reward != "task" or self.data.task == "reasoning_gym",
+                 "reward 'task' (the dataset's own scorer) needs data.task reasoning_gym")
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")

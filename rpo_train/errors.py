@@ -68,13 +68,16 @@ def _fits(value, hint) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if hint is dict:
+        return isinstance(value, dict)
     return True  # other annotations are checked by the dataclass itself
 
 
 def _describe(hint) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(h) for h in typing.get_args(hint))
-    return {type(None): "null", bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(
+    return {type(None): "null", bool: "true or false", int: "an int", float: "a number", str: "a string",
+            dict: "a mapping"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
 

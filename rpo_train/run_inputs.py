@@ -51,5 +51,9 @@ def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None =
         row["qid"] = question_id(ids)
         prompts[row["qid"]] = ids
     stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if reward_fn is None and cfg.reward == "task":
+        from .data_gym import gym_reward
+
+        reward_fn = gym_reward(cfg.data)
     return RunInputs(model, tokenizer, engine, reward_fn or REWARDS[cfg.reward], stop_ids, train_rows, test_rows,
                      prompts)

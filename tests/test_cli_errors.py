@@ -41,7 +41,7 @@ def _file(tmp, name, text):
 
 
 def _jsonl(tmp, *lines):
-    return ["data.task=jsonl", f"data.path={_file(tmp, 'd.jsonl', chr(10).join(lines) + chr(10))}"]
+    return ["data.task=hf", f"data.path={_file(tmp, 'd.jsonl', chr(10).join(lines) + chr(10))}"]
 
 
 def _copy_model(world, tmp, damage):
@@ -96,14 +96,17 @@ CASES = [
     ("model-bad-config", lambda w, t: [f"model={_copy_model(w, t, lambda f: (f / 'config.json').write_text('{x'))}"],
      "cannot be loaded"),
     ("model-builtin-unknown", lambda w, t: ["model=builtin:huge"], "unknown builtin model"),
-    ("jsonl-without-path", lambda w, t: ["data.task=jsonl"], "data.path is required"),
-    ("data-file-missing", lambda w, t: ["data.task=jsonl", f"data.path={t / 'none.jsonl'}"], "no such file"),
+    ("task-renamed", lambda w, t: ["data.task=jsonl"], "data.task 'jsonl' is now 'hf'"),
+    ("files-without-path", lambda w, t: ["data.task=hf"], "data.path is required"),
+    ("data-file-missing", lambda w, t: ["data.task=hf", f"data.path={t / 'none.jsonl'}"], "no such file"),
+    ("data-unknown-format", lambda w, t: ["data.task=hf", f"data.path={_file(t, 'd.txt', 'x')}"],
+     "expected .json, .jsonl, .csv or .parquet files"),
     ("data-bad-json", lambda w, t: _jsonl(t, json.dumps({"question": "1+1", "answer": "2"}), "{oops"),
      "d.jsonl:2: not valid JSON"),
     ("data-missing-field", lambda w, t: _jsonl(t, json.dumps({"q": "1+1", "answer": "2"})),
-     "d.jsonl:1: row has no 'question' field"),
-    ("data-not-an-object", lambda w, t: _jsonl(t, "[1, 2]"), "d.jsonl:1: expected a JSON object"),
-    ("data-empty", lambda w, t: _jsonl(t, ""), "no rows"),
+     "d.jsonl: row 1 has no field 'question' (data.prompt_field)"),
+    ("data-not-an-object", lambda w, t: _jsonl(t, "[1, 2]"), "d.jsonl: row 1 has no field 'question'"),
+    ("data-empty", lambda w, t: _jsonl(t, ""), "no rows (the file is empty)"),
     ("prompt-too-long", lambda w, t: ["rollout.max_response_len=95"], "exceed the model's 96 positions"),
     ("cache-init-missing", lambda w, t: [f"cache_init_path={t / 'cache.safetensors'}"],
      "experience cache file not found"),
