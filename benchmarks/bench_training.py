@@ -17,6 +17,7 @@ the tables (mean and spread over seeds, RPO/full ratios) and plots.
     python -m benchmarks.bench_training --study grid --seeds 0 1 2 --threads 1
     python -m benchmarks.bench_training --study truncation --seeds 0 1 2 --cuts 4 8 16 60 --factors 0.5
     python -m benchmarks.bench_training --recipe tiny-cpu-addition --study grid --seeds 0 1 2
+    python -m benchmarks.bench_training --arms dapo+rpo --length-aware on --seeds 0 1 2 --set objective.beta=0.04
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, record, versions
 
@@ -51,6 +52,17 @@ def truncation_sweep(cuts: list[int], factors: list[float]) -> list[dict]:
     """The truncation settings of the sweep: L fixed at each cut, then dynamic at each factor x l."""
     return ([{"truncation.mode": "fixed", "truncation.max_cut": c} for c in cuts]
             + [{"truncation.mode": "dynamic", "truncation.factor": f} for f in factors])
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``["objective.beta=0.04"]`` -> ``{"objective.beta": "0.04"}``; a malformed item is a UsageError."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with a dotted recipe key, e.g. objective.beta=0.04")
+        out[key] = value
+    return out
 
 
 def plan(study: str, arms: list[str], seeds: list[int], length_aware: str, sweep: list[dict] = ()) -> list[tuple]:
@@ -125,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
                                        "~/.cache/rpo/bench_training/RECIPE)")
     parser.add_argument("--out-dir", help="results folder (default benchmarks/results/training/RECIPE)")
     parser.add_argument("--redo", action="store_true", help="run again even when the run's curve exists")
+    parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides added to every run of the study (and to its name), e.g. "
+                             "objective.beta=0.04")
     args = parser.parse_args(argv)
+    sets = parse_sets(args.sets)
     recipe_name = Path(args.recipe).stem
     la = args.length_aware or ("both" if args.study == "grid" else "on")
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR / "training" / recipe_name
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work) if args.work else Path.home() / ".cache" / "rpo" / "bench_training" / recipe_name
     sweep = truncation_sweep(args.cuts, args.factors)
     for arm, seed, flag, extra in plan(args.study, args.arms, args.seeds, la, sweep):
+        extra = {**extra, **sets}
         name = run_name(arm, seed, flag, extra)
         if (runs_dir / f"{name}.jsonl").is_file() and not args.redo:
             print(f"{name}: done before, skipped", flush=True)

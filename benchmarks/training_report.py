@@ -23,6 +23,7 @@ from .rows import read_rows
 
 METRICS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
            "cache_init_s", "total_s", "step_s")
+SWEEP_KEYS = ("truncation.mode", "truncation.max_cut", "truncation.factor", "objective.loss_tokens")
 HEALTH = ("eval/accuracy", "reward/mean", "rollout/response_len", "rollout/suffix_len",
           "rollout/zero_variance_share", "cache/mean_length")
 
@@ -121,7 +122,8 @@ def plot_sweep(agg: dict, path: Path, recipe_cut: int, steps: str) -> Path | Non
 
     base = ("grpo", True, ())
     points = [(extra, agg[("grpo+rpo", True, extra)]) for extra in
-              sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=lambda e: _setting_order(e, recipe_cut))]
+              sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1] and _is_sweep(k[2])},
+                     key=lambda e: _setting_order(e, recipe_cut))]
     if base not in agg or not points:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -152,7 +154,8 @@ def sweep_table(agg: dict, recipe_cut: int) -> str:
     lines = ["| RPO-GRPO setting | seeds | held-out accuracy | tokens / sample | RPO/full tokens | rollout s | "
              "RPO/full rollout time | train s |", "|" + "---|" * 8]
     base = ("grpo", True, ())
-    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1]}, key=lambda e: _setting_order(e, recipe_cut))
+    settings = sorted({k[2] for k in agg if k[0] == "grpo+rpo" and k[1] and _is_sweep(k[2])},
+                      key=lambda e: _setting_order(e, recipe_cut))
     for extra in settings:
         key = ("grpo+rpo", True, extra)
         a = agg[key]
@@ -165,6 +168,25 @@ def sweep_table(agg: dict, recipe_cut: int) -> str:
                      f"{_mean(agg, key, 'rollout_s') / _mean(agg, base, 'rollout_s'):.3f} | "
                      f"{_mean(agg, key, 'train_s'):.1f} |")
     return "\n".join(lines)
+
+
+def _is_sweep(extra: tuple) -> bool:
+    return all(k in SWEEP_KEYS for k, _ in extra)
+
+
+def variants_table(agg: dict) -> str:
+    """Runs with other overrides (``bench_training --set``), each against the same arm without them and against its
+    full-path baseline, same length-aware flag."""
+    lines = ["| arm | length-aware | overrides | seeds | held-out accuracy | same arm, recipe settings | "
+             "full-path baseline | - baseline |", "|" + "---|" * 8]
+    for arm, la, extra in sorted(k for k in agg if k[2] and not _is_sweep(k[2])):
+        acc = agg[(arm, la, extra)]["accuracy_after"]
+        plain = _mean(agg, (arm, la, ()), "accuracy_after")
+        base = _mean(agg, (arm.removesuffix("+rpo"), la, ()), "accuracy_after")
+        lines.append(f"| {arm} | {'on' if la else 'off'} | {' '.join(f'{k}={v}' for k, v in extra)} | {acc[2]} | "
+                     f"{100 * acc[0]:.1f} ± {100 * acc[1]:.1f} | {100 * plain:.1f} | {100 * base:.1f} | "
+                     f"{100 * (acc[0] - base):+.1f} pt |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def load_curves(runs_dir: Path) -> dict[tuple, list[dict]]:
@@ -232,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{max(r['date'] for r in rows)}\n")
     print(grid_table(agg) + "\n")
     print(sweep_table(agg, recipe_cut) + "\n")
+    variants = variants_table(agg)
+    if variants:
+        print(variants + "\n")
     summary = {" ".join(map(str, (k[0], "la" if k[1] else "no-la", *(f"{a}={b}" for a, b in k[2])))): v
                for k, v in agg.items()}
     out = folder / "summary.json"

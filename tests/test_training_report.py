@@ -47,3 +47,29 @@ def test_report_aggregates_seeds_and_ratios(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max_cut=8" in out and (tmp_path / "health.png").is_file() and (tmp_path / "truncation.png").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_variants_table_compares_overrides_with_the_plain_arm_and_its_baseline(tmp_path):
+    from benchmarks.training_report import sweep_table, variants_table
+
+    write_run(tmp_path, "dapo", 0, True, values(0.99, 200.0, 10.0))
+    write_run(tmp_path, "dapo+rpo", 0, True, values(0.80, 14.0, 1.0))
+    write_run(tmp_path, "dapo+rpo", 0, True, values(0.97, 14.0, 1.0), extra="objective.beta=0.04")
+    agg = aggregate(load_runs(tmp_path / "runs.csv"))
+    row = next(line for line in variants_table(agg).splitlines() if "objective.beta=0.04" in line)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:3] == ["dapo+rpo", "on", "objective.beta=0.04"]
+    assert cells[5:] == ["80.0", "99.0", "-2.0 pt"]
+    assert "beta" not in sweep_table(agg, 30)  # not a truncation setting
+
+
+def test_bench_training_set_overrides_join_every_run():
+    from benchmarks.bench_training import parse_sets, run_name
+    from rpo_train.errors import UsageError
+
+    sets = parse_sets(["objective.beta=0.04", "data.task=hf"])
+    assert sets == {"objective.beta": "0.04", "data.task": "hf"}
+    assert run_name("dapo+rpo", 1, True, sets) == "dapo_rpo_la1_seed1_task-hf_beta-0.04"
+    for bad in ("objective.beta", "=1", "objective.beta="):
+        with pytest.raises(UsageError, match="--set"):
+            parse_sets([bad])
