@@ -77,6 +77,9 @@ def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
 
     start = time.perf_counter() if start is None else start
     dist = DistContext.from_env(cfg.device)
+    if dist.is_main:
+        for note in cfg.notes():
+            print(f"rpo-train: note: {note}", file=sys.stderr)
     try:
         warm = time.perf_counter()
         if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached

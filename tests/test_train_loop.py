@@ -83,6 +83,14 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
     assert (cfg.steps, cfg.objective.loss_tokens, cfg.rollout.group_size, cfg.optim.lr) == (7, "suffix", 4, 1e-6)
 
 
+def test_rpo_without_a_kl_anchor_is_noted():
+    assert load_recipe("tiny-cpu").notes() == []  # RPO-GRPO, beta 0.04
+    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.rollout=full"]).notes() == []
+    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes()
+    assert note.startswith("objective.beta = 0 with objective.rollout rpo")
+    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.beta=0.04"]).notes() == []
+
+
 SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
