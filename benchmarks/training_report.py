@@ -207,7 +207,7 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True, title: str 
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     drawn = False
-    for arm in ("grpo", "grpo+rpo", "dapo", "dapo+rpo"):
+    for color, arm in enumerate(("grpo", "grpo+rpo", "dapo", "dapo+rpo")):  # one colour per arm in every panel
         runs = [c for (a, la, extra, _), c in curves.items() if a == arm and la == length_aware and not extra]
         for ax, key in zip(axes.flat, HEALTH):
             if key.startswith("cache/") and not arm.endswith("+rpo"):  # full-path arms never read the cache
@@ -219,7 +219,7 @@ def plot_health(curves: dict, path: Path, length_aware: bool = True, title: str 
                         per_step[row["step"]].append(row[key])
             if per_step:
                 steps = sorted(per_step)
-                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], label=arm,
+                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], label=arm, color=f"C{color}",
                         marker="." if key == "eval/accuracy" else None)
                 drawn = True
             ax.set_title(f"{key} (mean over seeds)", fontsize=9)
