@@ -10,8 +10,10 @@ reuse_prefix_kv off; vLLM: prefix cache reset): in training every step brings ne
 groups as an RPO step does.
 
 ``python -m benchmarks.bench_rollout`` runs B=8, G=8, C=512, L=60, P=32 with a random tiny Qwen2 (hidden 128, 2
-layers, vocab 300) on a CPU; ``--arch qwen2-0.5b`` a random model of that shape (``benchmarks.models``; the GPU
-suite's), ``--model DIR`` a real checkpoint, ``--quick`` a smoke-sized shape. Rows
+layers, vocab 300) on a CPU, then, when it has been converted, the real SmolLM2-135M-Instruct
+(checkpoints/smollm2-135m-instruct) at B=8, G=6, C=128, L=58, P=32; ``--arch qwen2-0.5b`` a random model of that
+shape (``benchmarks.models``; the GPU suite's), ``--model DIR`` one real checkpoint, ``--quick`` a smoke-sized shape
+(random model only). Rows
 (time, peak memory, generated tokens per sample, tokens/s, RPO/full and native/hf ratios) go to
 benchmarks/results/rollout.csv, plots beside it, and a table is printed.
 """
@@ -30,7 +32,10 @@ from rpo_train.errors import ArgumentParser, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, measure, record, rows_for
 
-SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8)}
+SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8),
+          "smollm2": dict(B=8, G=6, C=128, L=58, P=32)}
+# The real checkpoint measured beside the random model when it has been converted (scripts/convert_smollm2.py).
+SMOLLM2 = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-135m-instruct"
 
 
 def random_checkpoint(directory: Path, arch: str, max_len: int) -> Path:
@@ -171,28 +176,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--providers", nargs="*", default=["native", "hf", "vllm"])
     parser.add_argument("--out", default=str(RESULTS_DIR / "rollout.csv"))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-smollm2", action="store_true",
+                        help="measure only the random model even when the SmolLM2 checkpoint has been converted")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     s = dict(SHAPES["quick" if args.quick else "default"])
-    s.update({k: getattr(args, k) for k in s if getattr(args, k) is not None})
+    overrides = {k: getattr(args, k) for k in s if getattr(args, k) is not None}
+    s.update(overrides)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.model) if args.model else random_checkpoint(Path(tmp), args.arch, s["P"] + s["C"] + 8)
-        from rpo_train.rollout.checkpoint import load_config
-
-        config = load_config(path)
-        w = workload(**s, vocab=config.vocab_size)
-        model_desc = (path.name if args.model else
-                      "tiny-qwen2-h128-l2-v300" if args.arch == "tiny-h128" else f"random-{args.arch}")
-        shape = (f"B={s['B']} G={s['G']} C={s['C']} L={s['L']} P={s['P']} {model_desc} "
-                 f"{str(dtype).replace('torch.', '')} threads={torch.get_num_threads()}")
-        print(f"rollout benchmark: {shape} on {device_name(args.device)}", flush=True)
-        engines = make_engines(path, args.device, dtype, args.providers)
-        rows = bench(engines, w, shape, args.device, args.rep)
-    path = record(rows, args.out, plot=not args.no_plot)
+        if args.model:
+            models = [(Path(args.model), Path(args.model).name, s)]
+        else:
+            random_desc = "tiny-qwen2-h128-l2-v300" if args.arch == "tiny-h128" else f"random-{args.arch}"
+            models = [(random_checkpoint(Path(tmp), args.arch, s["P"] + s["C"] + 8), random_desc, s)]
+            if args.quick or args.no_smollm2:
+                pass
+            elif (SMOLLM2 / "config.json").is_file():
+                models.append((SMOLLM2, SMOLLM2.name, {**SHAPES["smollm2"], **overrides}))
+            else:
+                print(f"SmolLM2-135M not measured: no converted checkpoint at {SMOLLM2} "
+                      f"(python scripts/convert_smollm2.py --out checkpoints/smollm2-135m-instruct)", flush=True)
+        per_model = [(desc, _bench_model(path, desc, shape_args, args, dtype)) for path, desc, shape_args in models]
+    path = record([r for _, rows in per_model for r in rows], args.out, plot=not args.no_plot)
     if not args.no_plot:
-        print(f"plot: {plot_summary(rows, path.with_name(path.stem + '_summary.png'))}")
+        for i, (desc, rows) in enumerate(per_model):
+            name = path.stem + "_summary" + ("" if i == 0 else f"_{desc}") + ".png"
+            print(f"plot: {plot_summary(rows, path.with_name(name))}")
+
+
+def _bench_model(path: Path, model_desc: str, s: dict, args, dtype: torch.dtype) -> list[dict]:
+    from rpo_train.rollout.checkpoint import load_config
+
+    config = load_config(path)
+    w = workload(**s, vocab=config.vocab_size)
+    shape = (f"B={s['B']} G={s['G']} C={s['C']} L={s['L']} P={s['P']} {model_desc} "
+             f"{str(dtype).replace('torch.', '')} threads={torch.get_num_threads()}")
+    print(f"rollout benchmark: {shape} on {device_name(args.device)}", flush=True)
+    engines = make_engines(path, args.device, dtype, args.providers)
+    return bench(engines, w, shape, args.device, args.rep)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ pass once and are shared by the G samples (gathered, so their gradients add up),
 would count them. The result is the [B, T] layout of ``rpo_train.policy.build_batch`` (T = longest sample - 1), so the
 loss, the old and the reference log-probs are interchangeable between the two forwards.
 
-Works for the Llama / Qwen2 / Qwen3 families (the checkpoint's own embedding, norms, projections, rotary embedding and
-MLP; attention through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers`` recomputes
-each layer in the backward.
+Works for the Llama / Qwen2 / Qwen3 families through ``rpo_train.decoder.Decoder`` (the layer path the rollout engine
+uses too; attention here through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers``
+recomputes each layer in the backward.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 import rpo_kernels
 
-from .rollout.model import attention_geometry, rotary_qkv
+from .decoder import Decoder
 
 
 @dataclass
@@ -163,39 +162,16 @@ class _PackedAttention:
         return torch.cat(out)
 
 
-def attention_dtype(q: torch.Tensor) -> torch.dtype:
-    """The dtype attention runs in: autocast's on q's device when it is on (as torch SDPA under autocast, so fp32
-    master weights still use the 16-bit kernels), else q's."""
-    kind = q.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
-
-
 def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
                   attention: str = "auto") -> torch.Tensor:
     """Hidden states [Tc + Ts, H] (before the final norm) of every packed row; differentiable.
 
     ``attention``: "kernel" | "sdpa" | "auto" (kernel on a GPU, sdpa on a CPU), see ``_PackedAttention``.
     """
-    core = model.model
-    heads, scale = attention_geometry(model)
-    attend = _PackedAttention(packed, scale, attention)
-
-    def layer_forward(layer, h, cos, sin):
-        q, k, v = rotary_qkv(layer.self_attn, layer.input_layernorm(h), cos, sin, heads)
-        dtype = attention_dtype(q)  # under autocast v comes out bf16 while the rotary output is fp32
-        out = attend(q.to(dtype), k.to(dtype), v.to(dtype))
-        h = h + layer.self_attn.o_proj(out.reshape(out.shape[0], -1).to(h.dtype))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
-
-    h = core.embed_tokens(packed.ids)
-    cos, sin = core.rotary_emb(h, packed.positions[None])
-    cos, sin = cos[0, :, None, :], sin[0, :, None, :]
-    for layer in core.layers:
-        if checkpoint_layers and torch.is_grad_enabled():
-            h = checkpoint(layer_forward, layer, h, cos, sin, use_reentrant=False)
-        else:
-            h = layer_forward(layer, h, cos, sin)
-    return h
+    decoder = Decoder(model)
+    attend = _PackedAttention(packed, decoder.scale, attention)
+    return decoder.hidden(packed.ids, packed.positions, lambda _, q, k, v: attend(q, k, v),
+                          checkpoint_layers=checkpoint_layers)
 
 
 def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,

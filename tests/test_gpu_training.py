@@ -1,7 +1,7 @@
 """End-to-end training smokes of the GPU recipes' code paths, run by the GPU suite (scripts/gpu_suite.sh).
 
 - The embedded task on a GPU: recipe ``tiny-cpu`` (the recurrence task) with ``device=cuda dtype=bfloat16``, a few
-  RPO-GRPO steps with the native engine, which must decode on the GPU kernels (CUDA extension or Triton), and the
+  RPO-GRPO steps with the native engine, which must decode on the GPU kernel (Triton, reading the KV lanes), and the
   plain policy forward, whose fused lm_head + loss must run in Triton.
 - The paper's GPU recipe (``r1-distill-qwen-1.5b-gpu``) on a random model of the R1-Distill-Qwen-1.5B shape (28
   layers, vocab 151936): 2 RPO-GRPO steps with its settings (fp32 master weights with the forward under bf16
@@ -27,7 +27,7 @@ from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
 from tests.test_train_loop import ones_reward
 
-OPS = ("rpo_kernels.ops.attention", "rpo_kernels.ops.kv_append", "rpo_kernels.ops.policy_loss",
+OPS = ("rpo_kernels.ops.attention", "rpo_kernels.ops.lane_attention", "rpo_kernels.ops.policy_loss",
        "rpo_kernels.ops.token_logprobs")
 
 
@@ -51,17 +51,14 @@ def chosen_backends(monkeypatch):
 
 
 def check_backends(seen: dict, device: str, loss_op: str) -> None:
-    """On a CPU everything runs the reference. On a GPU nothing falls back to it: decode takes the CUDA extension
-    when it is built (Triton otherwise), the training forward's kernels are Triton's."""
-    assert {"shared_prefix_attention", "kv_append", loss_op} <= set(seen), seen
+    """On a CPU everything runs the reference. On a GPU nothing falls back to it: the engine's decode attention
+    reads its KV lanes with the Triton kernel, the training forward's kernels are Triton's."""
+    assert {"lane_decode_attention", loss_op} <= set(seen), seen
     if device == "cpu":
         assert all(s == {"reference"} for s in seen.values()), seen
         return
-    from rpo_kernels._dispatch import backend_status
-
     assert all("reference" not in s for s in seen.values()), f"a kernel fell back to the reference on the GPU: {seen}"
-    if backend_status("cuda", torch.device("cuda"))[0]:
-        assert "cuda" in seen["shared_prefix_attention"], seen
+    assert seen["lane_decode_attention"] == {"triton"}, seen
     assert seen[loss_op] == {"triton"}, seen
 
 

@@ -99,12 +99,13 @@ def test_seeded_sampling_is_reproducible_and_schedule_free(qwen2):
     assert _tokens(a) != _tokens(c)
     # A KV budget so small that groups wait and samples run a few at a time: the same tokens for the same seed
     # (logprobs equal up to float rounding of the different batch shapes).
-    tight = NativeEngine.from_pretrained(path, config=NativeEngineConfig(kv_budget_tokens=48, block_size=8,
-                                                                         max_num_seqs=3))
+    tight = NativeEngine.from_pretrained(path, config=NativeEngineConfig(kv_budget_tokens=48, max_num_seqs=3))
     d = tight.generate(PROMPTS, **kwargs)
     assert _tokens(d) == _tokens(a)
     torch.testing.assert_close(_logprobs(d), _logprobs(a), atol=1e-5, rtol=0)
-    assert tight.store.stats().num_sequences == 0
+    stats = tight.kv.stats()
+    assert stats.sequences == 0 and stats.shape.suffix_lanes < 4 * len(PROMPTS)  # samples did wait for lanes
+    assert stats.shape.tokens() <= 48
 
 
 def test_per_prompt_seeds_make_samples_independent_of_the_other_prompts(qwen2):
@@ -157,7 +158,7 @@ def test_prefix_is_reprefilled_after_weight_change(qwen2, tmp_path):
     version = engine.weight_version
     engine.load_state_dict(new_weights)
     assert engine.weight_version == version + 1
-    assert engine.store.stats().num_prefixes == 0
+    assert engine.kv.stats().prefixes == 0
     after = engine.generate([prompt], prefixes=[prefix], n=2, max_new_tokens=6, temperature=0)
     assert engine.stats["prefill_tokens"] == 2 * prefilled  # prefilled again under the new weights
     ref = hf_greedy(hf_model(new_model), prompt + prefix, 6)
@@ -174,14 +175,14 @@ def test_stop_tokens_budgets_and_kv_freed(qwen2):
     cut = ref[:ref.index(stop) + 1]
     assert all(c.token_ids == cut and c.finish_reason == "stop" for c in groups[0])
     assert groups[1] == [Completion([], [], "length")] * 3
-    stats = engine.store.stats()
-    assert stats.num_sequences == 0
-    assert stats.blocks_used == -(-len(PROMPTS[2]) // engine.config.block_size)  # only the reusable prefix stays
+    stats = engine.kv.stats()
+    assert stats.sequences == 0
+    assert stats.prefixes == 1 and stats.prefix_lanes_used == 1  # only the reusable prefix stays
 
 
 def test_group_larger_than_kv_budget_is_an_error(qwen2):
     path, _ = qwen2
-    engine = NativeEngine.from_pretrained(path, config=NativeEngineConfig(kv_budget_tokens=16, block_size=8))
+    engine = NativeEngine.from_pretrained(path, config=NativeEngineConfig(kv_budget_tokens=16))
     with pytest.raises(ValueError, match="kv_budget_tokens"):
         engine.generate([list(range(1, 20))], max_new_tokens=10)
 

@@ -98,7 +98,7 @@ def test_sliding_window_is_rejected(tmp_path, path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(kv_budget_tokens=0), "kv_budget_tokens must be a positive int"),
-    (dict(block_size=2.0), "block_size must be a positive int"),
+    (dict(max_num_seqs=2.0), "max_num_seqs must be a positive int"),
     (dict(attention_backend="fast"), "attention_backend must be"),
     (dict(reuse_prefix_kv="yes"), "reuse_prefix_kv must be a bool"),
 ])
@@ -120,7 +120,7 @@ def test_bad_state_dict(path):
     with pytest.raises(RuntimeError, match="Missing key"):
         native.load_state_dict({"model.embed_tokens.weight": torch.zeros(VOCAB, 64)})
     assert native.weight_version == version + 1  # partly loaded: the old prefix KV must not survive either
-    assert native.store.stats().num_prefixes == 0
+    assert native.kv.stats().prefixes == 0
 
 
 def test_import_does_not_pull_vllm():

@@ -129,12 +129,21 @@ class Plan:
 
 def make_plan(layout, rep: int, device: torch.device, dtype: torch.dtype) -> Plan:
     """Tables of one call from a ``RaggedLayout``, copied to ``device`` in one transfer."""
-    pseg, sseg = layout.prefix_segments(), layout.suffix_segments()
+    return plan_segments(layout.prefix_segments(), layout.suffix_segments(), rep, device, dtype,
+                         decode=layout.decode)
+
+
+def plan_segments(pseg: list, sseg: list, rep: int, device: torch.device, dtype: torch.dtype, *,
+                  decode: bool) -> Plan:
+    """Tables from explicit segments (q_start, q_len, kv_start, kv_len, off), one transfer to ``device``.
+
+    kv_start may point anywhere in the K/V rows given to the kernels, so segments can read KV in place (lanes).
+    """
     tiles = tiles_for(dtype)
     # a group with few (query, head) rows gets a smaller M tile (at least 16, the smallest tl.dot)
     most_rows = max((s[1] * rep for s in pseg), default=1)
     prefix_block_m = min(tiles.prefix_m, max(16, triton.next_power_of_2(most_rows)))
-    suffix_block_m = tiles.decode_m if layout.decode else tiles.prefix_m
+    suffix_block_m = tiles.decode_m if decode else tiles.prefix_m
     tables = [
         pseg, sseg,
         _tiles([s[1] * rep for s in pseg], prefix_block_m),

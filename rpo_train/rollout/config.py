@@ -55,19 +55,20 @@ class SamplingConfig:
 class NativeEngineConfig:
     """Knobs of ``NativeEngine``.
 
-    kv_budget_tokens: KV memory in token slots (all layers); None = ``kv_budget_bytes`` worth, capped at
-        max_num_seqs * max_model_len (allocated up front by the KV store). Groups wait while it is full; a group
-        whose prefix plus one sample's worst case cannot fit even in an empty cache is an error.
-    block_size: tokens per KV block. max_num_seqs: sequences decoded together at most. max_prefill_tokens: prompt
-        tokens prefilled in one forward (a longer single group is still prefilled alone). reuse_prefix_kv: keep a
-        prefix's KV after its group finishes and reuse it for the same tokens under the SAME weights (never across a
-        weight change). max_model_len: None = the checkpoint's max_position_embeddings. attention_backend: None
-        (rpo_kernels' choice), "reference" or "triton".
+    kv_budget_tokens: KV memory in token slots (all layers); None = ``kv_budget_bytes`` worth. The engine keeps KV
+        in lanes (``rpo_train.rollout.kv_lanes``) sized per call: one prefix lane per group in flight (capacity: the
+        longest prompt + prefix) and one suffix lane per running sample (capacity: the largest budget - 1), as many
+        as the budget holds, at most max_num_seqs each. Groups and samples wait for a free lane; a call whose longest
+        prefix plus one sample cannot fit the budget is an error.
+    max_num_seqs: sequences decoded together at most. max_prefill_tokens: prompt tokens prefilled in one forward (a
+        longer single group is still prefilled alone). reuse_prefix_kv: keep a prefix's KV after its group finishes
+        and reuse it for the same tokens under the SAME weights (never across a weight change). max_model_len:
+        None = the checkpoint's max_position_embeddings. attention_backend: None (rpo_kernels' choice: Triton on a
+        GPU, the reference on a CPU), "reference" or "triton".
     """
 
     kv_budget_tokens: int | None = None
     kv_budget_bytes: int = 1 << 30
-    block_size: int = 16
     max_num_seqs: int = 256
     max_prefill_tokens: int = 8192
     reuse_prefix_kv: bool = True
@@ -77,11 +78,11 @@ class NativeEngineConfig:
     def __post_init__(self):
         owner = "NativeEngineConfig"
         _positive_int(owner, "kv_budget_tokens", self.kv_budget_tokens, allow_none=True)
-        for name in ("kv_budget_bytes", "block_size", "max_num_seqs", "max_prefill_tokens"):
+        for name in ("kv_budget_bytes", "max_num_seqs", "max_prefill_tokens"):
             _positive_int(owner, name, getattr(self, name))
         _positive_int(owner, "max_model_len", self.max_model_len, allow_none=True)
         if not isinstance(self.reuse_prefix_kv, bool):
             raise ValueError(f"{owner}.reuse_prefix_kv must be a bool, got {self.reuse_prefix_kv!r}")
-        if self.attention_backend not in (None, "auto", "reference", "triton", "cuda"):
-            raise ValueError(f"{owner}.attention_backend must be None, 'reference', 'triton' or 'cuda', "
+        if self.attention_backend not in (None, "auto", "reference", "triton"):
+            raise ValueError(f"{owner}.attention_backend must be None, 'auto', 'reference' or 'triton', "
                              f"got {self.attention_backend!r}")

@@ -1,149 +1,84 @@
-"""The native engine's forward: a Llama/Qwen2/Qwen3 decoder run on packed tokens with a paged, shared-prefix KV.
+"""The native engine's forward: ``rpo_train.decoder.Decoder`` with its KV in lanes (``rpo_train.rollout.kv_lanes``).
 
-The checkpoint's own modules (embedding, RMSNorms, projections, rotary embedding, MLP, lm_head) are reused from the
-transformers model; attention is ours: K/V rows go into an ``rpo_kernels.PrefixKVStore`` through
-``rpo_kernels.kv_append`` and every attention is ``rpo_kernels.shared_prefix_attention``:
-- prefill: packed prompts (+ cached prefixes), each its own group with an empty prefix, causal over its tokens;
-- decode: one query per sequence over its group's prefix KV (stored once, read once per group) and its own suffix.
+Two attentions, each planned once per forward and shared by every layer:
+- prefill: S packed prompts (+ cached prefixes), each causal over its own tokens, as one padded torch SDPA
+  ([S, Hq, Tmax, D], right padding is harmless under the causal mask); their K/V are written once into their
+  prefix lanes;
+- decode: one query per running sequence over its group's prefix lane and its own suffix lane
+  (``rpo_kernels.lane_decode_attention`` with a ``rpo_kernels.LanePlan``), after the new token's K/V is written at
+  the end of its suffix lane. No host synchronisation and no KV copy inside the layer loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 import rpo_kernels
 
-
-@dataclass(frozen=True)
-class DecodeLayout:
-    """Where the KV of one decode step lives in the store (sequences of a group adjacent).
-
-    prefix_slots [total_prefix] int64: store slots of each group's prefix, group after group.
-    prefix_indptr [B+1], group_indptr [B+1]: int64 index pointers (see ``rpo_kernels.shared_prefix_attention``).
-    suffix_slots [total_suffix] int64 and suffix_indptr [N+1]: each sequence's own tokens, the current one included.
-    """
-
-    prefix_slots: torch.Tensor
-    prefix_indptr: torch.Tensor
-    suffix_slots: torch.Tensor
-    suffix_indptr: torch.Tensor
-    group_indptr: torch.Tensor
+from ..decoder import Decoder
+from .kv_lanes import LaneKV
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def attention_geometry(hf_model) -> tuple[tuple[int, int, int], float]:
-    """((Hq, Hkv, D), softmax scale) of an HF Llama/Qwen2/Qwen3 causal LM, as its own attention uses them."""
-    config = hf_model.config
-    hq = config.num_attention_heads
-    hkv = getattr(config, "num_key_value_heads", None) or hq
-    d = getattr(config, "head_dim", None) or config.hidden_size // hq
-    return (hq, hkv, d), float(getattr(hf_model.model.layers[0].self_attn, "scaling", d ** -0.5))
-
-
-def rotary_qkv(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: tuple[int, int, int]):
-    """q [T, Hq, D], k/v [T, Hkv, D] of an HF Llama/Qwen2/Qwen3 attention module on packed rows h [T, H].
-
-    ``heads`` = (Hq, Hkv, D); cos/sin [T, 1, D] of the rows' positions. Qwen3's per-head q/k RMSNorm runs before the
-    rotary embedding, as in the checkpoint's own forward.
-    """
-    num_heads, num_kv_heads, head_dim = heads
-    t = h.shape[0]
-    q = attn.q_proj(h).view(t, num_heads, head_dim)
-    k = attn.k_proj(h).view(t, num_kv_heads, head_dim)
-    v = attn.v_proj(h).view(t, num_kv_heads, head_dim)
-    if hasattr(attn, "q_norm"):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
-
-
-class PagedDecoder:
-    """Forward passes of an HF causal LM over packed tokens with KV in a ``PrefixKVStore`` (inference only)."""
+class LaneDecoder(Decoder):
+    """Inference forwards of an HF causal LM over packed tokens with KV in a ``LaneKV``."""
 
     def __init__(self, hf_model, *, attention_backend: str | None = None):
-        self.hf = hf_model
-        core = hf_model.model
-        self.embed_tokens, self.layers, self.norm = core.embed_tokens, core.layers, core.norm
-        self.rotary_emb, self.lm_head = core.rotary_emb, hf_model.lm_head
-        (self.num_heads, self.num_kv_heads, self.head_dim), self.scale = attention_geometry(hf_model)
-        self.num_layers = len(self.layers)
+        super().__init__(hf_model)
         self.backend = attention_backend
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
-
-    def _qkv(self, attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        return rotary_qkv(attn, h, cos, sin, (self.num_heads, self.num_kv_heads, self.head_dim))
-
-    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, store, attend,
-             rows: torch.Tensor) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(h, positions[None])
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(h), cos, sin)
-            store.write(i, slots, k.contiguous(), v.contiguous(), backend=self.backend)
-            out = attend(i, q, k, v)
-            h = h + attn.o_proj(out.reshape(out.shape[0], -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.lm_head(self.norm(h[rows])).float()
-
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, positions: torch.Tensor, seq_indptr: torch.Tensor,
-                slots: torch.Tensor, store) -> torch.Tensor:
-        """Causal forward of S packed sequences; writes their K/V at ``slots``.
+    def prefill(self, sequences: Sequence[Sequence[int]], lanes: Sequence[int], kv: LaneKV) -> torch.Tensor:
+        """Causal forward of S token sequences (none empty); writes sequence s's K/V into prefix lane ``lanes[s]``.
 
-        Args:
-            input_ids [T] int64, positions [T] int64 (0.. per sequence), seq_indptr [S+1] int64 (sequence s is rows
-            seq_indptr[s]:seq_indptr[s+1], none empty), slots [T] int64 store slots of every token.
-
-        Returns:
-            logits [S, V] fp32 of the next token after each sequence's last token.
+        Returns logits [S, V] fp32 of the token after each sequence's last one.
         """
-        s = seq_indptr.numel() - 1
-        dev = input_ids.device
-        empty = torch.empty(0, self.num_kv_heads, self.head_dim, dtype=self.dtype, device=dev)
-        zeros = torch.zeros(s + 1, dtype=torch.long, device=dev)
-        groups = torch.arange(s + 1, dtype=torch.long, device=dev)
+        dev = self.device
+        lengths = [len(x) for x in sequences]
+        s, tmax = len(lengths), max(lengths)
+        ids = torch.tensor([t for x in sequences for t in x], dtype=torch.long, device=dev)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(dev)
+        starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+        ends = starts + torch.tensor(lengths) - 1
+        # packed row of (sequence, t), clamped to the sequence's last row past its end
+        rows = torch.minimum(starts[:, None] + torch.arange(tmax)[None, :], ends[:, None]).flatten().to(dev)
+        valid = (torch.arange(tmax)[None, :] < torch.tensor(lengths)[:, None]).flatten().nonzero()[:, 0].to(dev)
+        lane_of_row = torch.repeat_interleave(torch.tensor(list(lanes)), torch.tensor(lengths)).to(dev)
 
         def attend(layer, q, k, v):
-            return rpo_kernels.shared_prefix_attention(q, empty, empty, zeros, k, v, seq_indptr, groups,
-                                                       q_indptr=seq_indptr, softmax_scale=self.scale,
-                                                       backend=self.backend)
+            kv.write_prefix(layer, lane_of_row, positions, k, v)
 
-        return self._run(input_ids, positions, slots, store, attend, seq_indptr[1:] - 1)
+            def padded(x):  # [T, H, D] -> [S, H, Tmax, D]
+                return x.index_select(0, rows).view(s, tmax, x.shape[1], x.shape[2]).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=self.scale,
+                                                 enable_gqa=True)
+            return out.transpose(1, 2).reshape(s * tmax, q.shape[1], q.shape[2]).index_select(0, valid)
+
+        h = self.hidden(ids, positions, attend)
+        return self.logits(h[ends.to(dev)])
 
     @torch.no_grad()
-    def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, layout: DecodeLayout,
-               store) -> torch.Tensor:
-        """One decode step of N sequences; writes each new token's K/V at ``slots`` first.
-
-        Args:
-            input_ids [N] int64 (each sequence's newest token), positions [N] int64, slots [N] int64 (where that
-            token's K/V goes; they are the last entries of each sequence's suffix in ``layout``).
-
-        Returns:
-            logits [N, V] fp32 of the following token.
-        """
+    def decode(self, ids: Sequence[int], prefix_lanes: Sequence[int], prefix_lengths: Sequence[int],
+               suffix_lanes: Sequence[int], suffix_lengths: Sequence[int], kv: LaneKV) -> torch.Tensor:
+        """One decode step of N sequences: sequence n feeds token ``ids[n]``, the ``suffix_lengths[n]``-th token of
+        its suffix lane (at position prefix_lengths[n] + suffix_lengths[n] - 1), and attends to its group's prefix
+        lane and its suffix so far. Returns logits [N, V] fp32 of the following token."""
+        dev = self.device
+        shape = kv.shape
+        plan = rpo_kernels.plan_lane_decode(prefix_lanes, prefix_lengths, suffix_lanes, suffix_lengths,
+                                            prefix_shape=(shape.prefix_lanes, shape.prefix_capacity),
+                                            suffix_shape=(shape.suffix_lanes, shape.suffix_capacity), device=dev)
+        host = torch.tensor([list(ids), [p + s - 1 for p, s in zip(prefix_lengths, suffix_lengths)],
+                             list(suffix_lanes), [s - 1 for s in suffix_lengths]], dtype=torch.long).to(dev)
+        token, position, lane, slot = host
 
         def attend(layer, q, k, v):
-            kc, vc = store.k[layer], store.v[layer]
-            ps, ss = layout.prefix_slots, layout.suffix_slots
-            return rpo_kernels.shared_prefix_attention(
-                q, kc.index_select(0, ps), vc.index_select(0, ps), layout.prefix_indptr,
-                kc.index_select(0, ss), vc.index_select(0, ss), layout.suffix_indptr, layout.group_indptr,
-                softmax_scale=self.scale, backend=self.backend)
+            kv.write_suffix(layer, lane, slot, k, v)
+            return rpo_kernels.lane_decode_attention(q, kv.k_prefix[layer], kv.v_prefix[layer], kv.k_suffix[layer],
+                                                     kv.v_suffix[layer], plan, softmax_scale=self.scale,
+                                                     backend=self.backend)
 
-        rows = torch.arange(input_ids.numel(), device=input_ids.device)
-        return self._run(input_ids, positions, slots, store, attend, rows)
+        return self.logits(self.hidden(token, position, attend))

@@ -1,14 +1,17 @@
 """``NativeEngine``: rollouts on ``rpo_kernels`` with one prefix KV per group and batched suffix decoding.
 
-One ``generate`` call runs a small continuous-batching loop:
-1. fork: groups whose prefix KV is ready start more of their G samples while KV memory allows (a sample allocates its
-   worst-case suffix blocks, budget - 1 tokens, when it starts, so a running sequence never runs out of memory);
+KV lives in lanes (``rpo_train.rollout.kv_lanes``): one prefix lane per group, one suffix lane per running sample,
+sized per call so that a running sequence never runs out of room. One ``generate`` call runs a small
+continuous-batching loop:
+1. fork: groups whose prefix KV is ready start more of their G samples while suffix lanes are free;
 2. admit: waiting groups (FIFO) are prefilled ONCE each, prompt + prefix packed into one forward, under the current
-   weights, when their prefix and one sample fit; otherwise they wait (idle cached prefixes are evicted first);
-3. decode: every running sequence advances one token against its group's single prefix KV and its own suffix KV;
-   sequences leave at EOS / a stop token / their budget and their blocks are freed.
+   weights, when a prefix lane and a suffix lane for their first sample are free; otherwise they wait (idle cached
+   prefixes are evicted first);
+3. decode: every running sequence advances one token against its group's prefix lane and its own suffix lane, one
+   plan per step for all layers (``rpo_train.rollout.model``); sequences leave at EOS / a stop token / their budget
+   and free their lane.
 Prefix KV entries are tagged with the weight version; ``load_state_dict`` bumps it and drops every entry, so a prefix
-is always re-prefilled under new weights (``PrefixKVStore`` raises if a stale entry were ever asked for).
+is always re-prefilled under new weights (``LaneKV`` raises if a stale entry were ever asked for).
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rpo_kernels import KVStoreConfig, PrefixKVStore
-
 from .checkpoint import check_supported, checkpoint_dir, eos_token_ids, load_model, load_tokenizer
 from .config import NativeEngineConfig, SamplingConfig
 from .interface import Completion, GroupRequest, normalize_requests, seed_streams
-from .model import DecodeLayout, PagedDecoder
+from .kv_lanes import LaneKV, LaneShape
+from .model import LaneDecoder
 from .sampling import NoiseStream, processed_logprobs, sample
 
 
@@ -33,7 +35,7 @@ class _Group:
     req: GroupRequest
     results: list
     forked: int = 0
-    prefix_slots: torch.Tensor | None = None
+    lane: int = -1  # its prefix lane once admitted
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -44,12 +46,15 @@ class _Group:
 class _Seq:
     group: _Group
     sample: int
-    sid: int
+    lane: int  # its suffix lane
     noise: NoiseStream | None
-    slots: torch.Tensor  # [budget - 1] store slots of the suffix tokens it may feed back, allocated when it starts
-    length: int = 0
+    length: int = 0  # tokens fed back so far (its suffix lane's fill)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+
+
+def _round_up(n: int, multiple: int = 16) -> int:
+    return -(-n // multiple) * multiple
 
 
 class NativeEngine:
@@ -58,21 +63,15 @@ class NativeEngine:
     def __init__(self, hf_model, *, eos_token_ids=(), config: NativeEngineConfig | None = None, tokenizer=None):
         check_supported(hf_model.config, f"model {type(hf_model).__name__}")
         self.config = config or NativeEngineConfig()
-        self.model = PagedDecoder(hf_model, attention_backend=self.config.attention_backend)
+        self.model = m = LaneDecoder(hf_model, attention_backend=self.config.attention_backend)
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(eos_token_ids)
-        hf_config = hf_model.config
         self.vocab_size = hf_model.get_input_embeddings().weight.shape[0]
-        self.max_model_len = self.config.max_model_len or hf_config.max_position_embeddings
-        m = self.model
-        bs = self.config.block_size
-        tokens = self.config.kv_budget_tokens
-        if tokens is None:  # kv_budget_bytes worth, but never more than max_num_seqs full-length sequences
-            per_token = 2 * m.num_layers * m.num_kv_heads * m.head_dim * torch.empty((), dtype=m.dtype).element_size()
-            cap = self.config.max_num_seqs * self.max_model_len
-            tokens = max(bs, min(self.config.kv_budget_bytes // per_token, cap))
-        self.store = PrefixKVStore(KVStoreConfig(m.num_layers, m.num_kv_heads, m.head_dim, -(-tokens // bs), bs,
-                                                 m.dtype, m.device))
+        self.max_model_len = self.config.max_model_len or hf_model.config.max_position_embeddings
+        _, hkv, d = m.heads
+        per_token = 2 * m.num_layers * hkv * d * torch.empty((), dtype=m.dtype).element_size()
+        self.budget_tokens = self.config.kv_budget_tokens or max(1, self.config.kv_budget_bytes // per_token)
+        self.kv = LaneKV(m.num_layers, hkv, d, m.dtype, m.device)
         self.weight_version = 0
         self._cached: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # prefix key -> last logits [V]
         self._users: dict[tuple[int, ...], int] = {}
@@ -99,26 +98,38 @@ class NativeEngine:
                 self.model.hf.load_state_dict(dict(state_dict), strict=strict)
         finally:
             self.weight_version += 1
-            self.store.evict_stale(self.weight_version)
+            self.kv.evict_stale(self.weight_version)
             self._cached.clear()
             self._users.clear()
 
     # -- memory -------------------------------------------------------------------------------------------------
-    def _blocks(self, tokens: int) -> int:
-        return -(-tokens // self.config.block_size)
+    def _lane_shape(self, groups: list[GroupRequest]) -> LaneShape:
+        """Lanes for this call within the KV budget: capacities of its longest prefix and largest budget - 1."""
+        live = [g for g in groups if g.budget > 0]
+        budget = self.budget_tokens
+        for g in live:
+            if len(g.tokens) + max(g.budget - 1, 1) > budget:
+                raise ValueError(f"prompt {g.index}: prompt + prefix ({len(g.tokens)} tokens) and one sample of "
+                                 f"{g.budget} tokens need more KV than the whole budget ({budget} tokens); raise "
+                                 f"kv_budget_tokens")
+        p_cap = max(len(g.tokens) for g in live)
+        s_cap = max(max(g.budget - 1, 1) for g in live)
+        if _round_up(p_cap) + _round_up(s_cap) <= budget:  # round up so that similar calls reuse the buffers
+            p_cap, s_cap = _round_up(p_cap), _round_up(s_cap)
+        seqs = min(self.config.max_num_seqs, sum(g.n for g in live))
+        prefixes = min(self.config.max_num_seqs, len(live))
+        seqs = max(1, min(seqs, (budget - p_cap) // s_cap))
+        prefixes = max(1, min(prefixes, (budget - seqs * s_cap) // p_cap))
+        need = LaneShape(prefixes, p_cap, seqs, s_cap)
+        old = self.kv.shape
+        if old is not None and not old.covers(need):
+            grown = LaneShape(*(max(a, b) for a, b in zip(old.__dict__.values(), need.__dict__.values())))
+            need = grown if grown.tokens() <= budget else need
+        return need
 
-    def _worst(self, budget: int) -> int:
-        """Blocks a sample may need: it feeds back at most budget - 1 tokens."""
-        return self._blocks(max(budget - 1, 0))
-
-    def _available(self) -> int:
-        """Free blocks (running sequences hold their worst case already)."""
-        st = self.store.stats()
-        return st.blocks_total - st.blocks_used
-
-    def _fit(self, need: int, keep: set, reserved: int = 0) -> bool:
-        """Evict idle cached prefixes (least recently used first) until ``need`` more blocks are available."""
-        while self._available() - reserved < need:
+    def _fit_prefix(self, keep: set) -> bool:
+        """Evict idle cached prefixes (least recently used first) until a prefix lane is free."""
+        while self.kv.free_prefix_lanes() == 0:
             idle = next((k for k in self._cached if self._users.get(k, 0) == 0 and k not in keep), None)
             if idle is None:
                 return False
@@ -128,7 +139,7 @@ class NativeEngine:
     def _drop(self, key) -> None:
         self._cached.pop(key, None)
         self._users.pop(key, None)
-        self.store.drop_prefix(key)
+        self.kv.drop_prefix(key)
 
     # -- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,20 +154,19 @@ class NativeEngine:
         cfg = SamplingConfig(temperature, top_p, top_k, seed)
         groups, stops = normalize_requests(prompts, prefixes, n, max_new_tokens, vocab_size=self.vocab_size,
                                            max_model_len=self.max_model_len, stop_token_ids=stop_token_ids)
-        total = self.store.config.num_blocks
-        for g in groups:
-            if self._blocks(len(g.tokens)) + self._worst(g.budget) > total:
-                raise ValueError(f"prompt {g.index}: prompt + prefix ({len(g.tokens)} tokens) and one sample of "
-                                 f"{g.budget} tokens need more KV than the whole budget "
-                                 f"({total * self.config.block_size} tokens); raise kv_budget_tokens")
-        streams = seed_streams(seed, len(groups))
-        stop_set = set(self.eos_token_ids) | set(stops)
-        self.store.evict_stale(self.weight_version)
         state = [_Group(g, [None] * g.n) for g in groups]
-        waiting = [g for g in state if g.req.budget > 0]
         for g in state:
             if g.req.budget == 0:
                 g.results = [Completion([], [], "length") for _ in range(g.req.n)]
+        waiting = [g for g in state if g.req.budget > 0]
+        if not waiting:
+            return [g.results for g in state]
+        if self.kv.ensure(self._lane_shape(groups)):
+            self._cached.clear()
+            self._users.clear()
+        streams = seed_streams(seed, len(groups))
+        stop_set = set(self.eos_token_ids) | set(stops)
+        self.kv.evict_stale(self.weight_version)
         ready: list[_Group] = []
         running: list[_Seq] = []
         try:
@@ -171,25 +181,26 @@ class NativeEngine:
                     raise RuntimeError("rollout scheduler made no progress (KV accounting error)")
         finally:  # an error (or an interrupt) leaves no sequence or pinned prefix behind
             for s in running:
-                self.store.free_sequence(s.sid)
+                self.kv.free_sequence(s.lane)
             for g in ready:
                 self._users[g.key] -= 1
         return [g.results for g in state]
 
     def _admit(self, waiting: list[_Group], running: list[_Seq]) -> list[_Group]:
         """Prefill as many waiting groups (FIFO) as fit; returns them with their prefix KV ready."""
-        admitted, new_keys, batch_tokens, reserved = [], [], 0, 0
+        admitted, new_keys, batch_tokens = [], [], 0
         while waiting and len(running) + len(admitted) < self.config.max_num_seqs:
             g = waiting[0]
-            cached = g.key in self._cached or g.key in new_keys
-            need = self._worst(g.req.budget) + (0 if cached else self._blocks(len(g.key)))
+            cached = self.kv.has_prefix(g.key) or g.key in new_keys
             if not cached and new_keys and batch_tokens + len(g.key) > self.config.max_prefill_tokens:
                 break
-            if not self._fit(need, set(new_keys) | {a.key for a in admitted}, reserved):
+            if self.kv.free_suffix_lanes() <= len(admitted):  # each admitted group forks its first sample next
+                break
+            if not cached and not self._fit_prefix(set(new_keys) | {a.key for a in admitted}):
                 break
             waiting.pop(0)
             if not cached:
-                self.store.add_prefix(g.key, len(g.key), self.weight_version)
+                self.kv.add_prefix(g.key, len(g.key), self.weight_version)
                 new_keys.append(g.key)
                 batch_tokens += len(g.key)
             elif g.key in self._cached:
@@ -197,12 +208,11 @@ class NativeEngine:
                 self._cached.move_to_end(g.key)
             self._users[g.key] = self._users.get(g.key, 0) + 1
             admitted.append(g)
-            reserved += self._worst(g.req.budget)  # its first sample forks right after the prefill
         try:
             if new_keys:
                 self._prefill(new_keys)
             for g in admitted:
-                g.prefix_slots = self.store.prefix_slots(g.key, self.weight_version)
+                g.lane = self.kv.prefix(g.key, self.weight_version)[0]
         except BaseException:
             for g in admitted:
                 self._users[g.key] -= 1
@@ -212,35 +222,24 @@ class NativeEngine:
         return admitted
 
     def _prefill(self, keys: list[tuple[int, ...]]) -> None:
-        dev = self.model.device
-        ids = torch.tensor([t for k in keys for t in k], dtype=torch.long, device=dev)
-        positions = torch.cat([torch.arange(len(k)) for k in keys]).to(dev)
-        indptr = torch.tensor([0] + [len(k) for k in keys], dtype=torch.long).cumsum(0).to(dev)
-        slots = torch.cat([self.store.prefix_slots(k, self.weight_version) for k in keys])
-        logits = self.model.prefill(ids, positions, indptr, slots, self.store)
+        lanes = [self.kv.prefix(k, self.weight_version)[0] for k in keys]
+        logits = self.model.prefill(keys, lanes, self.kv)
         for k, row in zip(keys, logits):
             self._cached[k] = row.clone()
-        self.stats["prefill_tokens"] += ids.numel()
+        self.stats["prefill_tokens"] += sum(len(k) for k in keys)
         self.stats["prefill_calls"] += 1
 
     def _fork_ready(self, ready: list[_Group], running: list[_Seq], cfg: SamplingConfig,
                     streams: list[tuple[int, int]], stop_set: set) -> None:
-        """Start the next samples of ready groups, in order, while KV memory and max_num_seqs allow."""
+        """Start the next samples of ready groups, in order, while suffix lanes and max_num_seqs allow."""
         for g in list(ready):
-            worst = self._worst(g.req.budget)
-            left = g.req.n - g.forked
-            room = self.config.max_num_seqs - len(running)
-            if worst:
-                self._fit(worst, {x.key for x in ready})
-                room = min(room, self._available() // worst)
-            k = min(left, room)
+            room = min(self.config.max_num_seqs - len(running), self.kv.free_suffix_lanes())
+            k = min(g.req.n - g.forked, room)
             if k <= 0:
                 break
-            sids = self.store.fork(g.key, k, self.weight_version)
-            slots = self.store.extend(sids, g.req.budget - 1).view(k, g.req.budget - 1)
-            seqs = [_Seq(g, g.forked + j, sid, None if cfg.greedy else NoiseStream(*streams[g.req.index],
-                                                                                     g.forked + j, self.vocab_size),
-                         slots[j]) for j, sid in enumerate(sids)]
+            seqs = [_Seq(g, g.forked + j, self.kv.fork(g.key, self.weight_version),
+                         None if cfg.greedy else NoiseStream(*streams[g.req.index], g.forked + j, self.vocab_size))
+                    for j in range(k)]
             g.forked += k
             logits = self._cached[g.key].expand(k, -1)
             running += seqs
@@ -258,39 +257,23 @@ class NativeEngine:
         tok = sample(lp, None if cfg.greedy else [s.noise for s in seqs])
         chosen = lp.gather(1, tok[:, None])[:, 0].tolist()
         self.stats["generated_tokens"] += len(seqs)
+        done = set()
         for s, t, logprob in zip(seqs, tok.tolist(), chosen):
             s.tokens.append(t)
             s.logprobs.append(logprob)
             reason = "stop" if t in stop_set else "length" if len(s.tokens) >= s.group.req.budget else None
             if reason is not None:
                 s.group.results[s.sample] = Completion(s.tokens, s.logprobs, reason)
-                self.store.free_sequence(s.sid)
-                running.remove(s)
+                self.kv.free_sequence(s.lane)
+                done.add(id(s))
+        if done:
+            running[:] = [s for s in running if id(s) not in done]
 
     def _decode_step(self, running: list[_Seq], cfg: SamplingConfig, stop_set: set) -> None:
-        running.sort(key=lambda s: (s.group.req.index, s.sample))
-        dev = self.model.device
-        groups, sizes, positions = [], [], []
-        new_slots = torch.stack([s.slots[s.length] for s in running])
         for s in running:
             s.length += 1
-            positions.append(len(s.group.key) + s.length - 1)
-            if groups and groups[-1] is s.group:
-                sizes[-1] += 1
-            else:
-                groups.append(s.group)
-                sizes.append(1)
-        layout = DecodeLayout(
-            prefix_slots=torch.cat([g.prefix_slots for g in groups]),
-            prefix_indptr=_indptr([len(g.key) for g in groups], dev),
-            suffix_slots=torch.cat([s.slots[:s.length] for s in running]),
-            suffix_indptr=_indptr([s.length for s in running], dev),
-            group_indptr=_indptr(sizes, dev))
-        ids = torch.tensor([s.tokens[-1] for s in running], dtype=torch.long, device=dev)
-        logits = self.model.decode(ids, torch.tensor(positions, device=dev), new_slots, layout, self.store)
+        logits = self.model.decode([s.tokens[-1] for s in running], [s.group.lane for s in running],
+                                   [len(s.group.key) for s in running], [s.lane for s in running],
+                                   [s.length for s in running], self.kv)
         self.stats["decode_steps"] += 1
         self._advance(list(running), logits, running, cfg, stop_set)
-
-
-def _indptr(lengths: list[int], device) -> torch.Tensor:
-    return torch.tensor([0] + lengths, dtype=torch.long).cumsum(0).to(device)
