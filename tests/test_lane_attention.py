@@ -7,6 +7,7 @@ import torch
 
 import rpo_kernels
 from rpo_kernels import lane_decode_attention, plan_lane_decode
+from rpo_kernels.reference.lane_decode_attention import _FUSED_CPU, lane_decode_attention_ref
 
 from .attention_cases import make_case, sdpa_oracle
 
@@ -50,11 +51,15 @@ def to_lanes(case: dict, *, seed: int = 0, spare_lanes: int = 3, spare_cap: int 
     ([8], [200], [0, 3, 1, 9, 2, 2, 1, 4], 8, 2, 64), # empty suffix under a prefix
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_fp64_oracle(glens, plens, slens, hq, hkv, d, dtype):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-cpu-kernel", "matmul"])
+def test_matches_fp64_oracle(glens, plens, slens, hq, hkv, d, dtype, fused):
+    if fused and _FUSED_CPU is None:
+        pytest.skip("this torch build has no fused CPU attention kernel (aten::_scaled_dot_product_flash_attention_"
+                    "for_cpu); the matmul form is tested instead")
     case = make_case(glens, plens, hq, hkv, d, slens=slens, dtype=dtype, seed=len(glens))
     bufs, plan = to_lanes(case, seed=hq)
-    out, lse = lane_decode_attention(case["q"], bufs["pk"], bufs["pv"], bufs["sk"], bufs["sv"], plan,
-                                     softmax_scale=0.3, return_lse=True)
+    out, lse = lane_decode_attention_ref(case["q"], bufs["pk"], bufs["pv"], bufs["sk"], bufs["sv"], plan, 0.3,
+                                         fused=fused)
     scaled = dict(case, q=case["q"] * (0.3 * d ** 0.5))  # the oracle uses 1/sqrt(D)
     exact = sdpa_oracle(scaled)
     plain = sdpa_oracle(scaled, dtype=dtype).double()  # torch SDPA at the same precision

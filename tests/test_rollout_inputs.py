@@ -127,3 +127,20 @@ def test_import_does_not_pull_vllm():
     code = ("import sys, rpo_train, rpo_train.rollout; "
             "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_inverse_cdf_sampling_draws_from_p():
+    from rpo_train.rollout.sampling import NoiseStream, sample
+
+    p = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.05])
+    n = 20000
+    logprobs = p.log().expand(n, -1)
+    tokens = sample(logprobs, [NoiseStream(7, 0, i) for i in range(n)])
+    counts = torch.bincount(tokens, minlength=5).double()
+    assert counts[1] == 0  # p = 0 is never drawn
+    expected = p.double() * n
+    keep = expected > 0
+    chi2 = (((counts - expected)[keep]) ** 2 / expected[keep]).sum().item()
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
+    again = sample(logprobs[:50], [NoiseStream(7, 0, i) for i in range(50)])
+    assert torch.equal(again, tokens[:50])  # a stream depends on its seed only

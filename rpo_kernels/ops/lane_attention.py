@@ -30,10 +30,11 @@ class LanePlan:
     prefix_lo, prefix_lanes: the prefix lanes read, ``prefix_lo:prefix_lo + prefix_lanes``; group_width: queries per
     prefix lane at most; prefix_rows [N] int64: query n's row ``(lane - prefix_lo) * group_width + rank``;
     prefix_len: keys read per prefix lane (the longest prefix); prefix_bias [prefix_lanes, 1, 1, prefix_len] fp32,
-    0 for a stored key, -inf past the lane's length. suffix_lo, suffix_lanes, suffix_rows [N], suffix_len,
-    suffix_bias: the same for the suffix lanes (one query per lane). prefix_shape/suffix_shape: (lanes, capacity)
-    of the buffers the plan was made for. host: the validated arguments (prefix_lane, prefix_length, suffix_lane,
-    suffix_length) as CPU int64 tensors; backend_cache: tables a backend derives from them once per plan.
+    0 for a stored key, -inf past the lane's length; prefix_has_keys [prefix_lanes] bool: the lane's length > 0.
+    suffix_lo, suffix_lanes, suffix_rows [N], suffix_len, suffix_bias, suffix_has_keys: the same for the suffix
+    lanes (one query per lane). prefix_shape/suffix_shape: (lanes, capacity) of the buffers the plan was made for.
+    host: the validated arguments (prefix_lane, prefix_length, suffix_lane, suffix_length) as CPU int64 tensors;
+    backend_cache: tables a backend derives from them once per plan.
     """
 
     num_queries: int
@@ -43,38 +44,44 @@ class LanePlan:
     prefix_rows: torch.Tensor
     prefix_len: int
     prefix_bias: torch.Tensor
+    prefix_has_keys: torch.Tensor
     suffix_lo: int
     suffix_lanes: int
     suffix_rows: torch.Tensor
     suffix_len: int
     suffix_bias: torch.Tensor
+    suffix_has_keys: torch.Tensor
     prefix_shape: tuple[int, int]
     suffix_shape: tuple[int, int]
     host: tuple[torch.Tensor, ...] = field(repr=False)
     backend_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
-def _ints(name: str, values, n: int | None) -> torch.Tensor:
-    """Host int64 tensor of a sequence of ints (bools and floats rejected)."""
+NAMES = ("prefix_lane", "prefix_length", "suffix_lane", "suffix_length")
+
+
+def _host_args(values: list, limits: list[tuple[int, str]]) -> torch.Tensor:
+    """[4, N] int64 host tensor of the four per-query arguments, each checked against 0 <= value < limit."""
+    lists = [v.tolist() if isinstance(v, torch.Tensor) else list(v) for v in values]
+    n = len(lists[0])
+    if n == 0:
+        raise ValueError("argument 'prefix_lane' is empty: a decode step has at least one query")
+    for name, x in zip(NAMES[1:], lists[1:]):
+        if len(x) != n:
+            raise ValueError(f"argument '{name}' must have {n} entries (one per query), got {len(x)}")
     try:
-        out = torch.as_tensor(values if isinstance(values, torch.Tensor) else list(values), device="cpu")
+        host = torch.tensor(lists)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"argument '{name}' must be a sequence of ints ({exc})") from None
-    if out.numel() == 0:
-        out = out.long()
-    if out.dtype not in (torch.int64, torch.int32) or out.dim() != 1:
-        raise TypeError(f"argument '{name}' must be a flat sequence of ints, got dtype {out.dtype} and shape "
-                        f"{tuple(out.shape)}")
-    if n is not None and out.numel() != n:
-        raise ValueError(f"argument '{name}' must have {n} entries (one per query), got {out.numel()}")
-    return out.long()
-
-
-def _range_check(name: str, values: torch.Tensor, limit: int, what: str) -> None:
-    bad = ((values < 0) | (values >= limit)).nonzero()
+        raise TypeError(f"arguments {NAMES} must be flat sequences of ints ({exc})") from None
+    if host.dtype != torch.int64:
+        name = next(k for k, x in zip(NAMES, lists) if any(not isinstance(v, int) for v in x))
+        raise TypeError(f"argument '{name}' must hold ints, got {lists[NAMES.index(name)]!r}")
+    bad = ((host < 0) | (host >= torch.tensor([lim for lim, _ in limits])[:, None])).nonzero()
     if bad.numel():
-        i = int(bad[0])
-        raise ValueError(f"argument '{name}': entry {i} is {int(values[i])}, expected 0 <= value < {limit} ({what})")
+        arg, i = (int(x) for x in bad[0])
+        raise ValueError(f"argument '{NAMES[arg]}': entry {i} is {lists[arg][i]}, expected 0 <= value < "
+                         f"{limits[arg][0]} ({limits[arg][1]})")
+    return host
 
 
 def _bias(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -93,17 +100,13 @@ def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], s
             included (>= 1 unless the prefix is not empty).
         prefix_shape, suffix_shape: (lanes, capacity) of the prefix and suffix buffers ([lanes, Hkv, capacity, D]).
     """
-    p_lane = _ints("prefix_lane", prefix_lane, None)
+    host = _host_args([prefix_lane, prefix_length, suffix_lane, suffix_length],
+                      [(prefix_shape[0], "prefix lanes in the buffer"),
+                       (prefix_shape[1] + 1, "the prefix buffer's capacity, inclusive"),
+                       (suffix_shape[0], "suffix lanes in the buffer"),
+                       (suffix_shape[1] + 1, "the suffix buffer's capacity, inclusive")])
+    p_lane, p_len, s_lane, s_len = host
     n = p_lane.numel()
-    if n == 0:
-        raise ValueError("argument 'prefix_lane' is empty: a decode step has at least one query")
-    p_len, s_lane, s_len = (_ints(k, v, n) for k, v in (("prefix_length", prefix_length),
-                                                          ("suffix_lane", suffix_lane),
-                                                          ("suffix_length", suffix_length)))
-    _range_check("prefix_lane", p_lane, prefix_shape[0], "prefix lanes in the buffer")
-    _range_check("suffix_lane", s_lane, suffix_shape[0], "suffix lanes in the buffer")
-    _range_check("prefix_length", p_len, prefix_shape[1] + 1, "the prefix buffer's capacity, inclusive")
-    _range_check("suffix_length", s_len, suffix_shape[1] + 1, "the suffix buffer's capacity, inclusive")
     p_lo, s_lo = int(p_lane.min()), int(s_lane.min())
     p_count, s_count = int(p_lane.max()) - p_lo + 1, int(s_lane.max()) - s_lo + 1
     lens = torch.zeros(p_count, dtype=torch.long).index_put_((p_lane - p_lo,), p_len)
@@ -130,9 +133,11 @@ def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], s
     p_max, s_max = int(p_len.max()), int(s_len.max())
     rows = torch.cat([(p_lane - p_lo) * width + rank, s_lane - s_lo])
     biases = torch.cat([_bias(lens, p_max).flatten(), _bias(s_lens, s_max).flatten()])
-    rows, biases = rows.to(device), biases.to(device)
-    return LanePlan(n, p_lo, p_count, width, rows[:n], p_max, biases[:p_count * p_max].view(p_count, 1, 1, p_max),
-                    s_lo, s_count, rows[n:], s_max, biases[p_count * p_max:].view(s_count, 1, 1, s_max),
+    has_keys = torch.cat([lens > 0, s_lens > 0])
+    rows, biases, has_keys = rows.to(device), biases.to(device), has_keys.to(device)
+    p_bias, s_bias = biases[:p_count * p_max].view(p_count, 1, 1, p_max), biases[p_count * p_max:]
+    return LanePlan(n, p_lo, p_count, width, rows[:n], p_max, p_bias, has_keys[:p_count], s_lo, s_count, rows[n:],
+                    s_max, s_bias.view(s_count, 1, 1, s_max), has_keys[p_count:],
                     (prefix_shape[0], prefix_shape[1]), (suffix_shape[0], suffix_shape[1]),
                     (p_lane, p_len, s_lane, s_len))
 

@@ -13,33 +13,48 @@ With ``s_j = scale * q . k_j`` over [prefix ; suffix] of the sequence::
 
     out = sum_j softmax(s)_j v_j,    lse = log sum_j exp(s_j)
 
-computed as the two partial softmaxes merged by their maxima (exact), in fp32 (16-bit lanes are upcast as read).
-Plain torch ops on any device: the CPU path and the oracle of the other backends.
+computed as two partial attentions (out, lse) merged exactly by their log-sum-exp. Plain torch ops on any device: the
+CPU path and the oracle of the other backends. On a CPU each part is torch's fused attention kernel (the one behind
+SDPA, which also returns the log-sum-exp; fp32 accumulation); elsewhere, or with ``fused=False``, matmuls and a
+softmax in fp32 (16-bit lanes upcast as read).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .merge_attention_states import merge_attention_states_ref
 
-def _part(q_rows, k, v, bias, scale: float):
-    """q_rows [lanes, Hkv, M, D] against k/v [lanes, Hkv, L, D] (views) with bias [lanes, 1, 1, L] (0 / -inf).
+# torch's fused CPU attention (the kernel behind SDPA on a CPU), which also returns the log-sum-exp; absent in some
+# builds, where the matmul form below runs instead.
+_FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
-    Returns (unnormalised out [lanes, Hkv, M, D] fp32, row max [lanes, Hkv, M, 1] fp32 (-inf: no key),
-    row sum [lanes, Hkv, M, 1] fp32).
+
+def _part(rows, k, v, bias, has_keys, scale: float, fused: bool):
+    """rows [lanes, Hkv, M, D] against k/v [lanes, Hkv, L, D] (views) with bias [lanes, 1, 1, L] (0 / -inf).
+
+    Returns (out [lanes, Hkv, M, D], lse [lanes, Hkv, M] fp32, -inf for a lane without keys: has_keys [lanes]).
     """
-    s = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale + bias
-    m = s.amax(-1, keepdim=True)
-    e = torch.exp(s - torch.where(torch.isinf(m), 0.0, m))
-    return torch.matmul(e, v.float()), m, e.sum(-1, keepdim=True)
+    if fused:
+        out, lse = _FUSED_CPU(rows, k, v, attn_mask=bias.to(rows.dtype), scale=scale)
+    else:
+        s = torch.matmul(rows.float(), k.float().transpose(-1, -2)) * scale + bias
+        lse = torch.logsumexp(s, dim=-1)
+        out = torch.matmul(torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None]), v.float())
+    has = has_keys[:, None, None]
+    return torch.where(has[..., None], out, 0.0), torch.where(has, lse.float(), float("-inf"))
 
 
-def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale: float):
+def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale: float,
+                              fused: bool | None = None):
     """One decode step; ``plan`` validated by ``rpo_kernels.ops.lane_attention.plan_lane_decode``.
 
     q [N, Hq, D]; prefix_k/v [Lp, Hkv, Pcap, D]; suffix_k/v [Ls, Hkv, Scap, D], one float dtype and device.
-    Returns (out [N, Hq, D] in q's dtype, lse [N, Hq] fp32).
+    ``fused``: use torch's fused CPU attention for each part (default: on a CPU when torch has it), else matmuls in
+    fp32. Returns (out [N, Hq, D] in q's dtype, lse [N, Hq] fp32).
     """
+    if fused is None:
+        fused = q.device.type == "cpu" and _FUSED_CPU is not None
     n, hq, d = q.shape
     hkv = prefix_k.shape[1]
     rep = hq // hkv
@@ -49,26 +64,21 @@ def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, s
         rows = q.new_zeros(a * g, hq, d).index_copy_(0, plan.prefix_rows, q)
         rows = rows.view(a, g, hkv, rep, d).transpose(1, 2).reshape(a, hkv, g * rep, d)
         lanes = slice(plan.prefix_lo, plan.prefix_lo + a)
-        out, m, s = _part(rows, prefix_k[lanes, :, :plan.prefix_len], prefix_v[lanes, :, :plan.prefix_len],
-                          plan.prefix_bias, scale)
-
-        def per_query(x):  # [a, Hkv, g * rep, w] -> [N, Hq, w]
-            w = x.shape[-1]
-            return x.view(a, hkv, g, rep, w).transpose(1, 2).reshape(a * g, hq, w).index_select(0, plan.prefix_rows)
-
-        parts.append((per_query(out), per_query(m), per_query(s)))
+        out, lse = _part(rows, prefix_k[lanes, :, :plan.prefix_len], prefix_v[lanes, :, :plan.prefix_len],
+                         plan.prefix_bias, plan.prefix_has_keys, scale, fused)
+        out = out.view(a, hkv, g, rep, d).transpose(1, 2).reshape(a * g, hq, d).index_select(0, plan.prefix_rows)
+        lse = lse.view(a, hkv, g, rep).transpose(1, 2).reshape(a * g, hq).index_select(0, plan.prefix_rows)
+        parts.append((out, lse))
     if plan.suffix_len:
         c = plan.suffix_lanes
         rows = q.new_zeros(c, hq, d).index_copy_(0, plan.suffix_rows, q).view(c, hkv, rep, d)
         lanes = slice(plan.suffix_lo, plan.suffix_lo + c)
-        out, m, s = _part(rows, suffix_k[lanes, :, :plan.suffix_len], suffix_v[lanes, :, :plan.suffix_len],
-                          plan.suffix_bias, scale)
-        parts.append(tuple(x.reshape(c, hq, x.shape[-1]).index_select(0, plan.suffix_rows) for x in (out, m, s)))
+        out, lse = _part(rows, suffix_k[lanes, :, :plan.suffix_len], suffix_v[lanes, :, :plan.suffix_len],
+                         plan.suffix_bias, plan.suffix_has_keys, scale, fused)
+        parts.append((out.reshape(c, hq, d).index_select(0, plan.suffix_rows),
+                      lse.reshape(c, hq).index_select(0, plan.suffix_rows)))
     if len(parts) == 1:
-        (out, m, s), = parts
-        return (out / s).to(q.dtype), (m + torch.log(s))[..., 0]
-    (o1, m1, s1), (o2, m2, s2) = parts
-    m = torch.maximum(m1, m2)  # every query sees at least one key (checked by the plan): m is finite
-    w1, w2 = torch.exp(m1 - m), torch.exp(m2 - m)
-    total = s1 * w1 + s2 * w2
-    return ((o1 * w1 + o2 * w2) / total).to(q.dtype), (m + torch.log(total))[..., 0]
+        out, lse = parts[0]
+        return out.to(q.dtype), lse
+    out, lse = merge_attention_states_ref(*parts[0], *parts[1])
+    return out.to(q.dtype), lse

@@ -238,7 +238,7 @@ class NativeEngine:
             if k <= 0:
                 break
             seqs = [_Seq(g, g.forked + j, self.kv.fork(g.key, self.weight_version),
-                         None if cfg.greedy else NoiseStream(*streams[g.req.index], g.forked + j, self.vocab_size))
+                         None if cfg.greedy else NoiseStream(*streams[g.req.index], g.forked + j))
                     for j in range(k)]
             g.forked += k
             logits = self._cached[g.key].expand(k, -1)

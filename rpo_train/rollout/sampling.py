@@ -1,7 +1,7 @@
 """Next-token sampling: greedy, temperature, top-k, top-p; seeded per sequence; log-probs of the law actually used.
 
-Each sequence owns a noise stream seeded from (call seed, prompt index, sample index), so a seeded run gives
-the same tokens whatever the batching, the KV budget or the order in which groups were admitted.
+Each sequence owns a stream of uniform draws seeded from (call seed, prompt index, sample index), so a seeded run
+gives the same tokens whatever the batching, the KV budget or the order in which groups were admitted.
 """
 
 from __future__ import annotations
@@ -13,28 +13,28 @@ from .config import SamplingConfig
 
 
 class NoiseStream:
-    """Exp(1) noise of one sequence, one [V] row per sampled token, drawn on the CPU in blocks of rows.
+    """The U(0, 1) draws of one sequence, one per sampled token, taken from its own CPU generator in blocks.
 
-    Seeded from (call seed, prompt index, sample index); blocks of ``BLOCK_ROWS`` rows, so the row stream depends on
-    the seed and V only (not on batching or budgets). CPU draws make a seeded run give the same tokens on any device.
+    Seeded from (call seed, prompt index, sample index); blocks of ``BLOCK`` fp64 draws, so the stream depends on the
+    seed only (not on batching, budgets or the vocabulary). CPU draws make a seeded run give the same tokens on any
+    device, and one number per token keeps them cheap at any vocabulary size.
     """
 
-    BLOCK_ROWS = 16
+    BLOCK = 64
 
-    def __init__(self, seed: int, group: int, sample: int, vocab_size: int):
+    def __init__(self, seed: int, group: int, sample: int):
         self.generator = torch.Generator()
         self.generator.manual_seed(derive_seed(seed, group, sample))
-        self.vocab_size = vocab_size
-        self.block = torch.empty(0, vocab_size)
-        self.next_row = 0
+        self.block: list[float] = []
+        self.next_index = 0
 
-    def next(self) -> torch.Tensor:
-        """The next [V] fp32 row of Exp(1) noise."""
-        if self.next_row == self.block.shape[0]:
-            self.block = torch.empty(self.BLOCK_ROWS, self.vocab_size).exponential_(generator=self.generator)
-            self.next_row = 0
-        self.next_row += 1
-        return self.block[self.next_row - 1]
+    def next(self) -> float:
+        """The next U(0, 1) draw."""
+        if self.next_index == len(self.block):
+            self.block = torch.rand(self.BLOCK, generator=self.generator, dtype=torch.float64).tolist()
+            self.next_index = 0
+        self.next_index += 1
+        return self.block[self.next_index - 1]
 
 
 def processed_logprobs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -74,12 +74,16 @@ def sample(logprobs: torch.Tensor, streams: list[NoiseStream] | None) -> torch.T
         streams: one ``NoiseStream`` per row, or None for greedy (argmax).
 
     Returns:
-        [N] int64 token ids on logprobs' device. Sampling is ``argmax(p / E)`` with E ~ Exp(1) per token (an exact
-        draw from p; tokens with p = 0 are never chosen).
+        [N] int64 token ids on logprobs' device. Sampling is by the inverse CDF: with c = cumsum(p) in fp64 and one
+        u ~ U(0, 1) per row, the token is the first j with c_j > u * c_V (an exact draw from p; a token with p = 0
+        never has c_j > c_{j-1}, so it is never chosen).
     """
     if streams is None:
         return logprobs.argmax(dim=-1)
     if len(streams) != logprobs.shape[0]:
         raise ValueError(f"sample: {len(streams)} noise streams for {logprobs.shape[0]} rows")
-    noise = torch.stack([s.next() for s in streams]).to(logprobs.device)
-    return (logprobs.exp() / noise).argmax(dim=-1)
+    cdf = logprobs.double().exp().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.tensor([s.next() for s in streams], dtype=torch.float64).to(logprobs.device)[:, None]
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    return torch.searchsorted(cdf, x, right=True)[:, 0]
