@@ -30,7 +30,7 @@ import torch
 from rpo_train.atomic import atomic_savefig
 from rpo_train.errors import ArgumentParser, report_usage_errors
 
-from .harness import RESULTS_DIR, device_name, measure, record, rows_for
+from .harness import RESULTS_DIR, device_name, measure_interleaved, record, rows_for
 
 SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8),
           "smollm2": dict(B=8, G=6, C=128, L=58, P=32)}
@@ -87,10 +87,12 @@ def _extra(base: dict, metric: str, value: float) -> dict:
 
 
 def bench(engines: dict, w: dict, shape: str, device: str, rep: int) -> list[dict]:
-    rows, table = [], {}
-    for name, engine in engines.items():
-        for mode in ("full", "rpo"):
-            out = {}
+    """Every engine on the full-path then the RPO workload, the engines' timed calls interleaved per mode."""
+    rows, table, outs = [], {}, {}
+    for mode in ("full", "rpo"):
+        calls = {}
+        for name, engine in engines.items():
+            out = outs.setdefault((name, mode), {})
 
             def call(name=name, engine=engine, mode=mode, out=out):
                 if name == "vllm":  # as after a weight push: no prefix KV from the previous call
@@ -99,25 +101,28 @@ def bench(engines: dict, w: dict, shape: str, device: str, rep: int) -> list[dic
                 # offset"): it samples from the engine's own seed instead.
                 out["groups"] = run(engine, w, mode, seed=None if name == "vllm" else 1)
 
-            m = measure(call, device, warmup=1, rep=rep)
-            tokens = sum(len(c.token_ids) for g in out["groups"] for c in g)
-            samples = sum(len(g) for g in out["groups"])
-            base = rows_for("rollout", f"{name}-{mode}", shape, m, device)
+            calls[name] = call
+        for name, m in measure_interleaved(calls, device, warmup=1, rep=rep).items():
+            groups = outs[(name, mode)]["groups"]
+            tokens = sum(len(c.token_ids) for g in groups for c in g)
+            samples = sum(len(g) for g in groups)
             tps = tokens / (m.median_ms / 1e3)
-            rows += base + [_extra(base[0], "tokens_per_sample", tokens / samples),
-                            _extra(base[0], "tokens_per_s", tps)]
             table[(name, mode)] = (tokens / samples, m.median_ms, tps, m.peak_mem_mb)
             print(f"  {name:6s} {mode:4s} {tokens / samples:8.1f} tok/sample {m.median_ms:10.1f} ms "
                   f"{tps:10.0f} tok/s  peak +{m.peak_mem_mb:.0f} MiB", flush=True)
-        if (name, "rpo") in table:
-            (tf, msf, *_), (tr, msr, *_) = table[(name, "full")], table[(name, "rpo")]
-            stamp = rows[-1]
-            rows += [_extra({**stamp, "provider": f"{name}-rpo/full"}, "tokens_per_sample_ratio", tr / tf),
-                     _extra({**stamp, "provider": f"{name}-rpo/full"}, "time_ratio", msr / msf)]
-    if "native" in engines and "hf" in engines:
+            base = rows_for("rollout", f"{name}-{mode}", shape, m, device)
+            rows += base + [_extra(base[0], "tokens_per_sample", tokens / samples),
+                            _extra(base[0], "tokens_per_s", tps)]
+    for name in engines:
+        (tf, msf, *_), (tr, msr, *_) = table[(name, "full")], table[(name, "rpo")]
+        stamp = rows[-1]
+        rows += [_extra({**stamp, "provider": f"{name}-rpo/full"}, "tokens_per_sample_ratio", tr / tf),
+                 _extra({**stamp, "provider": f"{name}-rpo/full"}, "time_ratio", msr / msf)]
+    peers = [n for n in engines if n != "native"] if "native" in engines else []
+    for other in peers:
         for mode in ("full", "rpo"):
-            speed = table[("native", mode)][2] / table[("hf", mode)][2]
-            rows.append(_extra({**rows[-1], "provider": f"native/hf-{mode}"}, "tokens_per_s_ratio", speed))
+            speed = table[("native", mode)][2] / table[(other, mode)][2]
+            rows.append(_extra({**rows[-1], "provider": f"native/{other}-{mode}"}, "tokens_per_s_ratio", speed))
     print_table(table, shape, device)
     return rows
 
@@ -134,9 +139,11 @@ def print_table(table: dict, shape: str, device: str) -> None:
         else:
             ratio = " | "
         print(f"| {name} | {mode} | {tps_:.1f} | {ms:.0f} | {tps:.0f} | {ratio} |")
-    for mode in ("full", "rpo"):
-        if ("native", mode) in table and ("hf", mode) in table:
-            print(f"native / hf tokens/s ({mode}): {table[('native', mode)][2] / table[('hf', mode)][2]:.2f}x")
+    for other in dict.fromkeys(name for name, _ in table):
+        for mode in ("full", "rpo"):
+            if other != "native" and ("native", mode) in table:
+                ratio = table[("native", mode)][2] / table[(other, mode)][2]
+                print(f"native / {other} tokens/s ({mode}): {ratio:.2f}x")
 
 
 def plot_summary(rows: list[dict], out: Path) -> Path:

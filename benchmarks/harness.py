@@ -114,6 +114,35 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
     return Measurement(statistics.median(times), q[0], q[3], peak)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str, *, warmup: int = 1,
+                        rep: int = 5) -> dict[str, Measurement]:
+    """``measure`` for several providers of one workload, their timed calls taken in turn (a, b, a, b, ...).
+
+    A ratio between providers then sees the same machine: on a shared or throttling host a slow spell lands on all
+    of them instead of on whichever ran during it. Peak memory is each provider's first call, as in ``measure``.
+    """
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    peaks = {name: peak_memory_mb(fn, device) for name, fn in fns.items()}
+    for _ in range(warmup - 1):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rep):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, t in times.items():
+        t.sort()
+        q = statistics.quantiles(t, n=5) if len(t) > 1 else [t[0]] * 4
+        out[name] = Measurement(statistics.median(t), q[0], q[3], peaks[name])
+    return out
+
+
 def copy_bandwidth_gbps(device: torch.device | str, mib: int = 1024, rep: int = 10) -> float:
     """The device's measured memory bandwidth (GB/s): a copy of ``mib`` MiB, bytes read + written, median of ``rep``.
 

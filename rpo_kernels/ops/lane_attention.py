@@ -30,10 +30,11 @@ class LanePlan:
     prefix_lo, prefix_lanes: the prefix lanes read, ``prefix_lo:prefix_lo + prefix_lanes``; group_width: queries per
     prefix lane at most; prefix_rows [N] int64: query n's row ``(lane - prefix_lo) * group_width + rank``;
     prefix_len: keys read per prefix lane (the longest prefix); prefix_bias [prefix_lanes, 1, 1, prefix_len] fp32,
-    0 for a stored key, -inf past the lane's length; prefix_has_keys [prefix_lanes] bool: the lane's length > 0.
+    0 for a stored key, -inf past the lane's length; prefix_has_keys [prefix_lanes] bool: the lane's length > 0 (None
+    when every lane in the range has keys).
     suffix_lo, suffix_lanes, suffix_rows [N], suffix_len, suffix_bias, suffix_has_keys: the same for the suffix
     lanes (one query per lane). prefix_shape/suffix_shape: (lanes, capacity) of the buffers the plan was made for.
-    host: the validated arguments (prefix_lane, prefix_length, suffix_lane, suffix_length) as CPU int64 tensors;
+    host: the validated arguments (prefix_lane, prefix_length, suffix_lane, suffix_length) as tuples of ints;
     backend_cache: tables a backend derives from them once per plan.
     """
 
@@ -44,48 +45,37 @@ class LanePlan:
     prefix_rows: torch.Tensor
     prefix_len: int
     prefix_bias: torch.Tensor
-    prefix_has_keys: torch.Tensor
+    prefix_has_keys: torch.Tensor | None
     suffix_lo: int
     suffix_lanes: int
     suffix_rows: torch.Tensor
     suffix_len: int
     suffix_bias: torch.Tensor
-    suffix_has_keys: torch.Tensor
+    suffix_has_keys: torch.Tensor | None
     prefix_shape: tuple[int, int]
     suffix_shape: tuple[int, int]
-    host: tuple[torch.Tensor, ...] = field(repr=False)
+    host: tuple[tuple[int, ...], ...] = field(repr=False)
     backend_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 NAMES = ("prefix_lane", "prefix_length", "suffix_lane", "suffix_length")
 
 
-def _host_args(values: list, limits: list[tuple[int, str]]) -> torch.Tensor:
-    """[4, N] int64 host tensor of the four per-query arguments, each checked against 0 <= value < limit."""
+def _host_lists(values: list, limits: list[tuple[int, str]]) -> list[list[int]]:
+    """The four per-query arguments as lists of ints, each checked against 0 <= value < limit."""
     lists = [v.tolist() if isinstance(v, torch.Tensor) else list(v) for v in values]
     n = len(lists[0])
     if n == 0:
         raise ValueError("argument 'prefix_lane' is empty: a decode step has at least one query")
-    for name, x in zip(NAMES[1:], lists[1:]):
+    for name, x, (limit, what) in zip(NAMES, lists, limits):
         if len(x) != n:
             raise ValueError(f"argument '{name}' must have {n} entries (one per query), got {len(x)}")
-    try:
-        host = torch.tensor(lists)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"arguments {NAMES} must be flat sequences of ints ({exc})") from None
-    if host.dtype != torch.int64:
-        name = next(k for k, x in zip(NAMES, lists) if any(not isinstance(v, int) for v in x))
-        raise TypeError(f"argument '{name}' must hold ints, got {lists[NAMES.index(name)]!r}")
-    bad = ((host < 0) | (host >= torch.tensor([lim for lim, _ in limits])[:, None])).nonzero()
-    if bad.numel():
-        arg, i = (int(x) for x in bad[0])
-        raise ValueError(f"argument '{NAMES[arg]}': entry {i} is {lists[arg][i]}, expected 0 <= value < "
-                         f"{limits[arg][0]} ({limits[arg][1]})")
-    return host
-
-
-def _bias(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.where(torch.arange(width)[None, :] < lengths[:, None], 0.0, float("-inf"))
+        if any(type(v) is not int for v in x):
+            raise TypeError(f"argument '{name}' must hold ints, got {x!r}")
+        if min(x) < 0 or max(x) >= limit:
+            i = next(i for i, v in enumerate(x) if not 0 <= v < limit)
+            raise ValueError(f"argument '{name}': entry {i} is {x[i]}, expected 0 <= value < {limit} ({what})")
+    return lists
 
 
 def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], suffix_lane: Sequence[int],
@@ -100,46 +90,49 @@ def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], s
             included (>= 1 unless the prefix is not empty).
         prefix_shape, suffix_shape: (lanes, capacity) of the prefix and suffix buffers ([lanes, Hkv, capacity, D]).
     """
-    host = _host_args([prefix_lane, prefix_length, suffix_lane, suffix_length],
-                      [(prefix_shape[0], "prefix lanes in the buffer"),
-                       (prefix_shape[1] + 1, "the prefix buffer's capacity, inclusive"),
-                       (suffix_shape[0], "suffix lanes in the buffer"),
-                       (suffix_shape[1] + 1, "the suffix buffer's capacity, inclusive")])
-    p_lane, p_len, s_lane, s_len = host
-    n = p_lane.numel()
-    p_lo, s_lo = int(p_lane.min()), int(s_lane.min())
-    p_count, s_count = int(p_lane.max()) - p_lo + 1, int(s_lane.max()) - s_lo + 1
-    lens = torch.zeros(p_count, dtype=torch.long).index_put_((p_lane - p_lo,), p_len)
-    clash = (lens[p_lane - p_lo] != p_len).nonzero()
-    if clash.numel():
-        i = int(clash[0])
-        raise ValueError(f"argument 'prefix_length': entry {i} is {int(p_len[i])} but another query of prefix lane "
-                         f"{int(p_lane[i])} gives {int(lens[p_lane[i] - p_lo])}; queries of a lane share its prefix")
-    owners = torch.zeros(s_count, dtype=torch.long).index_add_(0, s_lane - s_lo, torch.ones_like(s_lane))
-    if int(owners.max()) > 1:
-        dup = int(owners.argmax()) + s_lo
-        raise ValueError(f"argument 'suffix_lane': lane {dup} is given to more than one query; each sequence owns "
-                         f"its suffix lane")
-    empty = ((p_len == 0) & (s_len == 0)).nonzero()
-    if empty.numel():
-        raise ValueError(f"query {int(empty[0])} has an empty prefix and an empty suffix: it attends to nothing")
-    # rank of each query among the earlier queries of its prefix lane
-    order = torch.sort(p_lane, stable=True).indices
-    sorted_lane = p_lane[order]
-    first = torch.searchsorted(sorted_lane, sorted_lane, right=False)
-    rank = torch.empty_like(p_lane).index_put_((order,), torch.arange(n) - first)
-    width = int(rank.max()) + 1
-    s_lens = torch.zeros(s_count, dtype=torch.long).index_put_((s_lane - s_lo,), s_len)
-    p_max, s_max = int(p_len.max()), int(s_len.max())
-    rows = torch.cat([(p_lane - p_lo) * width + rank, s_lane - s_lo])
-    biases = torch.cat([_bias(lens, p_max).flatten(), _bias(s_lens, s_max).flatten()])
-    has_keys = torch.cat([lens > 0, s_lens > 0])
-    rows, biases, has_keys = rows.to(device), biases.to(device), has_keys.to(device)
-    p_bias, s_bias = biases[:p_count * p_max].view(p_count, 1, 1, p_max), biases[p_count * p_max:]
-    return LanePlan(n, p_lo, p_count, width, rows[:n], p_max, p_bias, has_keys[:p_count], s_lo, s_count, rows[n:],
-                    s_max, s_bias.view(s_count, 1, 1, s_max), has_keys[p_count:],
-                    (prefix_shape[0], prefix_shape[1]), (suffix_shape[0], suffix_shape[1]),
-                    (p_lane, p_len, s_lane, s_len))
+    p_lane, p_len, s_lane, s_len = _host_lists(
+        [prefix_lane, prefix_length, suffix_lane, suffix_length],
+        [(prefix_shape[0], "prefix lanes in the buffer"),
+         (prefix_shape[1] + 1, "the prefix buffer's capacity, inclusive"),
+         (suffix_shape[0], "suffix lanes in the buffer"),
+         (suffix_shape[1] + 1, "the suffix buffer's capacity, inclusive")])
+    n = len(p_lane)
+    p_lo, s_lo = min(p_lane), min(s_lane)
+    p_count, s_count = max(p_lane) - p_lo + 1, max(s_lane) - s_lo + 1
+    lens, s_lens = [0] * p_count, [0] * s_count
+    seen, rank = [0] * p_count, []
+    for i, (lane, length) in enumerate(zip(p_lane, p_len)):
+        a = lane - p_lo
+        if seen[a] and lens[a] != length:
+            raise ValueError(f"argument 'prefix_length': entry {i} is {length} but another query of prefix lane "
+                             f"{lane} gives {lens[a]}; queries of a lane share its prefix")
+        lens[a] = length
+        rank.append(seen[a])  # rank of the query among the earlier queries of its prefix lane
+        seen[a] += 1
+    for i, (lane, length) in enumerate(zip(s_lane, s_len)):
+        if s_lens[lane - s_lo] or (length == 0 and lane in s_lane[:i]):
+            raise ValueError(f"argument 'suffix_lane': lane {lane} is given to more than one query; each sequence "
+                             f"owns its suffix lane")
+        s_lens[lane - s_lo] = length
+        if length == 0 and p_len[i] == 0:
+            raise ValueError(f"query {i} has an empty prefix and an empty suffix: it attends to nothing")
+    width = max(seen)
+    p_max, s_max = max(p_len), max(s_len)
+    ints = torch.tensor([(lane - p_lo) * width + r for lane, r in zip(p_lane, rank)]
+                        + [lane - s_lo for lane in s_lane] + lens + s_lens)
+    p_lens_t, s_lens_t = ints[2 * n:2 * n + p_count], ints[2 * n + p_count:]
+    keys_p, keys_s = torch.arange(p_max), torch.arange(s_max)
+    biases = torch.cat([torch.where(keys_p < p_lens_t[:, None], 0.0, float("-inf")).flatten(),
+                        torch.where(keys_s < s_lens_t[:, None], 0.0, float("-inf")).flatten(),
+                        (ints[2 * n:] > 0).float()]).to(device)
+    rows = ints[:2 * n].to(device)
+    p_bias, s_bias = biases[:p_count * p_max], biases[p_count * p_max:p_count * p_max + s_count * s_max]
+    has_keys = biases[p_count * p_max + s_count * s_max:] > 0
+    host = (tuple(p_lane), tuple(p_len), tuple(s_lane), tuple(s_len))
+    return LanePlan(n, p_lo, p_count, width, rows[:n], p_max, p_bias.view(p_count, 1, 1, p_max),
+                    None if min(lens) > 0 else has_keys[:p_count], s_lo, s_count, rows[n:], s_max,
+                    s_bias.view(s_count, 1, 1, s_max), None if min(s_lens) > 0 else has_keys[p_count:],
+                    (prefix_shape[0], prefix_shape[1]), (suffix_shape[0], suffix_shape[1]), host)
 
 
 def _check_lanes(name: str, value, q: torch.Tensor, shape: tuple[int, int], hkv: int | None) -> None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from .merge_attention_states import merge_attention_states_ref
-
 # torch's fused CPU attention (the kernel behind SDPA on a CPU), which also returns the log-sum-exp; absent in some
 # builds, where the matmul form below runs instead.
 _FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -33,7 +31,8 @@ _FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 def _part(rows, k, v, bias, has_keys, scale: float, fused: bool):
     """rows [lanes, Hkv, M, D] against k/v [lanes, Hkv, L, D] (views) with bias [lanes, 1, 1, L] (0 / -inf).
 
-    Returns (out [lanes, Hkv, M, D], lse [lanes, Hkv, M] fp32, -inf for a lane without keys: has_keys [lanes]).
+    Returns (out [lanes, Hkv, M, D] fp32, lse [lanes, Hkv, M] fp32, -inf for a lane without keys: has_keys [lanes],
+    None when every lane has keys).
     """
     if fused:
         out, lse = _FUSED_CPU(rows, k, v, attn_mask=bias.to(rows.dtype), scale=scale)
@@ -41,8 +40,10 @@ def _part(rows, k, v, bias, has_keys, scale: float, fused: bool):
         s = torch.matmul(rows.float(), k.float().transpose(-1, -2)) * scale + bias
         lse = torch.logsumexp(s, dim=-1)
         out = torch.matmul(torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None]), v.float())
+    if has_keys is None:  # every lane in the range has keys
+        return out.float(), lse.float()
     has = has_keys[:, None, None]
-    return torch.where(has[..., None], out, 0.0), torch.where(has, lse.float(), float("-inf"))
+    return torch.where(has[..., None], out.float(), 0.0), torch.where(has, lse.float(), float("-inf"))
 
 
 def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale: float,
@@ -80,5 +81,7 @@ def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, s
     if len(parts) == 1:
         out, lse = parts[0]
         return out.to(q.dtype), lse
-    out, lse = merge_attention_states_ref(*parts[0], *parts[1])
+    (o1, l1), (o2, l2) = parts  # exact merge: lse = log(e^l1 + e^l2), out = o2 + e^(l1 - lse) (o1 - o2)
+    lse = torch.logaddexp(l1, l2)
+    out = torch.addcmul(o2, torch.exp(l1 - lse)[..., None], o1 - o2)
     return out.to(q.dtype), lse

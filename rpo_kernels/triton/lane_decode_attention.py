@@ -32,7 +32,7 @@ def _tables(plan, rep: int, per_lane_p: int, per_lane_s: int, device, dtype):
     cached = plan.backend_cache.get(key)
     if cached is not None:
         return cached
-    p_lane, p_len, s_lane, s_len = (x.tolist() for x in plan.host)  # host tensors: no device synchronisation
+    p_lane, p_len, s_lane, s_len = plan.host  # host integers: no device synchronisation
     order = sorted(range(plan.num_queries), key=lambda i: p_lane[i])
     pseg, start = [], 0
     for j, i in enumerate(order):
