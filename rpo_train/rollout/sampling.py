@@ -74,7 +74,7 @@ def sample(logprobs: torch.Tensor, streams: list[NoiseStream] | None) -> torch.T
         streams: one ``NoiseStream`` per row, or None for greedy (argmax).
 
     Returns:
-        [N] int64 token ids on logprobs' device. Sampling is by the inverse CDF: with c = cumsum(p) in fp64 and one
+        [N] int64 token ids on logprobs' device. Sampling is by the inverse CDF: with c = cumsum(p) summed in fp64 and one
         u ~ U(0, 1) per row, the token is the first j with c_j > u * c_V (an exact draw from p; a token with p = 0
         never has c_j > c_{j-1}, so it is never chosen).
     """
@@ -82,7 +82,7 @@ def sample(logprobs: torch.Tensor, streams: list[NoiseStream] | None) -> torch.T
         return logprobs.argmax(dim=-1)
     if len(streams) != logprobs.shape[0]:
         raise ValueError(f"sample: {len(streams)} noise streams for {logprobs.shape[0]} rows")
-    cdf = logprobs.double().exp().cumsum(dim=-1)
+    cdf = torch.cumsum(logprobs.exp(), dim=-1, dtype=torch.float64)
     total = cdf[:, -1:]
     u = torch.tensor([s.next() for s in streams], dtype=torch.float64).to(logprobs.device)[:, None]
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
