@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,3 +57,12 @@ def check_index_range(name: str, value: torch.Tensor, upper: int) -> None:
     lo, hi = int(value.min()), int(value.max())
     if lo < 0 or hi >= upper:
         raise ValueError(f"argument '{name}' must hold indices in [0, {upper}), got values in [{lo}, {hi}]")
+
+
+def check_softmax_scale(value, head_dim: int) -> float:
+    """``softmax_scale`` argument: None -> 1/sqrt(head_dim); else a finite number > 0."""
+    if value is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"argument 'softmax_scale' must be a finite number > 0 or None, got {value!r}")
+    return float(value)

@@ -7,11 +7,9 @@ The math lives in ``rpo_kernels.reference.merge_attention_states`` and ``rpo_ker
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .._checks import FLOAT_DTYPES, check_tensor
+from .._checks import FLOAT_DTYPES, check_softmax_scale, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.merge_attention_states import merge_attention_states_ref
 from ..reference.shared_prefix_attention import RaggedLayout, shared_prefix_attention_ref
@@ -96,13 +94,7 @@ def validate_shared_prefix_inputs(q, prefix_k, prefix_v, prefix_indptr, suffix_k
             if query[i + 1] - query[i] > suffix[i + 1] - suffix[i]:
                 raise ValueError(f"argument 'q_indptr': sequence {i} has {query[i + 1] - query[i]} queries but only "
                                  f"{suffix[i + 1] - suffix[i]} suffix tokens; queries are the last suffix tokens")
-    if softmax_scale is None:
-        scale = 1.0 / math.sqrt(q.shape[2])
-    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not (
-            0 < softmax_scale < math.inf):
-        raise ValueError(f"argument 'softmax_scale' must be a finite number > 0 or None, got {softmax_scale!r}")
-    else:
-        scale = float(softmax_scale)
+    scale = check_softmax_scale(softmax_scale, q.shape[2])
     return RaggedLayout(group, prefix, suffix, query, q_indptr is None), scale
 
 

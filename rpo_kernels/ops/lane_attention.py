@@ -9,13 +9,12 @@ lane_decode_attention`` (same result as ``shared_prefix_attention`` on the packe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_tensor
+from .._checks import FLOAT_DTYPES, check_softmax_scale, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.lane_decode_attention import lane_decode_attention_ref
 from .attention import TRITON_MAX_HEAD_DIM
@@ -175,13 +174,7 @@ def lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: LaneP
     _check_lanes("suffix_v", suffix_v, q, plan.suffix_shape, hkv)
     if plan.prefix_rows.device != q.device:
         raise ValueError(f"argument 'plan' was made for {plan.prefix_rows.device}, 'q' is on {q.device}")
-    if softmax_scale is None:
-        scale = 1.0 / math.sqrt(q.shape[2])
-    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not (
-            0 < softmax_scale < math.inf):
-        raise ValueError(f"argument 'softmax_scale' must be a finite number > 0 or None, got {softmax_scale!r}")
-    else:
-        scale = float(softmax_scale)
+    scale = check_softmax_scale(softmax_scale, q.shape[2])
     chosen = resolve_backend("lane_decode_attention", q.device, backend, IMPLEMENTED)
     if chosen == "triton" and q.shape[2] > TRITON_MAX_HEAD_DIM:
         raise ValueError(f"argument 'q': the Triton kernels take head dims up to {TRITON_MAX_HEAD_DIM}, "

@@ -74,9 +74,9 @@ def sample(logprobs: torch.Tensor, streams: list[NoiseStream] | None) -> torch.T
         streams: one ``NoiseStream`` per row, or None for greedy (argmax).
 
     Returns:
-        [N] int64 token ids on logprobs' device. Sampling is by the inverse CDF: with c = cumsum(p) summed in fp64 and one
-        u ~ U(0, 1) per row, the token is the first j with c_j > u * c_V (an exact draw from p; a token with p = 0
-        never has c_j > c_{j-1}, so it is never chosen).
+        [N] int64 token ids on logprobs' device. Sampling is by the inverse CDF: with c = cumsum(p) summed in fp64
+        and one u ~ U(0, 1) per row, the token is the first j with c_j > u * c_V (an exact draw from p; a token with
+        p = 0 never has c_j > c_{j-1}, so it is never chosen).
     """
     if streams is None:
         return logprobs.argmax(dim=-1)
