@@ -12,7 +12,8 @@ from rpo_kernels.reference.lane_decode_attention import _FUSED_CPU, lane_decode_
 from .attention_cases import make_case, sdpa_oracle
 
 
-def to_lanes(case: dict, *, seed: int = 0, spare_lanes: int = 3, spare_cap: int = 5, device: str = "cpu"):
+def to_lanes(case: dict, *, seed: int = 0, spare_lanes: int = 3, spare_cap: int = 5, device: str = "cpu",
+             shuffle: bool = True):
     """The KV of a decode case placed in shuffled lanes (holes between them, capacity beyond the longest entry,
     garbage in unused slots) and the plan's arguments: each group's prefix in one prefix lane, each sequence's
     suffix in its own suffix lane."""
@@ -23,8 +24,8 @@ def to_lanes(case: dict, *, seed: int = 0, spare_lanes: int = 3, spare_cap: int 
     dtype = case["q"].dtype
     p_cap = max(prefix[i + 1] - prefix[i] for i in range(b)) + spare_cap
     s_cap = max(suffix[i + 1] - suffix[i] for i in range(n)) + spare_cap
-    p_lanes = torch.randperm(b + spare_lanes, generator=gen)[:b].tolist()
-    s_lanes = torch.randperm(n + spare_lanes, generator=gen)[:n].tolist()
+    p_lanes = torch.randperm(b + spare_lanes, generator=gen)[:b].tolist() if shuffle else list(range(b))
+    s_lanes = torch.randperm(n + spare_lanes, generator=gen)[:n].tolist() if shuffle else list(range(n))
     bufs = {k: torch.randn(b + spare_lanes, hkv, p_cap, d, generator=gen).to(dtype) for k in ("pk", "pv")}
     bufs.update({k: torch.randn(n + spare_lanes, hkv, s_cap, d, generator=gen).to(dtype) for k in ("sk", "sv")})
     args = dict(prefix_lane=[], prefix_length=[], suffix_lane=s_lanes, suffix_length=[])
@@ -69,6 +70,18 @@ def test_matches_fp64_oracle(glens, plens, slens, hq, hkv, d, dtype, fused):
         _, ref_lse = rpo_kernels.shared_prefix_attention(**case, softmax_scale=0.3, return_lse=True,
                                                          backend="reference")
         torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_queries_in_lane_order_skip_the_scatter():
+    """Groups in lane order, all of one size, each sequence on the lane of its position: the plan leaves the row
+    indices out (no scatter or gather of queries) and the result is the oracle's."""
+    case = make_case([4, 4, 4], [9, 30, 2], 4, 2, 16, seed=5)
+    bufs, plan = to_lanes(case, spare_lanes=0, shuffle=False)
+    assert plan.prefix_rows is None and plan.suffix_rows is None
+    out = lane_decode_attention(case["q"], bufs["pk"], bufs["pv"], bufs["sk"], bufs["sv"], plan)
+    torch.testing.assert_close(out.double(), sdpa_oracle(case), atol=1e-5, rtol=1e-5)
+    _, shuffled = to_lanes(case, seed=1)
+    assert shuffled.prefix_rows is not None and shuffled.suffix_rows is not None
 
 
 def test_plan_is_shared_by_layers_and_reads_in_place():

@@ -27,7 +27,8 @@ class LanePlan:
     """Where the queries of one decode step go (built by ``plan_lane_decode``; read-only, shared by all layers).
 
     prefix_lo, prefix_lanes: the prefix lanes read, ``prefix_lo:prefix_lo + prefix_lanes``; group_width: queries per
-    prefix lane at most; prefix_rows [N] int64: query n's row ``(lane - prefix_lo) * group_width + rank``;
+    prefix lane at most; prefix_rows [N] int64: query n's row ``(lane - prefix_lo) * group_width + rank`` (None
+    when that is n: the queries come group by group in lane order, every lane full);
     prefix_len: keys read per prefix lane (the longest prefix); prefix_bias [prefix_lanes, 1, 1, prefix_len] fp32,
     0 for a stored key, -inf past the lane's length; prefix_has_keys [prefix_lanes] bool: the lane's length > 0 (None
     when every lane in the range has keys).
@@ -41,13 +42,13 @@ class LanePlan:
     prefix_lo: int
     prefix_lanes: int
     group_width: int
-    prefix_rows: torch.Tensor
+    prefix_rows: torch.Tensor | None
     prefix_len: int
     prefix_bias: torch.Tensor
     prefix_has_keys: torch.Tensor | None
     suffix_lo: int
     suffix_lanes: int
-    suffix_rows: torch.Tensor
+    suffix_rows: torch.Tensor | None
     suffix_len: int
     suffix_bias: torch.Tensor
     suffix_has_keys: torch.Tensor | None
@@ -117,8 +118,9 @@ def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], s
             raise ValueError(f"query {i} has an empty prefix and an empty suffix: it attends to nothing")
     width = max(seen)
     p_max, s_max = max(p_len), max(s_len)
-    ints = torch.tensor([(lane - p_lo) * width + r for lane, r in zip(p_lane, rank)]
-                        + [lane - s_lo for lane in s_lane] + lens + s_lens)
+    p_row_ids = [(lane - p_lo) * width + r for lane, r in zip(p_lane, rank)]
+    s_row_ids = [lane - s_lo for lane in s_lane]
+    ints = torch.tensor(p_row_ids + s_row_ids + lens + s_lens)
     p_lens_t, s_lens_t = ints[2 * n:2 * n + p_count], ints[2 * n + p_count:]
     keys_p, keys_s = torch.arange(p_max), torch.arange(s_max)
     biases = torch.cat([torch.where(keys_p < p_lens_t[:, None], 0.0, float("-inf")).flatten(),
@@ -128,8 +130,10 @@ def plan_lane_decode(prefix_lane: Sequence[int], prefix_length: Sequence[int], s
     p_bias, s_bias = biases[:p_count * p_max], biases[p_count * p_max:p_count * p_max + s_count * s_max]
     has_keys = biases[p_count * p_max + s_count * s_max:] > 0
     host = (tuple(p_lane), tuple(p_len), tuple(s_lane), tuple(s_len))
-    return LanePlan(n, p_lo, p_count, width, rows[:n], p_max, p_bias.view(p_count, 1, 1, p_max),
-                    None if min(lens) > 0 else has_keys[:p_count], s_lo, s_count, rows[n:], s_max,
+    p_rows = None if p_count * width == n and p_row_ids == list(range(n)) else rows[:n]
+    s_rows = None if s_count == n and s_row_ids == list(range(n)) else rows[n:]
+    return LanePlan(n, p_lo, p_count, width, p_rows, p_max, p_bias.view(p_count, 1, 1, p_max),
+                    None if min(lens) > 0 else has_keys[:p_count], s_lo, s_count, s_rows, s_max,
                     s_bias.view(s_count, 1, 1, s_max), None if min(s_lens) > 0 else has_keys[p_count:],
                     (prefix_shape[0], prefix_shape[1]), (suffix_shape[0], suffix_shape[1]), host)
 
@@ -172,8 +176,8 @@ def lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: LaneP
     _check_lanes("prefix_v", prefix_v, q, plan.prefix_shape, hkv)
     _check_lanes("suffix_k", suffix_k, q, plan.suffix_shape, hkv)
     _check_lanes("suffix_v", suffix_v, q, plan.suffix_shape, hkv)
-    if plan.prefix_rows.device != q.device:
-        raise ValueError(f"argument 'plan' was made for {plan.prefix_rows.device}, 'q' is on {q.device}")
+    if plan.suffix_bias.device != q.device:
+        raise ValueError(f"argument 'plan' was made for {plan.suffix_bias.device}, 'q' is on {q.device}")
     scale = check_softmax_scale(softmax_scale, q.shape[2])
     chosen = resolve_backend("lane_decode_attention", q.device, backend, IMPLEMENTED)
     if chosen == "triton" and q.shape[2] > TRITON_MAX_HEAD_DIM:

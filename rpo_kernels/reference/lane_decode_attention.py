@@ -62,22 +62,24 @@ def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, s
     parts = []
     if plan.prefix_len:
         a, g = plan.prefix_lanes, plan.group_width
-        rows = q.new_zeros(a * g, hq, d).index_copy_(0, plan.prefix_rows, q)
+        idx = plan.prefix_rows  # None: query n is row n (groups in lane order, all full)
+        rows = q if idx is None else q.new_zeros(a * g, hq, d).index_copy_(0, idx, q)
         rows = rows.view(a, g, hkv, rep, d).transpose(1, 2).reshape(a, hkv, g * rep, d)
         lanes = slice(plan.prefix_lo, plan.prefix_lo + a)
         out, lse = _part(rows, prefix_k[lanes, :, :plan.prefix_len], prefix_v[lanes, :, :plan.prefix_len],
                          plan.prefix_bias, plan.prefix_has_keys, scale, fused)
-        out = out.view(a, hkv, g, rep, d).transpose(1, 2).reshape(a * g, hq, d).index_select(0, plan.prefix_rows)
-        lse = lse.view(a, hkv, g, rep).transpose(1, 2).reshape(a * g, hq).index_select(0, plan.prefix_rows)
-        parts.append((out, lse))
+        out = out.view(a, hkv, g, rep, d).transpose(1, 2).reshape(a * g, hq, d)
+        lse = lse.view(a, hkv, g, rep).transpose(1, 2).reshape(a * g, hq)
+        parts.append((out, lse) if idx is None else (out.index_select(0, idx), lse.index_select(0, idx)))
     if plan.suffix_len:
         c = plan.suffix_lanes
-        rows = q.new_zeros(c, hq, d).index_copy_(0, plan.suffix_rows, q).view(c, hkv, rep, d)
+        idx = plan.suffix_rows  # None: query n reads lane suffix_lo + n
+        rows = (q if idx is None else q.new_zeros(c, hq, d).index_copy_(0, idx, q)).view(c, hkv, rep, d)
         lanes = slice(plan.suffix_lo, plan.suffix_lo + c)
         out, lse = _part(rows, suffix_k[lanes, :, :plan.suffix_len], suffix_v[lanes, :, :plan.suffix_len],
                          plan.suffix_bias, plan.suffix_has_keys, scale, fused)
-        parts.append((out.reshape(c, hq, d).index_select(0, plan.suffix_rows),
-                      lse.reshape(c, hq).index_select(0, plan.suffix_rows)))
+        out, lse = out.reshape(c, hq, d), lse.reshape(c, hq)
+        parts.append((out, lse) if idx is None else (out.index_select(0, idx), lse.index_select(0, idx)))
     if len(parts) == 1:
         out, lse = parts[0]
         return out.to(q.dtype), lse
