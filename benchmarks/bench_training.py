@@ -78,15 +78,17 @@ def plan(study: str, arms: list[str], seeds: list[int], length_aware: str, sweep
 
 
 def run_one(recipe: str, arm: str, seed: int, length_aware: bool, extra: dict, steps: int, work: Path,
-            threads: int) -> dict:
-    """Train one run in its own process (resumed when ``work`` already holds its checkpoint); its summary + curve."""
+            threads: int, eval_every: int | None = None) -> dict:
+    """Train one run in its own process (resumed when ``work`` already holds its checkpoint); its summary + curve.
+    ``eval_every`` overrides the recipe's evaluation period (not part of the run's name: it changes no update)."""
     algorithm, rollout = ARMS[arm]
     name = run_name(arm, seed, length_aware, extra)
     out = work / name
     cmd = [sys.executable, "-m", "rpo_train.cli", "--recipe", recipe, f"out_dir={out}", f"seed={seed}",
            f"steps={steps}",
            f"objective.algorithm={algorithm}", f"objective.rollout={rollout}",
-           f"objective.length_aware={str(length_aware).lower()}", *(f"{k}={v}" for k, v in extra.items())]
+           f"objective.length_aware={str(length_aware).lower()}", *(f"{k}={v}" for k, v in extra.items()),
+           *([f"eval_every={eval_every}"] if eval_every else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length-aware", choices=["on", "off", "both"], default=None,
                         help="default: both for the grid, on for the sweeps")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="held-out evaluation every N steps (default: the recipe's eval_every)")
     parser.add_argument("--cuts", type=int, nargs="*", default=[8, 16, 32], help="fixed L of the truncation sweep")
     parser.add_argument("--factors", type=float, nargs="*", default=[0.5, 1.0],
                         help="dynamic L = factor x l of the truncation sweep")
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         if (runs_dir / f"{name}.jsonl").is_file() and not args.redo:
             print(f"{name}: done before, skipped", flush=True)
             continue
-        result = run_one(args.recipe, arm, seed, flag, extra, args.steps, work, args.threads)
+        result = run_one(args.recipe, arm, seed, flag, extra, args.steps, work, args.threads, args.eval_every)
         save_run(result, recipe_name, arm, seed, flag, extra, args.steps, out_dir / "runs.csv", runs_dir)
         s = result["summary"]
         print(f"{name}: acc {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, "
