@@ -97,7 +97,7 @@ class OptimConfig:
                  f"optim.micro_batch must be an int >= 1, got {self.micro_batch!r}")
 
 
-DATA_TASKS = ("recurrence", "addition", "hf", "reasoning_gym")
+DATA_TASKS = ("recurrence", "recurrence_sum", "addition", "hf", "reasoning_gym")
 ANSWER_FORMATS = ("tag", "line")
 
 
