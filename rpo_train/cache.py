@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_write
 from .errors import UsageError, check_types, one_line
 
-FORMAT = "rpo-experience-cache/1"
-TRUNCATION_MODES = ("fixed", "dynamic")
+FORMAT = "rpo-experience-cache/2"
+OLD_FORMATS = ("rpo-experience-cache/1",)  # read with unknown writer log-probs (NaN) and no reuses
 
 
 def question_id(prompt_ids: list[int]) -> str:
@@ -31,7 +31,14 @@ def question_id(prompt_ids: list[int]) -> str:
 
 @dataclass
 class CacheEntry:
-    """One cached response. ``group_min_len`` is the shortest full response of the question's last group."""
+    """One cached response.
+
+    ``logprobs`` [len(response_ids)]: each token's log-probability under the policy that wrote it (the sampler's, at
+    the rollout temperature; NaN where unknown), kept with the token when a later group keeps it in its prefix.
+    ``reuses``: groups that re-used a prefix of this body since a full-path rollout wrote it (0 after init or a
+    refresh). ``group_min_len``: the shortest full response of the question's last group. ``cut_limit``: the
+    question's L under ``truncation.mode: adaptive``.
+    """
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -39,44 +46,64 @@ class CacheEntry:
     correct: bool
     step: int
     group_min_len: int
+    logprobs: list[float] = field(default_factory=list)
+    reuses: int = 0
+    cut_limit: float = 0.0
+
+    def __post_init__(self):
+        if not self.logprobs:
+            self.logprobs = [float("nan")] * len(self.response_ids)
+        if len(self.logprobs) != len(self.response_ids):
+            raise ValueError(f"CacheEntry: {len(self.response_ids)} response ids but {len(self.logprobs)} logprobs")
 
     @property
     def length(self) -> int:
         return len(self.response_ids)
 
 
-@dataclass(frozen=True)
-class TruncationConfig:
-    """How many tokens m ~ U{0..L} to cut from the end of a cached response.
+DRIFT_STATS = ("kl", "m2")
 
-    mode "fixed": L = ``max_cut``. mode "dynamic": L = ``factor`` * l, l = the shortest response of the question's
-    last group (its cached length before the first update). ``factor`` is 0.5 or 1.0 in the paper.
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The ``cache:`` section: the paper's cache, and the guard against drift of its kept prefixes.
+
+    - ``epsilon``: after each step a question's entry becomes its group's best response with this probability, else
+      a random one (0.5 in the paper);
+    - ``init_path``: start from a saved cache instead of sampling one; ``resample_no_answer`` = k: at the init, a
+      response without a final answer is sampled again, up to k times;
+    - the refresh (``rpo_train.drift``): a question's group runs the full path from its prompt (a fresh response
+      from the current policy, which the cache then takes) when its entry's drift statistic ``refresh_stat`` ("kl":
+      mean log p_writer - log p_now over the body, an estimate of KL(writer || now); "m2": mean squared log-ratio,
+      M2PO's second moment) exceeds ``refresh_drift`` (0: off), when its body has been re-used ``max_reuses`` times
+      (0: off), and for a random ``full_share`` of the groups (Kimi k1.5's mix of fresh and partial rollouts).
     """
 
-    mode: str = "fixed"
-    max_cut: int = 300
-    factor: float = 0.5
+    epsilon: float = 0.5
+    init_path: str | None = None
+    resample_no_answer: int = 0
+    refresh_stat: str = "m2"
+    refresh_drift: float = 0.0
+    max_reuses: int = 0
+    full_share: float = 0.0
 
     def __post_init__(self):
-        check_types(self, "truncation")
-        if self.mode not in TRUNCATION_MODES:
-            raise UsageError(f"truncation.mode must be one of {TRUNCATION_MODES}, got {self.mode!r}")
-        if not isinstance(self.max_cut, int) or self.max_cut < 0:
-            raise UsageError(f"truncation.max_cut must be an int >= 0, got {self.max_cut!r}")
-        if not 0.0 < self.factor <= 1.0:
-            raise UsageError(f"truncation.factor must be in (0, 1], got {self.factor!r}")
+        check_types(self, "cache")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise UsageError(f"cache.epsilon must be in [0, 1], got {self.epsilon}")
+        if self.resample_no_answer < 0 or self.max_reuses < 0:
+            raise UsageError(f"cache.resample_no_answer and cache.max_reuses must be ints >= 0, got "
+                             f"{self.resample_no_answer}, {self.max_reuses}")
+        if self.refresh_stat not in DRIFT_STATS:
+            raise UsageError(f"cache.refresh_stat must be one of {DRIFT_STATS}, got {self.refresh_stat!r}")
+        if self.refresh_drift < 0:
+            raise UsageError(f"cache.refresh_drift must be >= 0 (0 turns it off), got {self.refresh_drift}")
+        if not 0.0 <= self.full_share <= 1.0:
+            raise UsageError(f"cache.full_share must be in [0, 1], got {self.full_share}")
 
-    def limit(self, entry: CacheEntry) -> int:
-        """L for this entry."""
-        if self.mode == "fixed":
-            return self.max_cut
-        return int(self.factor * entry.group_min_len)
-
-    def cut(self, entry: CacheEntry, rng: random.Random) -> tuple[list[int], int]:
-        """(prefix, m): m ~ U{0..L}, prefix = response minus its last m tokens (empty when m >= its length)."""
-        m = rng.randint(0, self.limit(entry))
-        keep = max(entry.length - m, 0)
-        return entry.response_ids[:keep], m
+    @property
+    def refreshes(self) -> bool:
+        return bool(self.refresh_drift or self.max_reuses or self.full_share)
 
 
 @dataclass
@@ -102,20 +129,25 @@ class ExperienceCache:
         return entry
 
     def put(self, qid: str, prompt_ids: list[int], response_ids: list[int], *, reward: float, correct: bool,
-            step: int, group_min_len: int | None = None) -> None:
-        """Store (overwrite) the response of ``qid``."""
+            step: int, group_min_len: int | None = None, logprobs: list[float] | None = None, reuses: int = 0,
+            cut_limit: float = 0.0) -> None:
+        """Store (overwrite) the response of ``qid`` (``logprobs``: its writers' log-probs, NaN when unknown)."""
         if reward != reward:
             raise ValueError(f"question id {qid!r}: reward is NaN")
         response_ids = [int(t) for t in response_ids]
         self.entries[qid] = CacheEntry([int(t) for t in prompt_ids], response_ids, float(reward), bool(correct),
-                                       int(step), len(response_ids) if group_min_len is None else int(group_min_len))
+                                       int(step), len(response_ids) if group_min_len is None else int(group_min_len),
+                                       [float(x) for x in logprobs or []], int(reuses), float(cut_limit))
 
     def update_from_group(self, qid: str, prompt_ids: list[int], responses: list[list[int]], rewards: list[float],
-                          correct: list[bool], step: int, epsilon: float, rng: random.Random) -> int:
+                          correct: list[bool], step: int, epsilon: float, rng: random.Random, *,
+                          logprobs: list[list[float]] | None = None, reuses: int = 0,
+                          cut_limit: float = 0.0) -> int:
         """Epsilon-greedy update after an optimisation step; returns the index of the stored response.
 
         With probability ``epsilon`` the best response (highest reward, ties broken at random), else a uniformly
-        random one of the group. ``group_min_len`` becomes the group's shortest response.
+        random one of the group. ``group_min_len`` becomes the group's shortest response; ``logprobs`` (one list
+        per response), ``reuses`` and ``cut_limit`` are stored with it.
         """
         if not responses or not (len(responses) == len(rewards) == len(correct)):
             raise ValueError(f"question id {qid!r}: responses, rewards and correct must be equal, non-empty lists")
@@ -127,7 +159,8 @@ class ExperienceCache:
         else:
             pick = rng.randrange(len(responses))
         self.put(qid, prompt_ids, responses[pick], reward=rewards[pick], correct=correct[pick], step=step,
-                 group_min_len=min(len(r) for r in responses))
+                 group_min_len=min(len(r) for r in responses), logprobs=logprobs[pick] if logprobs else None,
+                 reuses=reuses, cut_limit=cut_limit)
         return pick
 
     def digest(self) -> str:
@@ -135,16 +168,18 @@ class ExperienceCache:
         h = hashlib.blake2b(digest_size=16)
         for qid in sorted(self.entries):
             e = self.entries[qid]
-            h.update(repr((qid, e.prompt_ids, e.response_ids, e.reward, e.correct, e.step, e.group_min_len)).encode())
+            h.update(repr((qid, e.prompt_ids, e.response_ids, e.reward, e.correct, e.step, e.group_min_len,
+                           e.logprobs, e.reuses, e.cut_limit)).encode())
         return h.hexdigest()
 
     def metrics(self, step: int) -> dict[str, float]:
-        """Mean length, share of correct entries and mean age (steps since written)."""
+        """Mean length, share of correct entries, mean age (steps since written) and mean body reuses."""
         n = max(len(self.entries), 1)
         values = list(self.entries.values())
         return {"cache/mean_length": sum(e.length for e in values) / n,
                 "cache/correct_share": sum(e.correct for e in values) / n,
                 "cache/mean_age": sum(step - e.step for e in values) / n,
+                "cache/mean_reuses": sum(e.reuses for e in values) / n,
                 "cache/entries": float(len(values))}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -152,25 +187,29 @@ class ExperienceCache:
         qids = list(self.entries)
         values = [self.entries[q] for q in qids]
 
-        def flat(lists):
+        def flat(lists, dtype=torch.int64):
             offsets = torch.tensor([0] + [len(x) for x in lists], dtype=torch.int64).cumsum(0)
-            data = torch.tensor([t for x in lists for t in x], dtype=torch.int64)
+            data = torch.tensor([t for x in lists for t in x], dtype=dtype)
             return data, offsets
 
         prompts, prompt_off = flat([e.prompt_ids for e in values])
         responses, response_off = flat([e.response_ids for e in values])
+        logprobs, _ = flat([e.logprobs for e in values], torch.float64)
         tensors = {"prompt_ids": prompts, "prompt_offsets": prompt_off, "response_ids": responses,
-                   "response_offsets": response_off,
+                   "response_offsets": response_off, "logprobs": logprobs,
                    "reward": torch.tensor([e.reward for e in values], dtype=torch.float64),
                    "correct": torch.tensor([e.correct for e in values], dtype=torch.uint8),
                    "step": torch.tensor([e.step for e in values], dtype=torch.int64),
-                   "group_min_len": torch.tensor([e.group_min_len for e in values], dtype=torch.int64)}
+                   "group_min_len": torch.tensor([e.group_min_len for e in values], dtype=torch.int64),
+                   "reuses": torch.tensor([e.reuses for e in values], dtype=torch.int64),
+                   "cut_limit": torch.tensor([e.cut_limit for e in values], dtype=torch.float64)}
         meta = {"format": FORMAT, "qids": json.dumps(qids)}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExperienceCache:
-        """Read a cache written by ``save``; clear errors for a missing or foreign file."""
+        """Read a cache written by ``save`` (or by the previous format); clear errors for a missing or foreign
+        file."""
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"experience cache file not found: {path}")
@@ -182,7 +221,7 @@ class ExperienceCache:
             t = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure to parse the user's file is reported with its path
             raise UsageError(f"experience cache {path}: not a readable safetensors file ({one_line(exc)})") from exc
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in (FORMAT, *OLD_FORMATS):
             raise UsageError(f"{path} is not an rpo experience cache (format {meta.get('format')!r}, "
                              f"expected {FORMAT!r})")
         qids = json.loads(meta["qids"])
@@ -194,6 +233,11 @@ class ExperienceCache:
 
         prompts = split(t["prompt_ids"], t["prompt_offsets"])
         responses = split(t["response_ids"], t["response_offsets"])
+        n = len(qids)
+        logprobs = split(t["logprobs"], t["response_offsets"]) if "logprobs" in t else [[]] * n
+        reuses = t["reuses"].tolist() if "reuses" in t else [0] * n
+        limits = t["cut_limit"].tolist() if "cut_limit" in t else [0.0] * n
         entries = {q: CacheEntry(prompts[i], responses[i], float(t["reward"][i]), bool(t["correct"][i]),
-                                 int(t["step"][i]), int(t["group_min_len"][i])) for i, q in enumerate(qids)}
+                                 int(t["step"][i]), int(t["group_min_len"][i]), logprobs[i], int(reuses[i]),
+                                 float(limits[i])) for i, q in enumerate(qids)}
         return cls(entries)

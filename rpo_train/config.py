@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from .cache import TruncationConfig
+from .cache import CacheConfig
+from .cuts import TruncationConfig
 from .errors import UsageError, check_types
 from .objectives import ObjectiveConfig
 
@@ -160,15 +161,13 @@ class RunConfig:
     eval_every: int = 20
     eval_max_new_tokens: int = 128
     save_every: int = 20
-    cache_epsilon: float = 0.5
-    cache_init_path: str | None = None
-    cache_resample_no_answer: int = 0
     reward: str = "exact"
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     truncation: TruncationConfig = field(default_factory=TruncationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
         check_types(self)
@@ -182,9 +181,6 @@ class RunConfig:
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
-        _require(0.0 <= self.cache_epsilon <= 1.0, f"cache_epsilon must be in [0, 1], got {self.cache_epsilon}")
-        _require(isinstance(self.cache_resample_no_answer, int) and self.cache_resample_no_answer >= 0,
-                 f"cache_resample_no_answer must be an int >= 0, got {self.cache_resample_no_answer!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -202,13 +198,18 @@ class RunConfig:
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 SECTIONS = {"data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig, "objective": ObjectiveConfig,
-            "truncation": TruncationConfig}
+            "truncation": TruncationConfig, "cache": CacheConfig}
+MOVED = {"cache_epsilon": "cache.epsilon", "cache_init_path": "cache.init_path",
+         "cache_resample_no_answer": "cache.resample_no_answer"}
 
 
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise UsageError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
+    moved = sorted(k for k in values if cls is RunConfig and k in MOVED)
+    if moved:
+        raise UsageError(f"{where}: key {moved[0]!r} is now {MOVED[moved[0]]!r} (the cache: section)")
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UsageError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")

@@ -92,6 +92,26 @@ def sequence_logprobs(model: torch.nn.Module, batch: PolicyBatch, temperature: f
     return logp
 
 
+@torch.no_grad()
+def response_logprobs(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                      temperature: float = 1.0) -> list[tuple[list[float], list[float]]]:
+    """The policy's (log-probs, entropies) of each response token given its prompt, one plain no-grad forward.
+
+    ``log p_t = log_softmax(z_t / T)[a_t]`` and ``H_t = -sum softmax(z_t / T) log softmax(z_t / T)`` at the
+    position that predicts response token a_t: the drift probe's reading of cached responses (``rpo_train.drift``).
+    """
+    batch = build_batch([PolicySample(p, [], r) for p, r in zip(prompts, responses)], pad_id)
+    batch = batch.to(next(model.parameters()).device)
+    hidden = final_hidden(model, batch)
+    weight = model.get_output_embeddings().weight.to(hidden.dtype)
+    active = batch.loss_mask
+    logp, entropy = rpo_kernels.token_logprobs(hidden[active], weight, batch.targets[active],
+                                               temperature=temperature, return_entropy=True)
+    sizes = [len(r) for r in responses]
+    logp, entropy = logp.float().cpu().split(sizes), entropy.float().cpu().split(sizes)
+    return [(a.tolist(), b.tolist()) for a, b in zip(logp, entropy)]
+
+
 def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advantages: torch.Tensor,
                 objective: ObjectiveConfig, *, old_logprobs: torch.Tensor | None = None,
                 ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0, max_response_len: int | None = None,

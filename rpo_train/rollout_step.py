@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .cache import ExperienceCache, TruncationConfig
+from .cache import ExperienceCache
 from .config import RunConfig
 from .distributed import DistContext
+from .drift import Drift, measure, refresh_reason
 from .objectives import group_advantages
 from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
 from .seeding import derive_seed
@@ -49,7 +50,10 @@ def build_engine(cfg: RunConfig, model):
 @dataclass
 class Group:
     """The G scored responses to one question. responses = prefix + suffix_i (token ids, prompt excluded); ``cut`` =
-    the m tokens cut from the end of the cached response (0 on the full path)."""
+    the m tokens cut from the end of the cached response (0 on the full path). ``logprobs`` per response: the
+    writers' log-probs of the kept prefix (from the cache) + the sampler's of the suffix. ``refresh``: why the group
+    ran the full path in an RPO run (``rpo_train.drift.REASONS``), else None; ``drift``: its entry's drift before
+    the step; ``reuses``/``cut_limit``: what the cache stores with the group's chosen response."""
 
     row: dict
     qid: str
@@ -60,43 +64,74 @@ class Group:
     rewards: list[float]
     correct: list[bool]
     seed: int = 0
+    prefix_logprobs: list[float] = field(default_factory=list)
+    suffix_logprobs: list[list[float]] = field(default_factory=list)
+    refresh: str | None = None
+    drift: Drift | None = None
+    reuses: int = 0
+    cut_limit: float = 0.0
 
     @property
     def responses(self) -> list[list[int]]:
         return [self.prefix_ids + s for s in self.suffixes]
 
     @property
+    def logprobs(self) -> list[list[float]]:
+        return [self.prefix_logprobs + s for s in self.suffix_logprobs]
+
+    @property
     def zero_variance(self) -> bool:
         return len(set(self.rewards)) == 1
 
 
+@dataclass
+class GroupPlan:
+    """What one group samples: ``prefix`` (with its writers' log-probs), the cut m, the suffix budget, and the
+    cache bookkeeping that goes with it (see ``Group``)."""
+
+    prefix: list[int]
+    prefix_logprobs: list[float]
+    cut: int
+    budget: int
+    refresh: str | None = None
+    drift: Drift | None = None
+    reuses: int = 0
+    cut_limit: float = 0.0
+
+
 def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                  truncation: TruncationConfig, rngs: list[random.Random]) -> tuple[list[list[int]], list[int],
-                                                                                   list[int]]:
-    """(prefixes, cuts m, suffix budgets) of a batch, row i cut with ``rngs[i]``. m = 0 is raised to 1: with nothing
-    cut, every sample would repeat the cached response and the group would carry no signal."""
-    prefixes, cuts, budgets = [], [], []
-    for row, rng in zip(rows, rngs):
+                  seeds: list[int], probes: list[tuple[list[float], list[float]]] | None = None) -> list[GroupPlan]:
+    """The plan of each row, row i cut with its seed ``seeds[i]``. ``probes[i]``: the current policy's (log-probs,
+    entropies) of row i's cached response (``rpo_train.policy.response_logprobs``), which measure its drift and
+    place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every
+    sample would repeat the cached response and the group would carry no signal."""
+    plans = []
+    full_budget = cfg.rollout.max_response_len
+    for i, (row, seed) in enumerate(zip(rows, seeds)):
         if cfg.objective.rollout == "full":
-            prefixes.append([])
-            cuts.append(0)
-            budgets.append(cfg.rollout.max_response_len)
+            plans.append(GroupPlan([], [], 0, full_budget))
             continue
         entry = cache.get(row["qid"], prompts[row["qid"]])
-        prefix, m = truncation.cut(entry, rng)
+        now, entropy = probes[i] if probes is not None else (None, None)
+        drift = measure(entry.logprobs, now) if now is not None else None
+        reason = refresh_reason(entry, drift, cfg.cache, random.Random(derive_seed(seed, "refresh")))
+        if reason is not None:
+            plans.append(GroupPlan([], [], 0, full_budget, reason, drift, 0, entry.cut_limit))
+            continue
+        prefix, m = cfg.truncation.cut(entry, random.Random(derive_seed(seed, "cut")), entropy)
         if m == 0:
             prefix, m = entry.response_ids[:-1], 1
         budget = m if cfg.rollout.suffix_budget == "m" else cfg.rollout.suffix_budget
-        budget = max(1, min(budget, cfg.rollout.max_response_len - len(prefix)))
-        prefixes.append(prefix)
-        cuts.append(m)
-        budgets.append(budget)
-    return prefixes, cuts, budgets
+        budget = max(1, min(budget, full_budget - len(prefix)))
+        plans.append(GroupPlan(prefix, entry.logprobs[:len(prefix)], m, budget, None, drift, entry.reuses + 1,
+                               entry.cut_limit))
+    return plans
 
 
-def score(row: dict, prompt_ids: list[int], prefix: list[int], cut: int, completions, tokenizer, reward_fn: RewardFn,
+def score(row: dict, prompt_ids: list[int], plan: GroupPlan, completions, tokenizer, reward_fn: RewardFn,
           cfg: RunConfig) -> Group:
     """Rewards of one group: correctness on the decoded full response, then length-aware and overlong shaping."""
+    prefix = plan.prefix
     suffixes = [list(c.token_ids) for c in completions]
     rewards, correct = [], []
     for s in suffixes:
@@ -111,23 +146,28 @@ def score(row: dict, prompt_ids: list[int], prefix: list[int], cut: int, complet
                                         cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
     if any(r != r for r in rewards):
         raise ValueError(f"question {row['id']!r}: a reward is NaN; check the reward function")
-    return Group(row, row["qid"], prompt_ids, prefix, cut, suffixes, rewards, correct)
+    return Group(row, row["qid"], prompt_ids, prefix, plan.cut, suffixes, rewards, correct,
+                 prefix_logprobs=plan.prefix_logprobs, suffix_logprobs=[list(c.logprobs) for c in completions],
+                 refresh=plan.refresh, drift=plan.drift, reuses=plan.reuses, cut_limit=plan.cut_limit)
 
 
 def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int]) -> list[Group]:
+                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int], probe=None) -> list[Group]:
     """Sample and score one group per row, row i from ``seeds[i]`` (prefix KV of each group computed once, under
-    the current weights)."""
+    the current weights). ``probe(prompts, responses)`` (an RPO run's drift probe) reads the rows' cached responses
+    under the current policy first; it is called even with no rows, so that sharded layers meet on every rank."""
+    probes = None
+    if cfg.objective.rollout == "rpo" and probe is not None:
+        entries = [cache.get(r["qid"], prompts[r["qid"]]) for r in rows]
+        probes = probe([e.prompt_ids for e in entries], [e.response_ids for e in entries])
     if not rows:
         return []
-    rngs = [random.Random(derive_seed(s, "cut")) for s in seeds]
-    prefixes, cuts, budgets = plan_prefixes(rows, prompts, cache, cfg, cfg.truncation, rngs)
-    out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=prefixes, n=cfg.rollout.group_size,
-                          max_new_tokens=budgets, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                          top_k=cfg.rollout.top_k, seed=[derive_seed(s, "sample") for s in seeds],
-                          stop_token_ids=stop_ids)
-    groups = [score(r, prompts[r["qid"]], p, m, comps, tokenizer, reward_fn, cfg)
-              for r, p, m, comps in zip(rows, prefixes, cuts, out)]
+    plans = plan_prefixes(rows, prompts, cache, cfg, seeds, probes)
+    out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=[p.prefix for p in plans],
+                          n=cfg.rollout.group_size, max_new_tokens=[p.budget for p in plans],
+                          temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                          seed=[derive_seed(s, "sample") for s in seeds], stop_token_ids=stop_ids)
+    groups = [score(r, prompts[r["qid"]], p, comps, tokenizer, reward_fn, cfg) for r, p, comps in zip(rows, plans, out)]
     for g, s in zip(groups, seeds):
         g.seed = s
     return groups
@@ -167,16 +207,16 @@ def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:
 def initial_responses(engine, rows: list[dict], prompts: dict[str, list[int]], cfg: RunConfig, tokenizer,
                       reward_fn: RewardFn, stop_ids: list[int], dist: DistContext, batch: int = 64) -> list[tuple]:
     """The cache init: one sampled response per row from the initial policy (not filtered for correctness), as
-    (token ids, reward, correct, tokens generated) per row, the same list on every rank.
+    (token ids, reward, correct, tokens generated, the sampler's log-probs) per row, the same list on every rank.
 
-    Each rank samples its share, row i seeded from (run seed, attempt, i). With ``cache_resample_no_answer = k``, a
+    Each rank samples its share, row i seeded from (run seed, attempt, i). With ``cache.resample_no_answer = k``, a
     response that states no final answer is sampled again, up to k more times.
     """
     from tqdm.auto import tqdm
 
     todo = dist.share(list(range(len(rows))))
     found: dict[int, tuple] = {}
-    for attempt in range(cfg.cache_resample_no_answer + 1):
+    for attempt in range(cfg.cache.resample_no_answer + 1):
         retry = []
         for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not dist.is_main):
             part = todo[i:i + batch]
@@ -189,7 +229,8 @@ def initial_responses(engine, rows: list[dict], prompts: dict[str, list[int]], c
                 text = tokenizer.decode(comp.token_ids, skip_special_tokens=True)
                 res = reward_fn(rows[j], text)
                 spent = found[j][3] if j in found else 0
-                found[j] = (list(comp.token_ids), res.reward, res.correct, spent + len(comp.token_ids))
+                found[j] = (list(comp.token_ids), res.reward, res.correct, spent + len(comp.token_ids),
+                            list(comp.logprobs))
                 if format_reward(rows[j], text).reward == 0:
                     retry.append(j)
         todo = retry

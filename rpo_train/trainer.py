@@ -21,9 +21,10 @@ from .cache import ExperienceCache
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
+from .drift import drift_metrics
 from .errors import UsageError
 from .metrics import MetricsLogger
-from .policy import PolicySample, build_batch, micro_batches, policy_loss, sequence_logprobs
+from .policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
 from .rollout_step import Group, advantages_of, collect_groups, initial_responses, rollout_groups
 from .run_inputs import load_run_inputs
 from .seeding import derive_seed
@@ -74,22 +75,25 @@ class Trainer:
         self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
         self.tokens_generated = 0
         # tokens and samples of the training steps' rollouts; the cache init's mean response length (a full-path
-        # sample's length under the initial policy)
-        self.rollout_counts = {"tokens": 0, "samples": 0, "init_mean_length": 0.0}
+        # sample's length under the initial policy); groups rolled out and how many of them were refreshes
+        self.rollout_counts = {"tokens": 0, "samples": 0, "init_mean_length": 0.0, "groups": 0, "refreshed": 0}
+        self.last_drift: dict[str, float] = {}
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
     def init_cache(self) -> None:
         """One sampled response per training question from the initial policy (``rollout_step.initial_responses``;
         each rank samples its share, every rank then holds the whole cache)."""
-        if self.cfg.cache_init_path:
-            self.cache = ExperienceCache.load(self.cfg.cache_init_path)
+        if self.cfg.cache.init_path:
+            self.cache = ExperienceCache.load(self.cfg.cache.init_path)
             return
         start = time.perf_counter()
         found = initial_responses(self.engine, self.train_rows, self.prompts, self.cfg, self.tokenizer, self.reward_fn,
                                   self.stop_ids, self.dist)
-        for row, (ids, reward, correct, generated) in zip(self.train_rows, found):
-            self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0)
+        limit = self.cfg.truncation.initial_limit()
+        for row, (ids, reward, correct, generated, logprobs) in zip(self.train_rows, found):
+            self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0,
+                           logprobs=logprobs, cut_limit=limit)
             self.tokens_generated += generated
         self.rollout_counts["init_mean_length"] = sum(len(f[0]) for f in found) / max(len(found), 1)
         self.timings["cache_init_s"] += time.perf_counter() - start
@@ -109,10 +113,15 @@ class Trainer:
 
         def rollout(rows, seeds):
             return rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
-                                  seeds, self.stop_ids)
+                                  seeds, self.stop_ids, probe=self._probe)
 
         kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         gen = [len(s) for g in rolled for s in g.suffixes]
+        rpo = cfg.objective.rollout == "rpo"
+        health = drift_metrics([g.drift for g in rolled], [g.refresh for g in rolled]) if rpo else {}
+        if rpo and cfg.truncation.mode == "adaptive":
+            health["rollout/cut_limit_mean"] = sum(g.cut_limit for g in rolled) / len(rolled)
+        self.last_drift = {k: v for k, v in health.items() if k.startswith("cache/drift_")} or self.last_drift
         stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
                  "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
                  "rollout/cut_len": sum(g.cut for g in rolled) / len(rolled),
@@ -120,11 +129,29 @@ class Trainer:
                  "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
                  "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
                  "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
-                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept))}
+                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept)), **health}
         self.tokens_generated += sum(gen)
         self.rollout_counts["tokens"] += sum(gen)
         self.rollout_counts["samples"] += len(gen)
+        self.rollout_counts["groups"] += len(rolled)
+        self.rollout_counts["refreshed"] += sum(g.refresh is not None for g in rolled)
         return kept, rolled, stats
+
+    def _autocast(self):
+        """bf16 autocast for fp32 master weights on a GPU (the fused loss accumulates in fp32), else nothing."""
+        on_gpu_fp32 = self.model.device.type == "cuda" and next(self.model.parameters()).dtype == torch.float32
+        return torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu_fp32 else contextlib.nullcontext()
+
+    def _probe(self, prompts: list[list[int]], responses: list[list[int]]) -> list[tuple]:
+        """The drift probe: the current policy's log-probs and entropies of cached responses (``rpo_train.drift``).
+        Under FSDP every rank runs one forward per call, a placeholder when it has no rows."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if not prompts and not self.sharded:
+            return []
+        with self._autocast():
+            out = response_logprobs(self.model, prompts or [[pad]], responses or [[pad]], pad,
+                                    self.cfg.rollout.temperature)
+        return out if prompts else []
 
     def _optimize(self, kept: list[Group]) -> dict:
         """One update on the global ``kept`` groups: this rank's share, loss weights over the global token (or
@@ -151,13 +178,10 @@ class Trainer:
         ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
                if self.ref_model is not None else [None] * len(batches))
         sums: dict[str, float] = {}
-        # fp32 master weights on a GPU: the forward runs under bf16 autocast (the fused loss accumulates in fp32).
-        on_gpu_fp32 = self.model.device.type == "cuda" and next(self.model.parameters()).dtype == torch.float32
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_gpu_fp32 else contextlib.nullcontext
         for _ in range(cfg.objective.mu):
             self.optimizer.zero_grad(set_to_none=True)
             for b, idx, size, o, r in zip(batches, micro, sizes, old, ref):
-                with autocast():
+                with self._autocast():
                     loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
                                                 ref_logprobs=r, temperature=cfg.rollout.temperature,
                                                 max_response_len=cfg.rollout.max_response_len,
@@ -194,8 +218,10 @@ class Trainer:
         t_train = time.perf_counter()
         self.step += 1
         for g in rolled:  # global and in one order: every rank's cache makes the same updates
+            limit = g.cut_limit if g.refresh else self.cfg.truncation.adapt(g.cut_limit, g.zero_variance)
             self.cache.update_from_group(g.qid, g.prompt_ids, g.responses, g.rewards, g.correct, self.step,
-                                         self.cfg.cache_epsilon, random.Random(derive_seed(g.seed, "cache")))
+                                         self.cfg.cache.epsilon, random.Random(derive_seed(g.seed, "cache")),
+                                         logprobs=g.logprobs, reuses=g.reuses, cut_limit=limit)
         self.timings["rollout_s"] += t_roll - start
         self.timings["train_s"] += t_train - t_roll
         return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start,
@@ -226,7 +252,7 @@ class Trainer:
                      "optimizer_state": full_optimizer_state(self.optimizer)}
         if self.dist.is_main:
             extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
-                     "rollout_counts": self.rollout_counts,
+                     "rollout_counts": self.rollout_counts, "last_drift": self.last_drift,
                      "config": self.cfg.to_dict()}
             path = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache,
                                    self.rng, extra, **whole)
@@ -247,7 +273,8 @@ class Trainer:
                                  "or the checkpoint's settings")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
-        self.rollout_counts = state.get("rollout_counts", self.rollout_counts)
+        self.rollout_counts = {**self.rollout_counts, **state.get("rollout_counts", {})}
+        self.last_drift = state.get("last_drift", {})
         self._push_weights()
         return True
 
@@ -291,7 +318,10 @@ class Trainer:
                        tokens_generated=self.tokens_generated, world_size=self.dist.world_size,
                        cache_digest=self.cache.digest(), **self.timings,
                        tokens_per_sample=counts["tokens"] / max(counts["samples"], 1),
-                       full_path_tokens_per_sample=counts["init_mean_length"] or None)
+                       full_path_tokens_per_sample=counts["init_mean_length"] or None,
+                       refreshes=counts.get("refreshed", 0),
+                       refresh_share=counts.get("refreshed", 0) / max(counts.get("groups", 0), 1),
+                       **{f"final_{k.split('/')[1]}": v for k, v in self.last_drift.items()})
         if self.logger is not None:
             self.logger.save_summary(summary)
             self.logger.plot()

@@ -108,7 +108,7 @@ CASES = [
     ("data-not-an-object", lambda w, t: _jsonl(t, "[1, 2]"), "d.jsonl: row 1 has no field 'question'"),
     ("data-empty", lambda w, t: _jsonl(t, ""), "no rows (the file is empty)"),
     ("prompt-too-long", lambda w, t: ["rollout.max_response_len=95"], "exceed the model's 96 positions"),
-    ("cache-init-missing", lambda w, t: [f"cache_init_path={t / 'cache.safetensors'}"],
+    ("cache-init-missing", lambda w, t: [f"cache.init_path={t / 'cache.safetensors'}"],
      "experience cache file not found"),
     ("checkpoint-pointer-damaged", lambda w, t: _run_with(w, t, lambda c: (c / "latest.json").write_text("{")),
      "latest.json is damaged"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -11,7 +12,8 @@ import time
 
 import pytest
 
-from rpo_train.cache import ExperienceCache, TruncationConfig, question_id
+from rpo_train.cache import ExperienceCache, question_id
+from rpo_train.cuts import TruncationConfig
 
 
 def filled(n=5, length=40):
@@ -19,7 +21,8 @@ def filled(n=5, length=40):
     for i in range(n):
         prompt = [1, 2, i]
         cache.put(question_id(prompt), prompt, list(range(100, 100 + length + i)), reward=float(i % 2),
-                  correct=bool(i % 2), step=0)
+                  correct=bool(i % 2), step=0, logprobs=[-0.5 - 0.01 * t for t in range(length + i)], reuses=i,
+                  cut_limit=8.0 + i)
     return cache
 
 
@@ -84,7 +87,34 @@ def test_save_load_roundtrip_and_metrics(tmp_path):
     assert again.entries == cache.entries
     m = again.metrics(step=4)
     assert m["cache/mean_length"] == pytest.approx(42) and m["cache/correct_share"] == pytest.approx(0.4)
-    assert m["cache/mean_age"] == 4
+    assert m["cache/mean_age"] == 4 and m["cache/mean_reuses"] == 2
+
+
+def test_writer_logprobs_follow_the_kept_tokens_and_old_files_load(tmp_path):
+    cache = ExperienceCache()
+    cache.update_from_group("q", [1], [[5, 6, 7], [5, 6]], [1.0, 0.0], [True, False], step=2, epsilon=1.0,
+                            rng=random.Random(0), logprobs=[[-1.0, -2.0, -3.0], [-1.0, -2.5]], reuses=3,
+                            cut_limit=12.0)
+    entry = cache.entries["q"]
+    assert entry.logprobs == [-1.0, -2.0, -3.0] and entry.reuses == 3 and entry.cut_limit == 12.0
+    with pytest.raises(ValueError, match="3 response ids but 2 logprobs"):
+        cache.put("bad", [1], [1, 2, 3], reward=0.0, correct=False, step=0, logprobs=[0.0, 0.0])
+    cache.put("unknown", [2], [4, 4], reward=0.0, correct=False, step=0)  # writer unknown: NaN
+    assert all(math.isnan(x) for x in cache.entries["unknown"].logprobs)
+    again = ExperienceCache.load(cache.save(tmp_path / "c.safetensors"))
+    assert again.digest() == cache.digest() and again.entries["q"] == entry
+    # a cache of the previous format (no log-probs, reuses or limits) loads with unknown writers
+    import torch
+    from safetensors.torch import save_file
+
+    old = {"prompt_ids": torch.tensor([1]), "prompt_offsets": torch.tensor([0, 1]),
+           "response_ids": torch.tensor([5, 6]), "response_offsets": torch.tensor([0, 2]),
+           "reward": torch.tensor([1.0], dtype=torch.float64), "correct": torch.tensor([1], dtype=torch.uint8),
+           "step": torch.tensor([0]), "group_min_len": torch.tensor([2])}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"format": "rpo-experience-cache/1",
+                                                                "qids": '["q"]'})
+    loaded = ExperienceCache.load(tmp_path / "old.safetensors").entries["q"]
+    assert loaded.response_ids == [5, 6] and loaded.reuses == 0 and all(math.isnan(x) for x in loaded.logprobs)
 
 
 def test_load_errors_name_the_problem(tmp_path):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpo_train.cache import TruncationConfig
+from rpo_train.cache import CacheConfig
 from rpo_train.config import DataConfig, OptimConfig, RolloutConfig, RunConfig, load_recipe
+from rpo_train.cuts import TruncationConfig
 from rpo_train.objectives import ObjectiveConfig
 from rpo_train.rewards import RewardResult
 from rpo_train.task.tokenizer import make_tiny_checkpoint
@@ -38,7 +39,14 @@ def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="na
                      optim=OptimConfig(lr=1e-2, micro_batch=8),
                      objective=ObjectiveConfig.preset(algorithm, rollout=rollout,
                                                       overlong_buffer=6 if algorithm == "dapo" else 0),
-                     truncation=TruncationConfig("fixed", max_cut=8), **kw)
+                     truncation=kw.pop("truncation", TruncationConfig("fixed", max_cut=8)), **kw)
+
+
+def guarded(checkpoint, out, **kw):
+    """``config`` with every drift guard and cut option on: refreshes by reuses and by share, adaptive L, cuts at
+    entropy peaks (their state lives in the cache and must survive a checkpoint)."""
+    return config(checkpoint, out, cache=CacheConfig(max_reuses=2, full_share=0.25, refresh_drift=0.5),
+                  truncation=TruncationConfig("adaptive", max_cut=8, min_cut=2, cut_at="entropy"), **kw)
 
 
 @pytest.mark.parametrize("rollout,algorithm", [("full", "grpo"), ("rpo", "grpo"), ("full", "dapo"), ("rpo", "dapo")])
@@ -94,15 +102,15 @@ def test_rpo_without_a_kl_anchor_is_noted():
 SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.test_train_loop import config, ones_reward
+from tests.test_train_loop import {make}, ones_reward
 from rpo_train.trainer import Trainer
-Trainer(config({ckpt!r}, {out!r}, steps={steps}, save_every={save_every}), reward_fn=ones_reward).train()
+Trainer({make}({ckpt!r}, {out!r}, steps={steps}, save_every={save_every}), reward_fn=ones_reward).train()
 """
 
 
-def run_script(checkpoint, out, steps=4, save_every=1):
+def run_script(checkpoint, out, steps=4, save_every=1, make="config"):
     code = SCRIPT.format(root=str(Path(__file__).resolve().parents[1]), ckpt=str(checkpoint), out=str(out),
-                         steps=steps, save_every=save_every)
+                         steps=steps, save_every=save_every, make=make)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
@@ -136,11 +144,15 @@ def final_weights(out):
     return latest["step"], load_file(str(Path(out) / "checkpoints" / latest["dir"] / "model.safetensors"))
 
 
-def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path):
-    whole = run_script(checkpoint, tmp_path / "whole")
+@pytest.mark.parametrize("make", ["config", "guarded"])
+def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path, make):
+    """Weights and cache (with the guard's writer log-probs, reuses and per-question L) equal after a kill -9."""
+    from rpo_train.cache import ExperienceCache
+
+    whole = run_script(checkpoint, tmp_path / "whole", make=make)
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
     out = tmp_path / "killed"
-    proc = run_script(checkpoint, out)
+    proc = run_script(checkpoint, out, make=make)
     pointer = out / "checkpoints" / "latest.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (pointer.is_file() and json.loads(pointer.read_text())["step"] >= 2):
@@ -149,13 +161,20 @@ def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path):
     proc.wait()
     step_at_kill = json.loads(pointer.read_text())["step"]
     assert 2 <= step_at_kill
-    again = run_script(checkpoint, out)
+    again = run_script(checkpoint, out, make=make)
     assert again.wait(timeout=600) == 0, again.stderr.read()
     step_a, weights_a = final_weights(tmp_path / "whole")
     step_b, weights_b = final_weights(out)
     assert step_a == step_b == 4
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
+    caches = [ExperienceCache.load(o / "checkpoints" / json.loads((o / "checkpoints" / "latest.json").read_text())
+                                   ["dir"] / "cache.safetensors") for o in (tmp_path / "whole", out)]
+    assert caches[0].digest() == caches[1].digest()
+    summaries = [json.loads((o / "summary.json").read_text()) for o in (tmp_path / "whole", out)]
+    assert summaries[0]["refreshes"] == summaries[1]["refreshes"]
+    if make == "guarded":
+        assert summaries[0]["refreshes"] > 0 and max(e.reuses for e in caches[0].entries.values()) <= 2
 
 
 def test_logs_after_repeated_kill_9_equal_an_uninterrupted_run(checkpoint, tmp_path):
@@ -219,7 +238,7 @@ def test_tensorboard_events_after_the_checkpoint_are_purged(tmp_path):
 def test_cache_init_resamples_responses_without_an_answer(checkpoint, tmp_path):
     from rpo_train.trainer import Trainer
 
-    trainer = Trainer(config(checkpoint, tmp_path, cache_resample_no_answer=2), reward_fn=ones_reward)
+    trainer = Trainer(config(checkpoint, tmp_path, cache=CacheConfig(resample_no_answer=2)), reward_fn=ones_reward)
     calls = []
     real = trainer.engine.generate
     trainer.engine.generate = lambda prompts, **kw: calls.append(len(prompts)) or real(prompts, **kw)
