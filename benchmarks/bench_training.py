@@ -34,11 +34,13 @@ from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
 from .harness import RESULTS_DIR, device_name, record, versions
 
 ARMS = {"grpo": ("grpo", "full"), "grpo+rpo": ("grpo", "rpo"), "dapo": ("dapo", "full"), "dapo+rpo": ("dapo", "rpo")}
-CURVE_KEYS = ("eval/accuracy", "reward/mean", "rollout/response_len", "rollout/suffix_len", "rollout/prefix_len",
-              "rollout/zero_variance_share", "rollout/generated_tokens", "rollout/groups", "cache/mean_length",
-              "cache/correct_share", "time/rollout_s", "time/train_s", "time/step_s")
+CURVE_KEYS = ("eval/accuracy", "reward/mean", "reward/accuracy", "rollout/response_len", "rollout/suffix_len",
+              "rollout/prefix_len", "rollout/cut_len", "rollout/zero_variance_share", "rollout/generated_tokens",
+              "rollout/groups", "cache/mean_length", "cache/correct_share", "cache/mean_reuses",
+              "cache/drift_kl_mean", "cache/drift_kl_p95", "cache/drift_m2_mean", "cache/drift_m2_p95",
+              "rollout/refresh_share", "rollout/cut_limit_mean", "time/rollout_s", "time/train_s", "time/step_s")
 SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",
-                "cache_init_s", "total_s", "step_s")
+                "cache_init_s", "total_s", "step_s", "refresh_share")
 
 
 def run_name(arm: str, seed: int, length_aware: bool, extra: dict) -> str:
@@ -113,7 +115,7 @@ def save_run(result: dict, recipe: str, arm: str, seed: int, length_aware: bool,
     overrides = " ".join(f"{k}={v}" for k, v in sorted(extra.items()))
     shape = f"{recipe} steps={steps} length_aware={int(length_aware)} seed={seed} {overrides}".strip()
     s = result["summary"]
-    record([{"op": "training", "provider": arm, "shape": shape, "metric": m, "value": f"{s[m]:.6g}", **stamp}
+    record([{"op": "training", "provider": arm, "shape": shape, "metric": m, "value": f"{s.get(m, 0.0):.6g}", **stamp}
             for m in SUMMARY_KEYS], csv_path, plot=False)  # training_report draws these
     runs_dir.mkdir(parents=True, exist_ok=True)
     meta = {"run": result["name"], "arm": arm, "seed": seed, "length_aware": length_aware, "extra": extra,
