@@ -79,5 +79,5 @@ def drift_metrics(drifts: list[Drift | None], reasons: list[str | None]) -> dict
     n = max(len(reasons), 1)
     out["rollout/refresh_share"] = sum(r is not None for r in reasons) / n
     for reason in REASONS:
-        out[f"rollout/refresh_{reason}"] = float(sum(r == reason for r in reasons))
+        out[f"rollout/refreshes_{reason}"] = float(sum(r == reason for r in reasons))
     return out

@@ -61,7 +61,7 @@ def test_every_format_gives_the_jsonl_rows(files):
 def test_a_parquet_file_trains_like_the_jsonl_file(files, tmp_path):
     from rpo_train.task.tokenizer import make_tiny_checkpoint
     from rpo_train.trainer import Trainer
-    from tests.test_train_loop import config, ones_reward
+    from tests.train_configs import config, ones_reward
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny", hidden=32, max_positions=96)
     losses = []

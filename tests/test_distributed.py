@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import dataclasses, sys
 sys.path.insert(0, {root!r})
-from tests.test_train_loop import config, ones_reward
+from tests.train_configs import config, ones_reward
 from rpo_train.cli import run
 cfg = config({ckpt!r}, {out!r}, algorithm="dapo", steps={steps}, save_every=1)
 cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, parallel={parallel!r}))

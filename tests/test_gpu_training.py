@@ -25,7 +25,7 @@ import torch
 from rpo_train.config import load_recipe
 from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
-from tests.test_train_loop import ones_reward
+from tests.train_configs import ones_reward
 
 OPS = ("rpo_kernels.ops.attention", "rpo_kernels.ops.lane_attention", "rpo_kernels.ops.policy_loss",
        "rpo_kernels.ops.token_logprobs")

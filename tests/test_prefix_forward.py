@@ -182,7 +182,7 @@ def test_trainer_step_with_prefix_once_equals_plain(tmp_path):
     from rpo_train.task.tokenizer import make_tiny_checkpoint
     from rpo_train.trainer import Trainer
 
-    from .test_train_loop import config, ones_reward
+    from .train_configs import config, ones_reward
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny", hidden=32, max_positions=96)
     weights = {}

@@ -14,39 +14,16 @@ import pytest
 import torch
 
 from rpo_train.cache import CacheConfig
-from rpo_train.config import DataConfig, OptimConfig, RolloutConfig, RunConfig, load_recipe
-from rpo_train.cuts import TruncationConfig
+from rpo_train.config import RolloutConfig, RunConfig, load_recipe
 from rpo_train.objectives import ObjectiveConfig
 from rpo_train.rewards import RewardResult
 from rpo_train.task.tokenizer import make_tiny_checkpoint
-
-
-def ones_reward(row, text):
-    """A toy reward with variance on a random model: responses whose count of '1' is a multiple of 3."""
-    ok = text.count("1") % 3 == 0
-    return RewardResult(float(ok), ok)
+from tests.train_configs import config, ones_reward
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", hidden=32, max_positions=96)
-
-
-def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="native", **kw):
-    return RunConfig(model=str(checkpoint), out_dir=str(out), steps=steps, batch_questions=4, eval_every=2,
-                     save_every=kw.pop("save_every", 2), eval_max_new_tokens=12, data=DataConfig(n_train=12, n_test=4),
-                     rollout=RolloutConfig(engine=engine, group_size=4, max_response_len=30, temperature=1.0),
-                     optim=OptimConfig(lr=1e-2, micro_batch=8),
-                     objective=ObjectiveConfig.preset(algorithm, rollout=rollout,
-                                                      overlong_buffer=6 if algorithm == "dapo" else 0),
-                     truncation=kw.pop("truncation", TruncationConfig("fixed", max_cut=8)), **kw)
-
-
-def guarded(checkpoint, out, **kw):
-    """``config`` with every drift guard and cut option on: refreshes by reuses and by share, adaptive L, cuts at
-    entropy peaks (their state lives in the cache and must survive a checkpoint)."""
-    return config(checkpoint, out, cache=CacheConfig(max_reuses=2, full_share=0.25, refresh_drift=0.5),
-                  truncation=TruncationConfig("adaptive", max_cut=8, min_cut=2, cut_at="entropy"), **kw)
 
 
 @pytest.mark.parametrize("rollout,algorithm", [("full", "grpo"), ("rpo", "grpo"), ("full", "dapo"), ("rpo", "dapo")])
@@ -102,7 +79,7 @@ def test_rpo_without_a_kl_anchor_is_noted():
 SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.test_train_loop import {make}, ones_reward
+from tests.train_configs import {make}, ones_reward
 from rpo_train.trainer import Trainer
 Trainer({make}({ckpt!r}, {out!r}, steps={steps}, save_every={save_every}), reward_fn=ones_reward).train()
 """
