@@ -39,12 +39,23 @@ def _per_sample(summary: dict) -> str:
             "response length)")
 
 
+def _guard_rows(summary: dict) -> list[tuple[str, str]]:
+    """An RPO run's refreshes (groups sent down the full path by the drift guard) and its final drift."""
+    if "final_drift_m2_mean" not in summary:
+        return []
+    return [("cache refreshes (share of groups)", f"{summary.get('refreshes', 0)} "
+                                                  f"({summary.get('refresh_share', 0.0):.1%})"),
+            ("final drift of kept bodies (kl, m2)", f"{summary['final_drift_kl_mean']:.4f}, "
+                                                    f"{summary['final_drift_m2_mean']:.4f}")]
+
+
 def summary_table(summary: dict) -> str:
     rows = [("held-out accuracy before", f"{summary.get('accuracy_before', float('nan')):.3f}"),
             ("held-out accuracy after", f"{summary.get('accuracy_after', float('nan')):.3f}"),
             ("rollout tokens generated", f"{summary.get('tokens_generated', 0):,}"),
             ("generated tokens / sample", _per_sample(summary)),
             ("steps", str(summary.get("steps", 0))),
+            *_guard_rows(summary),
             ("time: warm start (s)", f"{summary.get('warm_start_s', 0.0):.1f}"),
             ("time: cache init (s)", f"{summary.get('cache_init_s', 0.0):.1f}"),
             ("time: rollout (s)", f"{summary.get('rollout_s', 0.0):.1f}"),

@@ -188,11 +188,11 @@ class RunConfig:
     def notes(self) -> list[str]:
         """Valid settings known to cost accuracy, one line each: why, and what to change."""
         out = []
-        if self.objective.rollout == "rpo" and self.objective.beta == 0:
-            out.append("objective.beta = 0 with objective.rollout rpo: the kept prefixes come from the cache and are "
-                       "never sampled by the current policy, so with no KL term nothing holds the policy's own "
-                       "generation of them in place (it drifts unseen); on the recurrence task RPO-DAPO lost 13.7 "
-                       "points this way and objective.beta=0.04 recovered them (README, 'Training in miniature')")
+        if self.objective.rollout == "rpo" and self.objective.beta == 0 and not self.cache.refreshes:
+            out.append("objective.beta = 0 with objective.rollout rpo and no cache refresh: the kept prefixes come "
+                       "from the cache and are never sampled by the current policy, so nothing holds the policy's "
+                       "own generation of them in place (it drifts unseen); set cache.refresh_drift (docs/method.md, "
+                       "'The drift guard') or objective.beta")
         return out
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from .atomic import atomic_savefig, atomic_write, atomic_write_json
 
 PLOTS = ("reward/mean", "eval/accuracy", "rollout/response_len", "rollout/suffix_len",
-         "rollout/zero_variance_share", "cache/mean_length", "train/clip_frac", "train/entropy_mean")
+         "rollout/zero_variance_share", "cache/mean_length", "train/clip_frac", "train/entropy_mean",
+         "cache/drift_m2_p95", "rollout/refresh_share")
 
 
 def _parse(line: str) -> dict | None:
