@@ -37,16 +37,12 @@ def arm_rows(runs: dict, curves: dict) -> list[dict]:
     rows = []
     for (arm, extra), items in sorted(by.items()):
         acc = [100 * v["accuracy_after"] for _, v, _ in items]
-
-        def mean(metric):
-            return statistics.fmean(v.get(metric, 0.0) for _, v, _ in items)
-
+        means = {m: statistics.fmean(v.get(m, 0.0) for _, v, _ in items)
+                 for m in ("tokens_per_sample", "tokens_generated", "rollout_s", "step_s", "total_s", "refresh_share")}
         rows.append({"arm": arm, "guard": " ".join(f"{k}={v}" for k, v in extra) or "-", "seeds": len(items),
                      "acc_mean": statistics.fmean(acc), "acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "acc_worst": min(acc), "per_seed": {s: round(100 * v["accuracy_after"], 1) for s, v, _ in items},
-                     "max_drop": max(best_to_final_drop(c) for _, _, c in items),
-                     **{m: mean(m) for m in ("tokens_per_sample", "tokens_generated", "rollout_s", "step_s",
-                                             "total_s", "refresh_share")}})
+                     "max_drop": max(best_to_final_drop(c) for _, _, c in items), **means})
     return rows
 
 
@@ -77,14 +73,15 @@ def table(rows: list[dict], checked: list[dict]) -> str:
             "| refresh share | x tokens/sample | x run tokens | x rollout time | x step time | goals missed |")
     lines = [head, "|" + "---|" * 14]
     for r in rows:
-        c = done.get((r["arm"], r["guard"]))
-        ratio = (lambda k: f"{c[k]:.3f}") if c else (lambda k: "")
-        missed = ", ".join(g for g, ok in c["goals"].items() if not ok) or "none" if c else ""
+        c = done.get((r["arm"], r["guard"]), {})
+        ratio = {k: f"{c[k]:.3f}" if c else "" for k in ("x_tokens_per_sample", "x_tokens_generated", "x_rollout_s",
+                                                          "x_step_s")}
+        missed = (", ".join(g for g, ok in c["goals"].items() if not ok) or "none") if c else ""
         seeds = " ".join(f"{v:g}" for _, v in sorted(r["per_seed"].items()))
         lines.append(f"| {r['arm']} | {r['guard']} | {r['seeds']} | {r['acc_mean']:.1f} ± {r['acc_sd']:.1f} | "
                      f"{r['acc_worst']:.1f} | {seeds} | {r['max_drop']:.1f} | {r['tokens_per_sample']:.1f} | "
-                     f"{r['refresh_share']:.3f} | {ratio('x_tokens_per_sample')} | {ratio('x_tokens_generated')} | "
-                     f"{ratio('x_rollout_s')} | {ratio('x_step_s')} | {missed} |")
+                     f"{r['refresh_share']:.3f} | {ratio['x_tokens_per_sample']} | {ratio['x_tokens_generated']} | "
+                     f"{ratio['x_rollout_s']} | {ratio['x_step_s']} | {missed} |")
     return "\n".join(lines)
 
 
