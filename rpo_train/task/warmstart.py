@@ -1,5 +1,6 @@
 """The warm starts of the bundled tasks: a tiny model trained briefly on worked solutions, most of them flawed
-(``task.solution(row, flawed=True)``: forgotten carries for addition, a second-guessed closing for the recurrence).
+(``task.solution(row, flawed=True)``: forgotten carries for addition, a second-guessed closing for the recurrence;
+``recurrence_sum`` draws one of several flawed closing habits).
 The model learns the flawed habit as its most likely path while still sampling the correct one sometimes: an
 imperfect start that RL can improve.
 
@@ -43,17 +44,25 @@ class WarmStartConfig:
 
 WARM_STARTS = {"tiny-addition": WarmStartConfig(),
                "tiny-recurrence": WarmStartConfig(steps=900, batch=32, correct_share=0.3, task="recurrence",
-                                                  max_positions=320, train_prompt=True)}
+                                                  max_positions=320, train_prompt=True),
+               "tiny-recurrence-sum": WarmStartConfig(steps=1800, batch=32, correct_share=0.07, task="recurrence_sum",
+                                                      max_positions=320, train_prompt=True)}
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("RPO_CACHE_DIR", Path.home() / ".cache" / "rpo"))
 
 
-def _encode(tok, task, row: dict, flawed: bool) -> tuple[list[int], list[int]]:
+def _encode(tok, task, row: dict, flawed: bool | str) -> tuple[list[int], list[int]]:
     prompt = [tok.bos_token_id] + tok.encode(row["question"], add_special_tokens=False)
     answer = tok.encode(task.solution(row, flawed), add_special_tokens=False)
     return prompt, answer + [tok.eos_token_id]
+
+
+def _flaw(task, rng: random.Random, correct_share: float) -> bool | str:
+    """Whether a warm-start solution is flawed; a task with several flawed habits (``draw_habit``) names the one."""
+    flawed = rng.random() >= correct_share
+    return task.draw_habit(rng) if flawed and hasattr(task, "draw_habit") else flawed
 
 
 def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
@@ -72,7 +81,7 @@ def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / cfg.steps))
     loss_value = float("nan")
     for _ in range(cfg.steps):
-        pairs = [_encode(tok, task, row, rng.random() >= cfg.correct_share) for row in rng.sample(rows, cfg.batch)]
+        pairs = [_encode(tok, task, row, _flaw(task, rng, cfg.correct_share)) for row in rng.sample(rows, cfg.batch)]
         length = max(len(p) + len(a) for p, a in pairs)
         ids = torch.full((cfg.batch, length), tok.pad_token_id)
         mask = torch.zeros(cfg.batch, length)
