@@ -76,7 +76,9 @@ class CacheConfig:
       from the current policy, which the cache then takes) when its entry's drift statistic ``refresh_stat`` ("kl":
       mean log p_writer - log p_now over the body, an estimate of KL(writer || now); "m2": mean squared log-ratio,
       M2PO's second moment) exceeds ``refresh_drift`` (0: off), when its body has been re-used ``max_reuses`` times
-      (0: off), and for a random ``full_share`` of the groups (Kimi k1.5's mix of fresh and partial rollouts).
+      (0: off), and for a random ``full_share`` of the groups (Kimi k1.5's mix of fresh and partial rollouts),
+      drawn on every ``refresh_every``-th step only, ``refresh_every`` times as often: a full-path group makes its
+      whole step wait for a full-length decode, so batching the share into fewer steps pays that wait less often.
     """
 
     epsilon: float = 0.5
@@ -86,9 +88,12 @@ class CacheConfig:
     refresh_drift: float = 0.0
     max_reuses: int = 0
     full_share: float = 0.0
+    refresh_every: int = 1
 
     def __post_init__(self):
         check_types(self, "cache")
+        if self.refresh_every < 1:
+            raise UsageError(f"cache.refresh_every must be an int >= 1, got {self.refresh_every}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise UsageError(f"cache.epsilon must be in [0, 1], got {self.epsilon}")
         if self.resample_no_answer < 0 or self.max_reuses < 0:

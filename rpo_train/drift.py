@@ -48,13 +48,16 @@ def measure(written: list[float], now: list[float]) -> Drift:
     return Drift(-sum(diffs) / len(diffs), sum(d * d for d in diffs) / len(diffs), len(diffs))
 
 
-def refresh_reason(entry: CacheEntry, drift: Drift | None, cfg: CacheConfig, rng: random.Random) -> str | None:
-    """Why this entry's group should run the full path this step ("drift", "reuses" or "share"), or None.
+def refresh_reason(entry: CacheEntry, drift: Drift | None, cfg: CacheConfig, rng: random.Random,
+                   step: int = 1) -> str | None:
+    """Why this entry's group should run the full path at ``step`` (1-based) ("drift", "reuses" or "share"), or None.
 
     ``rng`` is the group's own (seeded from the run seed, the step and its place in the batch): the share draw is the
-    same on every rank. The draw is made whatever the other reasons say, so that switching them leaves it unchanged.
+    same on every rank. It is made on steps that ``cache.refresh_every`` divides, with probability ``full_share x
+    refresh_every`` (at most 1), whatever the other reasons say, so that switching them leaves it unchanged.
     """
-    drawn = cfg.full_share > 0 and rng.random() < cfg.full_share
+    share_step = step % cfg.refresh_every == 0
+    drawn = cfg.full_share > 0 and share_step and rng.random() < min(1.0, cfg.full_share * cfg.refresh_every)
     if drift is not None and cfg.refresh_drift > 0 and getattr(drift, cfg.refresh_stat) > cfg.refresh_drift:
         return "drift"
     if cfg.max_reuses and entry.reuses >= cfg.max_reuses:

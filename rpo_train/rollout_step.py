@@ -100,10 +100,11 @@ class GroupPlan:
 
 
 def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                  seeds: list[int], probes: list[tuple[list[float], list[float]]] | None = None) -> list[GroupPlan]:
-    """The plan of each row, row i cut with its seed ``seeds[i]``. ``probes[i]``: the current policy's (log-probs,
-    entropies) of row i's cached response (``rpo_train.policy.response_logprobs``), which measure its drift and
-    place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every
+                  seeds: list[int], probes: list[tuple[list[float], list[float]]] | None = None,
+                  step: int = 1) -> list[GroupPlan]:
+    """The plan of each row at ``step`` (1-based), row i cut with its seed ``seeds[i]``. ``probes[i]``: the current
+    policy's (log-probs, entropies) of row i's cached response (``rpo_train.policy.response_logprobs``), which
+    measure its drift and place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every
     sample would repeat the cached response and the group would carry no signal."""
     plans = []
     full_budget = cfg.rollout.max_response_len
@@ -114,7 +115,7 @@ def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: Experi
         entry = cache.get(row["qid"], prompts[row["qid"]])
         now, entropy = probes[i] if probes is not None else (None, None)
         drift = measure(entry.logprobs, now) if now is not None else None
-        reason = refresh_reason(entry, drift, cfg.cache, random.Random(derive_seed(seed, "refresh")))
+        reason = refresh_reason(entry, drift, cfg.cache, random.Random(derive_seed(seed, "refresh")), step)
         if reason is not None:
             plans.append(GroupPlan([], [], 0, full_budget, reason, drift, 0, entry.cut_limit))
             continue
@@ -152,7 +153,8 @@ def score(row: dict, prompt_ids: list[int], plan: GroupPlan, completions, tokeni
 
 
 def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int], probe=None) -> list[Group]:
+                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int], probe=None,
+                   step: int = 1) -> list[Group]:
     """Sample and score one group per row, row i from ``seeds[i]`` (prefix KV of each group computed once, under
     the current weights). ``probe(prompts, responses)`` (an RPO run's drift probe) reads the rows' cached responses
     under the current policy first; it is called even with no rows, so that sharded layers meet on every rank."""
@@ -162,7 +164,7 @@ def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cach
         probes = probe([e.prompt_ids for e in entries], [e.response_ids for e in entries])
     if not rows:
         return []
-    plans = plan_prefixes(rows, prompts, cache, cfg, seeds, probes)
+    plans = plan_prefixes(rows, prompts, cache, cfg, seeds, probes, step)
     out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=[p.prefix for p in plans],
                           n=cfg.rollout.group_size, max_new_tokens=[p.budget for p in plans],
                           temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,

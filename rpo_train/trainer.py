@@ -113,7 +113,7 @@ class Trainer:
 
         def rollout(rows, seeds):
             return rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
-                                  seeds, self.stop_ids, probe=self._probe)
+                                  seeds, self.stop_ids, probe=self._probe, step=self.step + 1)
 
         kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         gen = [len(s) for g in rolled for s in g.suffixes]

@@ -32,9 +32,10 @@ sys.exit(run(cfg, reward_fn=ones_reward))
 # The gradient all-reduce sums in another order than one process does, so gradients agree to float rounding, not
 # bitwise. Adam divides each update by the gradient's running scale: where a step's gradient is itself at rounding level
 # (a step whose groups all have advantage ~0 has loss ~1e-10), that rounding becomes an update of up to lr (1e-2 here)
-# in either direction. Measured: ddp <= 3e-6, fsdp <= 5e-5 after 3 steps with one such step; a sharding bug moves the
-# losses (compared above to 1e-5) and the cache digest, and the weights by whole updates.
-WEIGHT_ATOL = 5e-4
+# in either direction. Measured: ddp <= 3e-6, fsdp <= 5e-5 after 3 steps with one such step, and fsdp 6.6e-4 with the
+# drift guard on (its full-path refresh groups add such steps' share); a sharding bug moves the losses (compared above
+# to 1e-5) and the cache, and the weights by whole updates.
+WEIGHT_ATOL = 1e-3
 
 
 def test_shares_partition_the_list_in_rank_order():

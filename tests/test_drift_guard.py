@@ -51,7 +51,10 @@ def test_refresh_triggers_by_drift_reuses_and_share():
     assert set(draws) == {None, "share"} and 0.22 < draws.count("share") / 4000 < 0.28
     again = [refresh_reason(e, None, CacheConfig(full_share=0.25), random.Random(s)) for s in range(4000)]
     assert draws == again  # seeded: the same on every rank
-
+    every = CacheConfig(full_share=0.05, refresh_every=5)  # the same share, batched into every 5th step
+    assert all(refresh_reason(e, None, every, random.Random(s), step=7) is None for s in range(500))
+    batched = [refresh_reason(e, None, every, random.Random(s), step=10) for s in range(4000)]
+    assert 0.22 < batched.count("share") / 4000 < 0.28
 
 def test_drift_metrics_give_means_p95_and_refresh_counts():
     drifts = [Drift(0.01 * i, 0.1 * i, 10) for i in range(1, 21)] + [None, Drift(0.0, 0.0, 0)]
@@ -101,6 +104,7 @@ def test_entropy_cut_draws_among_the_highest_entropy_tokens_of_the_window():
     ("cache.full_share=1.5", "cache.full_share must be in [0, 1]"),
     ("cache.refresh_stat=kl2", "cache.refresh_stat must be one of"),
     ("cache.refresh_drift=-1", "cache.refresh_drift must be >= 0"),
+    ("cache.refresh_every=0", "cache.refresh_every must be an int >= 1"),
     ("cache_epsilon=0.5", "key 'cache_epsilon' is now 'cache.epsilon'"),
 ])
 def test_bad_guard_settings_name_the_field(override, message):
