@@ -104,8 +104,8 @@ def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: Experi
                   step: int = 1) -> list[GroupPlan]:
     """The plan of each row at ``step`` (1-based), row i cut with its seed ``seeds[i]``. ``probes[i]``: the current
     policy's (log-probs, entropies) of row i's cached response (``rpo_train.policy.response_logprobs``), which
-    measure its drift and place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every
-    sample would repeat the cached response and the group would carry no signal."""
+    measure its drift and place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1:
+    with nothing cut, every sample would repeat the cached response and the group would carry no signal."""
     plans = []
     full_budget = cfg.rollout.max_response_len
     for i, (row, seed) in enumerate(zip(rows, seeds)):
