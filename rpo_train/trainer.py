@@ -78,6 +78,7 @@ class Trainer:
         # sample's length under the initial policy); groups rolled out and how many of them were refreshes
         self.rollout_counts = {"tokens": 0, "samples": 0, "init_mean_length": 0.0, "groups": 0, "refreshed": 0}
         self.last_drift: dict[str, float] = {}
+        self.probe_s = 0.0
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class Trainer:
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
         cfg = self.cfg
+        self.probe_s = 0.0
 
         def rollout(rows, seeds):
             return rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
@@ -129,7 +131,8 @@ class Trainer:
                  "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
                  "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
                  "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
-                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept)), **health}
+                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept)), **health,
+                 **({"time/probe_s": self.probe_s} if rpo else {})}
         self.tokens_generated += sum(gen)
         self.rollout_counts["tokens"] += sum(gen)
         self.rollout_counts["samples"] += len(gen)
@@ -148,9 +151,11 @@ class Trainer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if not prompts and not self.sharded:
             return []
+        start = time.perf_counter()
         with self._autocast():
             out = response_logprobs(self.model, prompts or [[pad]], responses or [[pad]], pad,
                                     self.cfg.rollout.temperature)
+        self.probe_s += time.perf_counter() - start  # part of the step's rollout time, shown on its own
         return out if prompts else []
 
     def _optimize(self, kept: list[Group]) -> dict:
