@@ -28,10 +28,14 @@ def entry(n=20, reuses=0, cut_limit=0.0, logprobs=None):
 
 def test_drift_statistics_against_hand_computed_values():
     d = measure([-1.0, -2.0, float("nan"), -0.5], [-1.5, -1.0, -9.0, -0.5])  # the NaN writer is skipped
-    assert d.tokens == 3
+    assert d.tokens == 3 and d.flips == 0
     assert d.kl == pytest.approx((0.5 - 1.0 + 0.0) / 3)  # mean(log p_writer - log p_now)
     assert d.m2 == pytest.approx((0.25 + 1.0 + 0.0) / 3)
-    assert measure([float("nan")], [-1.0]) == Drift(0.0, 0.0, 0)
+    assert measure([float("nan")], [-1.0]) == Drift(0.0, 0.0, 0, 0)
+    # flips: written with p > 0.9, now p < 0.5 (a token the policy would no longer write greedily)
+    sure, unsure = math.log(0.95), math.log(0.6)
+    flipped = measure([sure, sure, unsure, sure], [math.log(0.4), math.log(0.55), math.log(0.1), sure])
+    assert flipped.flips == 1
     with pytest.raises(ValueError, match="2 written log-probs but 1"):
         measure([-1.0, -1.0], [-1.0])
 
@@ -39,11 +43,13 @@ def test_drift_statistics_against_hand_computed_values():
 def test_refresh_triggers_by_drift_reuses_and_share():
     rng = random.Random(0)
     e = entry(reuses=3)
-    drifted = Drift(kl=0.02, m2=0.3, tokens=20)
+    drifted = Drift(kl=0.02, m2=0.3, flips=2, tokens=20)
     assert refresh_reason(e, drifted, CacheConfig(), rng) is None  # everything off: the paper's RPO
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=0.2), rng) == "drift"  # m2 0.3 > 0.2
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=0.2, refresh_stat="kl"), rng) is None
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=0.01, refresh_stat="kl"), rng) == "drift"
+    assert refresh_reason(e, drifted, CacheConfig(refresh_drift=2, refresh_stat="flips"), rng) == "drift"
+    assert refresh_reason(e, drifted, CacheConfig(refresh_drift=3, refresh_stat="flips"), rng) is None
     assert refresh_reason(e, None, CacheConfig(refresh_drift=0.01), rng) is None  # not measured: no decision
     assert refresh_reason(e, drifted, CacheConfig(max_reuses=3), rng) == "reuses"
     assert refresh_reason(e, drifted, CacheConfig(max_reuses=4), rng) is None
@@ -57,11 +63,11 @@ def test_refresh_triggers_by_drift_reuses_and_share():
     assert 0.22 < batched.count("share") / 4000 < 0.28
 
 def test_drift_metrics_give_means_p95_and_refresh_counts():
-    drifts = [Drift(0.01 * i, 0.1 * i, 10) for i in range(1, 21)] + [None, Drift(0.0, 0.0, 0)]
+    drifts = [Drift(0.01 * i, 0.1 * i, i % 2, 10) for i in range(1, 21)] + [None, Drift(0.0, 0.0, 0, 0)]
     reasons = [None] * 18 + ["drift", "reuses", "share", "share"]
     m = drift_metrics(drifts, reasons)
     assert m["cache/drift_m2_mean"] == pytest.approx(1.05) and m["cache/drift_m2_p95"] == pytest.approx(1.9)
-    assert m["cache/drift_kl_mean"] == pytest.approx(0.105)
+    assert m["cache/drift_kl_mean"] == pytest.approx(0.105) and m["cache/drift_flipped_share"] == 0.5
     assert m["rollout/refresh_share"] == pytest.approx(4 / 22)
     assert (m["rollout/refreshes_drift"], m["rollout/refreshes_reuses"], m["rollout/refreshes_share"]) == (1, 1, 2)
 
