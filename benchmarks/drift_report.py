@@ -58,7 +58,7 @@ def check_goals(rows: list[dict]) -> list[dict]:
         ratios = {k: r[k] / base[k] for k in ("tokens_per_sample", "tokens_generated", "rollout_s", "step_s")}
         goals = {f"mean >= full - {margin}": r["acc_mean"] >= base["acc_mean"] - margin,
                  "worst seed >= full worst - 2": r["acc_worst"] >= base["acc_worst"] - 2,
-                 "no seed drops > 2 pt best->final": r["max_drop"] <= 2,
+                 "no seed drops > 2 pt best->final": round(r["max_drop"], 6) <= 2,
                  "run tokens <= 0.15x": ratios["tokens_generated"] <= 0.15,
                  "tokens/sample <= 0.12x": ratios["tokens_per_sample"] <= 0.12,
                  "rollout time <= 0.20x": ratios["rollout_s"] <= 0.20, "step time <= 0.30x": ratios["step_s"] <= 0.30}
