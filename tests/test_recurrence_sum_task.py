@@ -16,13 +16,7 @@ from rpo_train.rewards import exact_answer_reward
 from rpo_train.task import make_task
 from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.recurrence_sum import HABITS, RecurrenceSumTask
-
-
-def fib_mod10(a: int, b: int, steps: int) -> list[int]:
-    terms = [a, b]
-    for _ in range(steps):
-        terms.append((terms[-1] + terms[-2]) % 10)
-    return terms
+from tests.task_oracle import fib_mod10
 
 
 def test_splits_are_seeded_disjoint_and_answered_with_the_sum():

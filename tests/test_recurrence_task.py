@@ -11,13 +11,7 @@ from rpo_train.errors import UsageError
 from rpo_train.rewards import exact_answer_reward
 from rpo_train.task import make_task
 from rpo_train.task.recurrence import RecurrenceTask
-
-
-def fib_mod10(a: int, b: int, steps: int) -> list[int]:
-    terms = [a, b]
-    for _ in range(steps):
-        terms.append((terms[-1] + terms[-2]) % 10)
-    return terms
+from tests.task_oracle import fib_mod10
 
 
 def test_splits_are_seeded_disjoint_and_answered():
