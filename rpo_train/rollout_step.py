@@ -18,7 +18,7 @@ import torch
 from .cache import ExperienceCache
 from .config import RunConfig
 from .distributed import DistContext
-from .drift import Drift, measure, refresh_reason
+from .drift import Drift, drift_metrics, measure, refresh_reason
 from .objectives import group_advantages
 from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
 from .seeding import derive_seed
@@ -199,6 +199,25 @@ def collect_groups(next_rows, rollout, cfg: RunConfig, dist: DistContext, step_s
         if len(kept) >= want:
             break
     return kept[:want], rolled
+
+
+def rollout_stats(kept: list[Group], rolled: list[Group], cfg: RunConfig) -> dict[str, float]:
+    """The health metrics of one step's rollout: tokens, lengths, zero-variance share, rewards, and in an RPO run the
+    drift of the entries cut and the refreshes (``rpo_train.drift.drift_metrics``)."""
+    gen = [len(s) for g in rolled for s in g.suffixes]
+    stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
+             "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
+             "rollout/cut_len": sum(g.cut for g in rolled) / len(rolled),
+             "rollout/response_len": sum(len(r) for g in rolled for r in g.responses) / max(len(gen), 1),
+             "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
+             "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
+             "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
+             "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept))}
+    if cfg.objective.rollout == "rpo":
+        stats.update(drift_metrics([g.drift for g in rolled], [g.refresh for g in rolled]))
+        if cfg.truncation.mode == "adaptive":
+            stats["rollout/cut_limit_mean"] = sum(g.cut_limit for g in rolled) / len(rolled)
+    return stats
 
 
 def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:

@@ -21,11 +21,10 @@ from .cache import ExperienceCache
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
-from .drift import drift_metrics
 from .errors import UsageError
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
-from .rollout_step import Group, advantages_of, collect_groups, initial_responses, rollout_groups
+from .rollout_step import Group, advantages_of, collect_groups, initial_responses, rollout_groups, rollout_stats
 from .run_inputs import load_run_inputs
 from .seeding import derive_seed
 from .sharding import (
@@ -118,21 +117,11 @@ class Trainer:
                                   seeds, self.stop_ids, probe=self._probe, step=self.step + 1)
 
         kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
+        stats = rollout_stats(kept, rolled, cfg)
+        if cfg.objective.rollout == "rpo":
+            stats["time/probe_s"] = self.probe_s
+        self.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.last_drift
         gen = [len(s) for g in rolled for s in g.suffixes]
-        rpo = cfg.objective.rollout == "rpo"
-        health = drift_metrics([g.drift for g in rolled], [g.refresh for g in rolled]) if rpo else {}
-        if rpo and cfg.truncation.mode == "adaptive":
-            health["rollout/cut_limit_mean"] = sum(g.cut_limit for g in rolled) / len(rolled)
-        self.last_drift = {k: v for k, v in health.items() if k.startswith("cache/drift_")} or self.last_drift
-        stats = {"rollout/generated_tokens": float(sum(gen)), "rollout/suffix_len": sum(gen) / max(len(gen), 1),
-                 "rollout/prefix_len": sum(len(g.prefix_ids) for g in rolled) / len(rolled),
-                 "rollout/cut_len": sum(g.cut for g in rolled) / len(rolled),
-                 "rollout/response_len": sum(len(r) for g in rolled for r in g.responses) / max(len(gen), 1),
-                 "rollout/zero_variance_share": sum(g.zero_variance for g in rolled) / len(rolled),
-                 "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
-                 "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
-                 "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept)), **health,
-                 **({"time/probe_s": self.probe_s} if rpo else {})}
         self.tokens_generated += sum(gen)
         self.rollout_counts["tokens"] += sum(gen)
         self.rollout_counts["samples"] += len(gen)
@@ -271,10 +260,10 @@ class Trainer:
             return False
         load = ((lambda m, o: load_full_state(self.model, self.optimizer, m, o)) if self.sharded else None)
         state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng, load)
-        for key in ("model", "data", "rollout", "objective", "truncation"):
-            if state["config"][key] != self.cfg.to_dict()[key]:
+        for key in ("model", "data", "rollout", "objective", "truncation", "cache"):
+            if state["config"].get(key) != self.cfg.to_dict()[key]:
                 raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
-                                 f"({state['config'][key]} vs {self.cfg.to_dict()[key]}); use another out_dir "
+                                 f"({state['config'].get(key)} vs {self.cfg.to_dict()[key]}); use another out_dir "
                                  "or the checkpoint's settings")
         self.cache, self.step, self.order = cache, state["step"], state["order"]
         self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
