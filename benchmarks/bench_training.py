@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--factors", type=float, nargs="*", default=[0.5, 1.0],
                         help="dynamic L = factor x l of the truncation sweep")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: torch's default)")
-    parser.add_argument("--work", help="run directories (checkpoints; an interrupted run resumes; default "
-                                       "~/.cache/rpo/bench_training/RECIPE)")
+    parser.add_argument("--work", help="where run directories go, one folder per recipe (checkpoints; an interrupted "
+                                       "run resumes; default ~/.cache/rpo/bench_training, runs in WORK/RECIPE)")
     parser.add_argument("--out-dir", help="results folder (default benchmarks/results/training/RECIPE)")
     parser.add_argument("--redo", action="store_true", help="run again even when the run's curve exists")
     parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     la = args.length_aware or ("both" if args.study == "grid" else "on")
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR / "training" / recipe_name
     runs_dir = out_dir / "runs"
-    work = Path(args.work) if args.work else Path.home() / ".cache" / "rpo" / "bench_training" / recipe_name
+    # one folder per recipe: runs of two recipes have the same names and must not resume each other's checkpoints
+    work = (Path(args.work) if args.work else Path.home() / ".cache" / "rpo" / "bench_training") / recipe_name
     sweep = truncation_sweep(args.cuts, args.factors)
     for arm, seed, flag, extra in plan(args.study, args.arms, args.seeds, la, sweep):
         extra = {**extra, **sets}
