@@ -59,10 +59,6 @@ class TruncationConfig:
         if not 0.0 < self.entropy_top <= 1.0:
             raise UsageError(f"truncation.entropy_top must be in (0, 1], got {self.entropy_top}")
 
-    @property
-    def needs_entropy(self) -> bool:
-        return self.cut_at == "entropy"
-
     def initial_limit(self) -> float:
         """The per-question L a new cache entry starts with (used by mode adaptive only)."""
         return float(self.min_cut) if self.mode == "adaptive" else 0.0
