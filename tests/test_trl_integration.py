@@ -129,6 +129,26 @@ def test_suffix_loss_masks_the_prefix_and_lazy_init_runs_the_full_path(worker, m
 
 
 @pytest.mark.trl
+def test_full_path_rows_are_sampled_apart_from_the_suffixes(worker, model_dir, tmp_path):
+    trainer, _ = worker.build(tmp_path, model_dir, 3, rpo_full_share=0.5)
+    calls, generate = [], trainer._generate_single_turn
+
+    def spy(prompt_ids, *args):
+        calls.append((len(prompt_ids), trainer.generation_config.max_new_tokens))
+        return generate(prompt_ids, *args)
+
+    trainer._generate_single_turn = spy
+    log = worker.traced(trainer)
+    trainer.train()
+    assert trainer.generation_config.max_new_tokens == 40  # the cap is restored after each call
+    training = calls[-sum(len({p is None for p in e["refresh"]}) for e in log):]
+    assert any(cap == 40 for _, cap in training) and any(cap <= 12 for _, cap in training)
+    for entry in log:
+        for refresh, prefix, completion in zip(entry["refresh"], entry["prefixes"], entry["completions"]):
+            assert (refresh == "share") == (not prefix) and len(completion) - len(prefix) <= (40 if refresh else 12)
+
+
+@pytest.mark.trl
 def test_evaluation_samples_the_full_path(worker, model_dir, tmp_path):
     trainer, _ = worker.build(tmp_path, model_dir, 1)
     log = worker.traced(trainer)

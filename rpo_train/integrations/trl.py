@@ -77,26 +77,46 @@ class RPOTrainer(GRPOTrainer):
     # -- generation ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _rpo_cap(self, max_new_tokens: int):
-        """Lower the transformers generation cap to this call's largest budget (vLLM keeps its cap; suffixes are cut
-        to their budget afterwards, which draws from the same distribution)."""
-        config = getattr(self, "generation_config", None)
-        if self.use_vllm or config is None:
-            yield
-            return
-        before = config.max_new_tokens
-        config.max_new_tokens = max_new_tokens
+        """Set the backend's cap on new tokens to ``max_new_tokens`` for one call (suffixes are cut to their own
+        budget afterwards, which draws from the same distribution as stopping there)."""
+        target = (self.vllm_generation, "max_completion_length") if self.use_vllm else (self.generation_config,
+                                                                                         "max_new_tokens")
+        before = getattr(*target)
+        setattr(*target, max_new_tokens)
         try:
             yield
         finally:
-            config.max_new_tokens = before
+            setattr(*target, before)
+
+    def _collective_generation(self) -> bool:
+        """Whether a TRL generation call is collective (vLLM, gathered ZeRO-3 or FSDP weights): then every process
+        must make the same calls."""
+        return bool(self.use_vllm or self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
     def _sample(self, prompt_ids: list[list[int]], budgets: list[int], n: int) -> tuple[list, list | None]:
-        """Sample after each of ``prompt_ids`` with TRL's backend, row i cut to ``budgets[i]`` new tokens."""
-        with self._rpo_cap(max(budgets)):
-            ids, logprobs = self._generate_single_turn(prompt_ids, None, {}, n)
-        ids = [[int(t) for t in row][:b] for row, b in zip(ids, budgets)]
-        if logprobs is not None:
-            logprobs = [list(lp)[:b] for lp, b in zip(logprobs, budgets)]
+        """Sample after each of ``prompt_ids`` with TRL's backend, row i cut to ``budgets[i]`` new tokens.
+
+        Where generation is not collective, full-path rows are sampled apart from the suffixes, so that a short
+        suffix does not decode on to the full length beside them; otherwise one call per process, capped at the
+        largest budget of any process."""
+        if self._collective_generation():
+            parts, caps = [list(range(len(budgets)))], [max(gather_object([max(budgets)]))]
+        else:
+            full = [i for i, b in enumerate(budgets) if b >= self.max_completion_length]
+            short = [i for i, b in enumerate(budgets) if b < self.max_completion_length]
+            parts = [p for p in (full, short) if p]
+            caps = [max(budgets[i] for i in p) for p in parts]
+        ids: list = [None] * len(budgets)
+        logprobs: list | None = [None] * len(budgets)
+        for part, cap in zip(parts, caps):
+            with self._rpo_cap(cap):
+                got, got_logprobs = self._generate_single_turn([prompt_ids[i] for i in part], None, {}, n)
+            for j, i in enumerate(part):
+                ids[i] = [int(t) for t in got[j]][:budgets[i]]
+                if got_logprobs is None:
+                    logprobs = None
+                elif logprobs is not None:
+                    logprobs[i] = list(got_logprobs[j])[:budgets[i]]
         return ids, logprobs
 
     def _generate_and_score_completions(self, inputs):
@@ -168,12 +188,16 @@ class RPOTrainer(GRPOTrainer):
         prompt_ids = [[int(t) for t in p] for p in self._tokenize_prompts([r["prompt"] for r in rows])[0]]
         keys = [row_key(r, p, self.args.rpo_key_column) for r, p in zip(rows, prompt_ids)]
         todo = [i for i, k in enumerate(keys) if not (k in seen or seen.add(k))]
-        mine = todo[self.accelerator.process_index::self.accelerator.num_processes]
+        share = -(-len(todo) // self.accelerator.num_processes)
+        mine = todo[self.accelerator.process_index * share:(self.accelerator.process_index + 1) * share]
         batch = batch or self.args.per_device_train_batch_size
         found = []
-        for lo in range(0, len(mine), batch):
+        for lo in range(0, share, batch):  # the same number of calls on every process (generation may be collective)
             part = mine[lo:lo + batch]
-            ids, _ = self._sample([prompt_ids[i] for i in part], [self.max_completion_length] * len(part), 1)
+            ids, _ = self._sample([prompt_ids[i] for i in part or todo[:1]], [self.max_completion_length] *
+                                  max(len(part), 1), 1)
+            if not part:
+                continue
             correct = self._init_correct([rows[i] for i in part], ids)
             found += [(i, r, c) for i, r, c in zip(part, ids, correct)]
         for i, response, ok in sorted(x for part in gather_object([found]) for x in part):
