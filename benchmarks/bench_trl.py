@@ -45,8 +45,9 @@ def _rows_and_model(steps: int):
     return cfg, train, test
 
 
-def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path) -> dict:
-    """One TRL arm in this process: its summary (accuracy, tokens, times) and curve."""
+def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: dict) -> dict:
+    """One TRL arm in this process: its summary (accuracy, tokens, times) and curve. ``extra``: RPOConfig fields
+    over the default recipe's (RPOTrainer only)."""
     import copy
 
     import torch
@@ -95,7 +96,7 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path) -> dict
     before = accuracy(model)
     if arm == "trl-rpo":
         rpo = dict(rpo_max_cut=cfg.truncation.max_cut, rpo_full_share=cfg.cache.full_share,
-                   rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware)
+                   rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware) | extra
         trainer = RPOTrainer(model=model, reward_funcs=[correct], args=RPOConfig(**args, **rpo), train_dataset=data,
                              processing_class=tok, callbacks=[Evaluate()])
     else:
@@ -128,20 +129,25 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path) -> dict
                "tokens_per_sample": per_sample, "tokens_generated": generated, "cache_init_s": init_s,
                "total_s": total, "step_s": (total - init_s) / steps, "rollout_s": 0.0, "train_s": 0.0,
                "refresh_share": 0.0, "steps": steps}
-    return {"name": f"{arm.replace('-', '_')}_seed{seed}", "summary": summary, "curve": curve}
+    return {"name": run_name(arm, seed, extra), "summary": summary, "curve": curve}
 
 
-def run_arm(arm: str, seed: int, steps: int, eval_every: int, work: Path, threads: int) -> dict:
+def run_name(arm: str, seed: int, extra: dict) -> str:
+    return "_".join([arm.replace("-", "_"), *(f"{k}-{v}" for k, v in sorted(extra.items())), f"seed{seed}"])
+
+
+def run_arm(arm: str, seed: int, steps: int, eval_every: int, work: Path, threads: int, extra: dict) -> dict:
     """One arm in its own process."""
     if arm in RPO_TRAIN_ARMS:
         result = run_one(RECIPE, RPO_TRAIN_ARMS[arm], seed, True, {}, steps, work / RECIPE, threads, eval_every)
-        result["name"] = f"{arm.replace('-', '_')}_seed{seed}"
+        result["name"] = run_name(arm, seed, extra)
         return result
-    out = work / "trl" / f"{arm}_seed{seed}"
+    out = work / "trl" / run_name(arm, seed, extra)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     cmd = [sys.executable, "-m", "benchmarks.bench_trl", "--child", arm, "--seeds", str(seed), "--steps", str(steps),
-           "--eval-every", str(eval_every), "--work", str(work)]
+           "--eval-every", str(eval_every), "--work", str(work),
+           "--rpo-set", *(f"{k}={json.dumps(v)}" for k, v in extra.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -157,21 +163,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: torch's default)")
     parser.add_argument("--work", default="runs/bench_trl", help="where run folders go")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR / "trl"))
+    parser.add_argument("--rpo-set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="RPOConfig fields for the RPOTrainer arm, e.g. rpo_refresh_drift=1 (JSON values)")
     parser.add_argument("--report", action="store_true", help="only write summary.json and trl.png from the rows")
     parser.add_argument("--child", choices=[a for a in ARMS if a not in RPO_TRAIN_ARMS], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work, out_dir = Path(args.work), Path(args.out_dir)
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.rpo_set)}
     if args.child:
-        folder = work / "trl" / f"{args.child}_seed{args.seeds[0]}"
-        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder)
+        folder = work / "trl" / run_name(args.child, args.seeds[0], extra)
+        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra)
         (folder / "result.json").write_text(json.dumps(result))
         return
     if not args.report:
         for seed in args.seeds:
             for arm in args.arms:
-                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads)
-                save_run(result, "tiny-cpu/trl", arm, seed, True, {}, args.steps, out_dir / "runs.csv",
-                         out_dir / "runs")
+                mine = extra if arm == "trl-rpo" else {}
+                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads, mine)
+                label = arm + "".join(f" {k}={v}" for k, v in sorted(mine.items()))
+                save_run(result, "tiny-cpu/trl", label, seed, arm != "trl-grpo", mine, args.steps,
+                         out_dir / "runs.csv", out_dir / "runs")  # TRL's GRPOTrainer has no length-aware reward
                 s = result["summary"]
                 print(f"{arm} seed {seed}: accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, "
                       f"{s['tokens_per_sample']:.1f} tokens/sample, {s['total_s']:.1f} s", flush=True)

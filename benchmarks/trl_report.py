@@ -19,6 +19,7 @@ from .harness import RESULTS_DIR
 ARMS = ("trl-grpo", "trl-rpo", "rpo-train-full", "rpo-train-rpo")
 LABELS = {"trl-grpo": "TRL GRPOTrainer", "trl-rpo": "RPOTrainer (TRL)", "rpo-train-full": "rpo-train full path",
           "rpo-train-rpo": "rpo-train RPO"}
+COLORS = {"trl-grpo": "#888", "trl-rpo": "#2a7", "rpo-train-full": "#668", "rpo-train-rpo": "#2a7"}
 METRICS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "step_s", "total_s")
 
 
@@ -37,9 +38,17 @@ def _stats(values: list[float]) -> dict[str, float]:
             "min": min(values), "n": len(values)}
 
 
+def label(arm: str) -> str:
+    """``trl-rpo rpo_refresh_drift=1`` -> ``RPOTrainer (TRL) rpo_refresh_drift=1``."""
+    base, _, extra = arm.partition(" ")
+    return f"{LABELS[base]} {extra}".strip()
+
+
 def summarize(data) -> dict:
-    """Per arm: mean, std, min and n over seeds of each metric; the ratios the TRL issue sets goals on."""
-    arms = {a: {m: _stats(list(data[a][m].values())) for m in METRICS if data[a][m]} for a in ARMS if a in data}
+    """Per arm (the four, then variants with RPOConfig overrides): mean, std, min and n over seeds of each metric;
+    the ratios the TRL issue sets goals on (the plain arms)."""
+    order = [a for a in ARMS if a in data] + sorted(a for a in data if a not in ARMS)
+    arms = {a: {m: _stats(list(data[a][m].values())) for m in METRICS if data[a][m]} for a in order}
     mean = {a: {m: s["mean"] for m, s in v.items()} for a, v in arms.items()}
     ratios = {}
     if {"trl-grpo", "trl-rpo"} <= mean.keys():
@@ -64,7 +73,7 @@ def table(summary: dict) -> str:
              "|---|---|---|---|---|"]
     for arm, s in summary["arms"].items():
         acc = s["accuracy_after"]
-        lines.append(f"| {LABELS[arm]} | {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} ({100 * acc['min']:.1f}) "
+        lines.append(f"| {label(arm)} | {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} ({100 * acc['min']:.1f}) "
                      f"| {s['tokens_per_sample']['mean']:.1f} | {s['step_s']['mean']:.2f} ± {s['step_s']['std']:.2f} "
                      f"| {s['total_s']['mean']:.0f} ± {s['total_s']['std']:.0f} |")
     return "\n".join(lines)
@@ -83,9 +92,10 @@ def plot(summary: dict, path: Path) -> Path:
                                                  ("total_s", "run total, eval excluded (s)", 1)]):
         means = [scale * summary["arms"][a][metric]["mean"] for a in arms]
         errs = [scale * summary["arms"][a][metric]["std"] for a in arms]
-        ax.bar(range(len(arms)), means, yerr=errs, color=["#888", "#2a7", "#668", "#2a7"][:len(arms)], capsize=4)
-        ax.set_xticks(range(len(arms)), [LABELS[a].replace(" (TRL)", "\n(TRL)").replace(" full", "\nfull")
-                                         .replace(" RPO", "\nRPO") for a in arms], fontsize=8)
+        ax.bar(range(len(arms)), means, yerr=errs, color=[COLORS.get(a.split()[0], "#2a7") for a in arms], capsize=4)
+        ax.set_xticks(range(len(arms)), [label(a).replace(" (TRL)", "\n(TRL)").replace(" full", "\nfull")
+                                         .replace(" RPO", "\nRPO").replace(" rpo_", "\nrpo_") for a in arms],
+                      fontsize=7)
         ax.set_title(title, fontsize=10)
     fig.suptitle("RPO inside TRL vs rpo-train, bundled recurrence task (mean ± std over seeds, 2-core CPU)",
                  fontsize=10)

@@ -149,6 +149,35 @@ def test_full_path_rows_are_sampled_apart_from_the_suffixes(worker, model_dir, t
 
 
 @pytest.mark.trl
+def test_drift_refresh_probes_the_cache_and_keeps_writer_logprobs(worker, model_dir, tmp_path):
+    """A tiny kl threshold after large updates: drifted entries run the full path; every entry then holds finite
+    writer log-probs, and a kept prefix keeps the ones its own writer gave."""
+    trainer, _ = worker.build(tmp_path, model_dir, 4, rpo_refresh_stat="kl", rpo_refresh_drift=1e-4,
+                              learning_rate=0.05)
+    log = worker.traced(trainer)
+    written = {}
+    update = trainer.rpo_cache.update_from_group
+
+    def remember(qid, *args, **kwargs):
+        written[qid] = list(trainer.rpo_cache.entries[qid].logprobs)
+        return update(qid, *args, **kwargs)
+
+    trainer.rpo_cache.update_from_group = remember
+    trainer.train()
+    for entry in trainer.rpo_cache.entries.values():
+        assert entry.logprobs and all(x == x and x <= 0 for x in entry.logprobs)
+    refreshed = [r for e in log for r in e["refresh"]]
+    assert "drift" in refreshed and None in refreshed
+    history = [h for h in trainer.state.log_history if "rpo/drift_kl_mean" in h]
+    assert history and any(h["rpo/refreshes_drift"] > 0 for h in history)
+    last = log[-1]
+    for key, prefix, refresh in zip(last["keys"], last["prefixes"], last["refresh"]):
+        entry = trainer.rpo_cache.entries[key]
+        if refresh is None and entry.response_ids[:len(prefix)] == prefix and key in written:
+            assert entry.logprobs[:len(prefix)] == written[key][:len(prefix)]
+
+
+@pytest.mark.trl
 def test_evaluation_samples_the_full_path(worker, model_dir, tmp_path):
     trainer, _ = worker.build(tmp_path, model_dir, 1)
     log = worker.traced(trainer)
@@ -182,21 +211,23 @@ def test_checkpoint_resume_restores_the_cache_exactly(worker, model_dir, tmp_pat
 
 @pytest.mark.trl
 def test_cuts_agree_across_two_processes(worker, model_dir, tmp_path):
-    """Per-device batch 4 with G = 8: each step's one group has 4 rows on each process."""
+    """Per-device batch 4 with G = 8: each step's one group has 4 rows on each process; the drift refresh on (each
+    process probes the same rows)."""
     out = tmp_path / "dist"
     out.mkdir()
     (out / "model").symlink_to(model_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "trl_worker.py"), str(out), "3", "per_device_train_batch_size=4", "num_generations=8"]
+           str(HERE / "trl_worker.py"), str(out), "3", "per_device_train_batch_size=4", "num_generations=8",
+           'rpo_refresh_stat="kl"', "rpo_refresh_drift=1e-4", "learning_rate=0.05"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     for a, b in zip(ranks[0]["log"], ranks[1]["log"]):
         assert a["digest"] == b["digest"] and a["keys"] == b["keys"]  # every group spans both processes
-        assert a["prefixes"] == b["prefixes"] and a["cuts"] == b["cuts"]
+        assert a["prefixes"] == b["prefixes"] and a["cuts"] == b["cuts"] and a["refresh"] == b["refresh"]
         assert a["completions"] != b["completions"]  # each process sampled its own suffixes
 
 
@@ -208,6 +239,7 @@ def test_cuts_agree_across_two_processes(worker, model_dir, tmp_path):
     ("rpo_loss_tokens", "prefix", "RPOConfig.rpo_loss_tokens must be one of"),
     ("rpo_cache_init", "never", "RPOConfig.rpo_cache_init must be one of"),
     ("rpo_full_share", 2.0, "RPOConfig.rpo_full_share"),
+    ("rpo_refresh_stat", "entropy", "RPOConfig.rpo_refresh_stat must be one of"),
 ])
 def test_bad_settings_name_the_field(worker, field, value, match, tmp_path):
     from rpo_train.integrations.trl import RPOConfig

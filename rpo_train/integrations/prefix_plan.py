@@ -5,7 +5,8 @@ A step's rows form groups of G consecutive rows that share one question (TRL's s
 from a seed derived from (run seed, step, question key), and the cache is updated from the global rows in one order,
 so every process plans the same prefix for a question and keeps the same cache, even when a group spans processes.
 A question with no cache entry yet runs the full path and the cache takes one of its responses (the paper's init,
-done when the question is first drawn); so does a refreshed one (``cache.full_share``, ``cache.max_reuses``).
+done when the question is first drawn); so does a refreshed one (``cache.full_share``, ``cache.max_reuses``, or the
+drift statistic ``cache.refresh_stat`` of ``rpo_train.drift`` when the trainer probes the cached responses).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from ..cache import CacheConfig, ExperienceCache, question_id
 from ..cuts import TruncationConfig
-from ..drift import refresh_reason
+from ..drift import Drift, refresh_reason
 from ..rewards import length_aware
 from ..seeding import derive_seed
 
@@ -57,12 +58,13 @@ def row_key(row: dict, prompt_ids: list[int], key_column: str | None) -> str:
 
 
 def plan_row(cache: ExperienceCache, key: str, prompt_ids: list[int], s: PrefixSettings, seed: int,
-             step: int) -> RowPlan:
-    """The plan of a row of question ``key`` at ``step`` (1-based); the same for every row of its group."""
+             step: int, drift: Drift | None = None) -> RowPlan:
+    """The plan of a row of question ``key`` at ``step`` (1-based); the same for every row of its group. ``drift``:
+    the entry's drift under the current policy (``rpo_train.drift.measure``), when probed."""
     if key not in cache:
         return RowPlan(key, [], 0, s.max_len, "init", 0, s.truncation.initial_limit())
     entry = cache.get(key, prompt_ids)
-    reason = refresh_reason(entry, None, s.cache, random.Random(derive_seed(seed, step, key, "refresh")), step)
+    reason = refresh_reason(entry, drift, s.cache, random.Random(derive_seed(seed, step, key, "refresh")), step)
     if reason is not None:
         return RowPlan(key, [], 0, s.max_len, reason, 0, entry.cut_limit)
     prefix, m = s.truncation.cut(entry, random.Random(derive_seed(seed, step, key, "cut")))
@@ -96,18 +98,31 @@ def shape_lengths(values: list[float], lengths: list[int], group_size: int, alph
 
 def update_cache(cache: ExperienceCache, plans: list[RowPlan], prompt_ids: list[list[int]],
                  responses: list[list[int]], rewards: list[float], correct: list[bool], group_size: int,
-                 s: PrefixSettings, seed: int, step: int) -> None:
-    """The epsilon-greedy update of every group of the step's global rows (responses = prefix + suffix)."""
+                 s: PrefixSettings, seed: int, step: int, writer=None) -> None:
+    """The epsilon-greedy update of every group of the step's global rows (responses = prefix + suffix).
+
+    ``writer(prompts, responses)``: the sampling policy's log-probs of each response token (one list per response),
+    called once for the chosen responses; a kept prefix keeps the log-probs of its own writer (from the entry it was
+    cut from), the rest gets the writer's. Without it the log-probs are unknown (NaN)."""
+    chosen = []
     for block in groups_of([p.key for p in plans], group_size):
         plan = plans[block.start]
         rows = list(block)
         r = [rewards[i] for i in rows]
         zero_variance = max(r) == min(r)
         limit = plan.cut_limit if plan.refresh else s.truncation.adapt(plan.cut_limit, zero_variance)
-        cache.update_from_group(plan.key, prompt_ids[block.start], [responses[i] for i in rows], r,
-                                [correct[i] for i in rows], step, s.cache.epsilon,
-                                random.Random(derive_seed(seed, step, plan.key, "update")), reuses=plan.reuses,
-                                cut_limit=limit)
+        old = cache.entries.get(plan.key)
+        kept = old.logprobs[:len(plan.prefix)] if old is not None and plan.refresh is None else []
+        pick = cache.update_from_group(plan.key, prompt_ids[block.start], [responses[i] for i in rows], r,
+                                       [correct[i] for i in rows], step, s.cache.epsilon,
+                                       random.Random(derive_seed(seed, step, plan.key, "update")),
+                                       reuses=plan.reuses, cut_limit=limit)
+        chosen.append((plan.key, block.start + pick, kept))
+    if writer is None or not chosen:
+        return
+    fresh = writer([prompt_ids[i] for _, i, _ in chosen], [responses[i] for _, i, _ in chosen])
+    for (key, _, kept), logprobs in zip(chosen, fresh):
+        cache.entries[key].logprobs = kept + [float(x) for x in logprobs[len(kept):]]
 
 
 def step_metrics(plans: list[RowPlan], suffix_lengths: list[int], cache: ExperienceCache) -> dict[str, float]:

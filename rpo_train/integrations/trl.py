@@ -15,8 +15,11 @@ completion, so reward functions see the whole response and the dataset columns a
 Rewards are gathered by TRL; then the correctness reward is length-shaped and every process makes the same
 epsilon-greedy cache update. Evaluation samples the full path. The cache is saved as ``rpo_cache.safetensors`` (and
 the token counters as ``rpo_state.json``) in every checkpoint folder and restored by ``resume_from_checkpoint``.
-Logged beside TRL's metrics: ``rpo/suffix_length``, ``rpo/cut``, ``rpo/full_path_share``, ``rpo/cache_size``,
-``rpo/generated_tokens`` (cumulative, cache init included).
+With ``rpo_refresh_drift`` set, every step first reads the step's cached responses under the current policy (one
+no-grad forward, the same rows on every process) and refreshes those whose drift statistic reached it; the cache then
+keeps the log-probs each token was written with. Logged beside TRL's metrics: ``rpo/suffix_length``, ``rpo/cut``,
+``rpo/full_path_share``, ``rpo/cache_size``, ``rpo/generated_tokens`` (cumulative, cache init included), and the
+guard's ``rpo/drift_*`` and ``rpo/refreshes_*``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import atomic_write
 from ..cache import ExperienceCache
+from ..drift import drift_metrics, measure
+from ..policy import response_logprobs
 from .prefix_plan import plan_row, row_key, shape_lengths, step_metrics, update_cache
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 
@@ -131,18 +136,46 @@ class RPOTrainer(GRPOTrainer):
                                          self.num_generations_eval)
             return {"prompt_ids": prompt_ids, "completion_ids": ids, "logprobs": logprobs}
         step = self.state.global_step + 1
-        plans = [plan_row(self.rpo_cache, row_key(row, p, self.args.rpo_key_column), p, self.rpo_settings,
-                          self.args.seed, step) for row, p in zip(self._rpo_rows, prompt_ids)]
+        keys = [row_key(row, p, self.args.rpo_key_column) for row, p in zip(self._rpo_rows, prompt_ids)]
+        drifts = self._rpo_probe(keys, prompt_ids)
+        plans = [plan_row(self.rpo_cache, k, p, self.rpo_settings, self.args.seed, step, drifts.get(k))
+                 for k, p in zip(keys, prompt_ids)]
         suffixes, logprobs = self._sample([p + plan.prefix for p, plan in zip(prompt_ids, plans)],
                                           [plan.budget for plan in plans], self.num_generations)
         completions = [plan.prefix + s for plan, s in zip(plans, suffixes)]
         if logprobs is not None:  # the prefix was not sampled now: NaN makes TRL's sampling correction skip it
             logprobs = [[float("nan")] * len(plan.prefix) + lp for plan, lp in zip(plans, logprobs)]
-        self._rpo_pending = (plans, prompt_ids, completions, [len(s) for s in suffixes])
+        self._rpo_pending = (plans, prompt_ids, completions, [len(s) for s in suffixes],
+                             [drifts.get(plan.key) for plan in plans])
         out = {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": logprobs}
         if self.args.rpo_loss_tokens == "suffix":
             out["env_mask"] = [[0] * len(plan.prefix) + [1] * len(s) for plan, s in zip(plans, suffixes)]
         return out
+
+    # -- the drift guard ---------------------------------------------------------------------------------------
+    def _rpo_logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """The current policy's log-probs (at the sampling temperature) of each response token, in chunks of the
+        per-device batch; every process runs the same chunks."""
+        model = self.accelerator.unwrap_model(self.model)
+        pad = self.processing_class.pad_token_id if self.processing_class.pad_token_id is not None else 0
+        size = self.args.per_device_train_batch_size
+        out: list[list[float]] = []
+        for lo in range(0, len(prompts), size):
+            out += [lp for lp, _ in response_logprobs(model, prompts[lo:lo + size], responses[lo:lo + size], pad,
+                                                      self.temperature)]
+        return out
+
+    def _rpo_probe(self, keys: list[str], prompt_ids: list[list[int]]) -> dict:
+        """key -> ``Drift`` of its cached response under the current policy, for every cached question of the
+        step on any process (gathered, so every process measures the same rows the same way); empty when the
+        drift refresh is off."""
+        if not self.rpo_settings.cache.refresh_drift:
+            return {}
+        local = list({k: p for k, p in zip(keys, prompt_ids)}.items())
+        rows = list({k: p for part in gather_object([local]) for k, p in part if k in self.rpo_cache}.items())
+        entries = [self.rpo_cache.get(k, p) for k, p in rows]
+        now = self._rpo_logprobs([e.prompt_ids for e in entries], [e.response_ids for e in entries])
+        return {k: measure(e.logprobs, lp) for (k, _), e, lp in zip(rows, entries, now)}
 
     # -- scoring and the cache update ----------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -151,7 +184,7 @@ class RPOTrainer(GRPOTrainer):
             return rewards_per_func
         local, self._rpo_pending = self._rpo_pending, None
         rows = [r for part in gather_object([list(zip(*local))]) for r in part]  # global, in TRL's row order
-        plans, prompt_ids, responses, suffix_lengths = (list(x) for x in zip(*rows))
+        plans, prompt_ids, responses, suffix_lengths, drifts = (list(x) for x in zip(*rows))
         col = self.args.rpo_correct_reward
         values = rewards_per_func[:, col].tolist()
         correct = [v > 0 for v in values]
@@ -163,11 +196,16 @@ class RPOTrainer(GRPOTrainer):
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         totals = (rewards_per_func * weights).nansum(dim=1).tolist()
         step = self.state.global_step + 1
+        writer = self._rpo_logprobs if self.rpo_settings.cache.refresh_drift else None  # weights not yet updated
         update_cache(self.rpo_cache, plans, prompt_ids, responses, totals, correct, self.num_generations,
-                     self.rpo_settings, self.args.seed, step)
+                     self.rpo_settings, self.args.seed, step, writer)
         self.rpo_counters["generated_tokens"] += sum(suffix_lengths)
         metrics = step_metrics(plans, suffix_lengths, self.rpo_cache)
         metrics["rpo/generated_tokens"] = float(self.rpo_counters["generated_tokens"])
+        firsts = range(0, len(plans), self.num_generations)  # one per group
+        guard = drift_metrics([drifts[i] for i in firsts], [plans[i].refresh for i in firsts
+                                                             if plans[i].refresh != "init"] or [None])
+        metrics.update({"rpo/" + name.split("/", 1)[1]: value for name, value in guard.items()})
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         return rewards_per_func
@@ -176,8 +214,9 @@ class RPOTrainer(GRPOTrainer):
     def rpo_init_cache(self, batch: int | None = None) -> None:
         """The paper's cache init: one response per training question from the current policy, before training.
 
-        Each process samples its share of the distinct questions; the correctness reward function (when it is a
-        plain function) scores them for the cache's metrics; every process then stores all of them."""
+        Each process samples its share of the distinct questions (with their log-probs when the drift refresh is
+        on); the correctness reward function (when it is a plain function) scores them for the cache's metrics;
+        every process then stores all of them."""
         start = time.perf_counter()
         data = self.train_dataset
         if not hasattr(data, "__len__"):
@@ -194,15 +233,16 @@ class RPOTrainer(GRPOTrainer):
         found = []
         for lo in range(0, share, batch):  # the same number of calls on every process (generation may be collective)
             part = mine[lo:lo + batch]
-            ids, _ = self._sample([prompt_ids[i] for i in part or todo[:1]], [self.max_completion_length] *
-                                  max(len(part), 1), 1)
+            asked = [prompt_ids[i] for i in part or todo[:1]]
+            ids, _ = self._sample(asked, [self.max_completion_length] * len(asked), 1)
+            logprobs = self._rpo_logprobs(asked, ids) if self.rpo_settings.cache.refresh_drift else [[]] * len(ids)
             if not part:
                 continue
             correct = self._init_correct([rows[i] for i in part], ids)
-            found += [(i, r, c) for i, r, c in zip(part, ids, correct)]
-        for i, response, ok in sorted(x for part in gather_object([found]) for x in part):
+            found += list(zip(part, ids, correct, logprobs))
+        for i, response, ok, logprobs in sorted(x for part in gather_object([found]) for x in part):
             self.rpo_cache.put(keys[i], prompt_ids[i], response, reward=float(ok), correct=ok, step=0,
-                               cut_limit=self.rpo_settings.truncation.initial_limit())
+                               logprobs=logprobs, cut_limit=self.rpo_settings.truncation.initial_limit())
             self.rpo_counters["init_tokens"] += len(response)
         self.rpo_counters["generated_tokens"] += self.rpo_counters["init_tokens"]
         self.rpo_counters["init_s"] = time.perf_counter() - start

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from packaging.version import Version
 
-from ..cache import CacheConfig
+from ..cache import DRIFT_STATS, CacheConfig
 from ..cuts import TRUNCATION_MODES, TruncationConfig
 from ..errors import UsageError
 from .prefix_plan import PrefixSettings
@@ -57,8 +57,10 @@ class RPOConfig(GRPOConfig):
     - cache [cache]: ``rpo_cache_epsilon`` (best response kept with this probability, else a random one);
       ``rpo_cache_init`` eager (one response per training question before the first step, the paper's) | lazy (a
       question's first group runs the full path); ``rpo_key_column`` (a dataset column that identifies a question;
-      None: a hash of the prompt's token ids); the drift guard's ``rpo_full_share`` (a random share of groups on the
-      full path) and ``rpo_max_reuses`` (full path after that many groups re-used a body), ``rpo_refresh_every``;
+      None: a hash of the prompt's token ids); the drift guard: ``rpo_refresh_stat`` (kl | m2 | flips, see
+      ``rpo_train.drift``) reaching ``rpo_refresh_drift`` (0: off) sends a question down the full path, as do
+      ``rpo_max_reuses`` (reuses of a body) and ``rpo_full_share`` (a random share of groups, drawn every
+      ``rpo_refresh_every``-th step);
     - ``rpo_loss_tokens``: full (prefix + suffix, the paper's) | suffix (only the sampled tokens: the prefix is
       masked from the loss as TRL masks tool output);
     - ``rpo_length_aware`` / ``rpo_length_alpha``: RPO's length-aware shaping of the correctness reward, the reward
@@ -73,6 +75,8 @@ class RPOConfig(GRPOConfig):
     rpo_cache_epsilon: float = field(default=0.5, metadata=_help("probability of keeping a group's best response"))
     rpo_cache_init: str = field(default="eager", metadata=_help("eager | lazy"))
     rpo_key_column: str | None = field(default=None, metadata=_help("dataset column naming a question"))
+    rpo_refresh_stat: str = field(default="flips", metadata=_help("kl | m2 | flips: the drift statistic"))
+    rpo_refresh_drift: float = field(default=0.0, metadata=_help("refresh at this drift (0: off; flips: 1 or 2)"))
     rpo_full_share: float = field(default=0.0, metadata=_help("share of groups sent down the full path"))
     rpo_max_reuses: int = field(default=0, metadata=_help("full path after this many reuses of a body (0: off)"))
     rpo_refresh_every: int = field(default=1, metadata=_help("draw rpo_full_share on every k-th step only"))
@@ -93,6 +97,8 @@ class RPOConfig(GRPOConfig):
             (self.rpo_suffix_budget >= 0, "rpo_suffix_budget", "an int >= 0 (0: the cut m)"),
             (0.0 <= self.rpo_cache_epsilon <= 1.0, "rpo_cache_epsilon", "in [0, 1]"),
             (self.rpo_cache_init in CACHE_INITS, "rpo_cache_init", f"one of {CACHE_INITS}"),
+            (self.rpo_refresh_stat in DRIFT_STATS, "rpo_refresh_stat", f"one of {DRIFT_STATS}"),
+            (self.rpo_refresh_drift >= 0, "rpo_refresh_drift", ">= 0 (0: off)"),
             (0.0 <= self.rpo_full_share <= 1.0, "rpo_full_share", "in [0, 1]"),
             (self.rpo_max_reuses >= 0, "rpo_max_reuses", "an int >= 0 (0: off)"),
             (self.rpo_refresh_every >= 1, "rpo_refresh_every", "an int >= 1"),
@@ -110,6 +116,7 @@ class RPOConfig(GRPOConfig):
             truncation = TruncationConfig(mode=self.rpo_truncation, max_cut=self.rpo_max_cut,
                                           factor=self.rpo_cut_factor, min_cut=self.rpo_min_cut)
             cache = CacheConfig(epsilon=self.rpo_cache_epsilon, full_share=self.rpo_full_share,
+                                refresh_stat=self.rpo_refresh_stat, refresh_drift=float(self.rpo_refresh_drift),
                                 max_reuses=self.rpo_max_reuses, refresh_every=self.rpo_refresh_every)
         except UsageError as exc:  # the checks above should have caught it; name the RPOConfig fields anyway
             raise ValueError(f"RPOConfig: {exc}") from exc
