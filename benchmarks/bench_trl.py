@@ -5,10 +5,13 @@ questions x G = 8, at most 280 new tokens, T = 0.7, AdamW lr 2e-4 constant, grad
 eps 0.2, beta 0.04, group-normalised advantages; ``--steps`` steps) and is its own process. The TRL arms get the same
 prompts (BOS + question, the ids rpo-train feeds) and the same exact-answer reward; RPOTrainer runs the default
 recipe's RPO settings (L = 30, suffix budget m, length-aware reward, 5% of the groups on the full path, eager cache
-init). Every arm is evaluated the same way: greedy held-out accuracy on the 200 test questions with rpo-train's
-native engine, at each ``--eval-every`` steps; evaluation time is excluded from the run times (cache init included).
+init, no drift refresh); ``--rpo-set`` overrides RPOConfig fields (a separate arm in the rows). Every arm is
+evaluated the same way: greedy held-out accuracy on the 200 test questions with rpo-train's native engine, at each
+``--eval-every`` steps; evaluation time is excluded from the run times (cache init included).
 
     python -m benchmarks.bench_trl --seeds 0 1 2 --threads 2
+    python -m benchmarks.bench_trl --arms trl-rpo --seeds 0 1 2 --threads 2 --rpo-set rpo_refresh_drift=1 \
+        rpo_full_share=0                                     # RPOTrainer with the flips guard
 
 Rows go to ``benchmarks/results/trl/runs.csv``, curves to ``runs/<arm>_seed<S>.jsonl``; ``--report`` writes
 ``summary.json`` and ``trl.png`` from them.
@@ -96,7 +99,8 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     before = accuracy(model)
     if arm == "trl-rpo":
         rpo = dict(rpo_max_cut=cfg.truncation.max_cut, rpo_full_share=cfg.cache.full_share,
-                   rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware) | extra
+                   rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware,
+                   rpo_refresh_drift=0.0) | extra  # the recipe's guard; --rpo-set rpo_refresh_drift=1 for flips
         trainer = RPOTrainer(model=model, reward_funcs=[correct], args=RPOConfig(**args, **rpo), train_dataset=data,
                              processing_class=tok, callbacks=[Evaluate()])
     else:

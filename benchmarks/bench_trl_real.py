@@ -56,7 +56,8 @@ def run(arm: str, model_path: str, steps: int, questions: int, out: Path) -> dic
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     if arm == "rpo":
         trainer = RPOTrainer(model=model, reward_funcs=[correct], train_dataset=data, processing_class=tok,
-                             args=RPOConfig(**args, rpo_max_cut=100, rpo_full_share=0.05, rpo_key_column="id"))
+                             args=RPOConfig(**args, rpo_max_cut=100, rpo_full_share=0.05, rpo_refresh_drift=0.0,
+                                             rpo_key_column="id"))
     else:
         from trl import GRPOConfig
 

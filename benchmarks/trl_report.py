@@ -79,6 +79,12 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def tick(arm: str) -> str:
+    """An arm's label broken over lines for the plot's x axis."""
+    text = label(arm).replace("TRL GRPO", "TRL\nGRPO").replace(" (TRL)", "\n(TRL)").replace(" full", "\nfull")
+    return text.replace(" RPO", "\nRPO").replace(" rpo_", "\nrpo_")
+
+
 def plot(summary: dict, path: Path) -> Path:
     import matplotlib
 
@@ -93,9 +99,7 @@ def plot(summary: dict, path: Path) -> Path:
         means = [scale * summary["arms"][a][metric]["mean"] for a in arms]
         errs = [scale * summary["arms"][a][metric]["std"] for a in arms]
         ax.bar(range(len(arms)), means, yerr=errs, color=[COLORS.get(a.split()[0], "#2a7") for a in arms], capsize=4)
-        ax.set_xticks(range(len(arms)), [label(a).replace(" (TRL)", "\n(TRL)").replace(" full", "\nfull")
-                                         .replace(" RPO", "\nRPO").replace(" rpo_", "\nrpo_") for a in arms],
-                      fontsize=7)
+        ax.set_xticks(range(len(arms)), [tick(a) for a in arms], fontsize=7)
         ax.set_title(title, fontsize=10)
     fig.suptitle("RPO inside TRL vs rpo-train, bundled recurrence task (mean ± std over seeds, 2-core CPU)",
                  fontsize=10)

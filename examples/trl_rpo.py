@@ -68,7 +68,7 @@ def main() -> None:
                               processing_class=tokenizer)
     else:
         trainer = RPOTrainer(model=model, reward_funcs=[correct], train_dataset=dataset, processing_class=tokenizer,
-                             args=RPOConfig(**common, rpo_max_cut=cut, rpo_full_share=0.05, rpo_key_column="id"))
+                             args=RPOConfig(**common, rpo_max_cut=cut, rpo_key_column="id"))
     trainer.train()
 
 

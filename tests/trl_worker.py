@@ -60,7 +60,7 @@ def build(out: Path, model_dir: Path, steps: int, **overrides) -> tuple[RPOTrain
                     max_completion_length=40, temperature=1.0, learning_rate=1e-3, max_steps=steps, logging_steps=1,
                     report_to="none", save_strategy="no", rpo_max_cut=12, use_cpu=True, seed=3, beta=0.0,
                     per_device_eval_batch_size=GROUP * 2, num_generations_eval=GROUP, bf16=False,
-                    dataloader_num_workers=0)
+                    dataloader_num_workers=0, rpo_refresh_drift=0.0)
     settings.update(overrides)
     recorder = Recorder()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
