@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,29 @@ def test_the_plan_module_needs_no_trl():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent)
     assert proc.returncode == 1 and "needs TRL: pip install -e '.[trl]'" in proc.stderr
 
+
+
+@pytest.mark.trl
+def test_the_bundled_warm_model_trains_through_rpotrainer(worker, tmp_path):
+    """The bundled recurrence task's warm model (built on first use, about 2 minutes): its cached responses have the
+    task's shape, the reward sees right and wrong whole responses, and the guard's statistics are logged."""
+    from transformers import AutoTokenizer
+
+    from rpo_train.config import DataConfig
+    from rpo_train.rewards import exact_answer_reward
+    from rpo_train.task.warmstart import ensure_warm_model
+
+    data = DataConfig(task="recurrence", n_train=400, n_test=200)
+    path = ensure_warm_model("tiny-recurrence", data)
+    tok = AutoTokenizer.from_pretrained(path)
+    trainer, recorder = worker.build(tmp_path, path, 2, per_device_train_batch_size=64, num_generations=8,
+                                     max_completion_length=280, temperature=0.7, learning_rate=2e-4,
+                                     rpo_refresh_drift=1.0, rpo_max_cut=30, rows=worker.dataset(tok, 16, data))
+    trainer.train()
+    cached = [tok.decode(e.response_ids, skip_special_tokens=True) for e in trainer.rpo_cache.entries.values()]
+    assert len(cached) == 16 and all(re.match(r"\d\d:\d\+\d=\d;", r) for r in cached)  # the task's steps ...
+    assert sum("Answer: " in r for r in cached) >= 8  # ... and closings (a suffix cut at its budget m may lack one)
+    verdicts = {exact_answer_reward({"answer": a}, c).correct for call in recorder.seen
+                for c, a in zip(call["completions"], call["answer"])}
+    assert verdicts == {True, False}
+    assert [h for h in trainer.state.log_history if "rpo/drift_flips_mean" in h]

@@ -33,8 +33,11 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def dataset(tok, n: int = QUESTIONS) -> Dataset:
-    train, _ = make_task(DataConfig(task="recurrence", terms=2, n_train=n, n_test=4, seed=7)).splits()
+def dataset(tok, n: int = QUESTIONS, data: DataConfig | None = None) -> Dataset:
+    """``n`` training questions of the recurrence task (short ones unless ``data`` says otherwise)."""
+    data = data or DataConfig(task="recurrence", terms=2, n_train=n, n_test=4, seed=7)
+    train, _ = make_task(data).splits()
+    train = train[:n]
     return Dataset.from_list([{"prompt": tok.bos_token + r["question"], "answer": r["answer"], "id": r["id"]}
                               for r in train])
 
@@ -54,7 +57,8 @@ class Recorder:
         return [float("1" in c) + exact_answer_reward({"answer": a}, c).reward for c, a in zip(completions, answer)]
 
 
-def build(out: Path, model_dir: Path, steps: int, **overrides) -> tuple[RPOTrainer, Recorder]:
+def build(out: Path, model_dir: Path, steps: int, rows: Dataset | None = None,
+          **overrides) -> tuple[RPOTrainer, Recorder]:
     tok = AutoTokenizer.from_pretrained(model_dir)
     settings = dict(output_dir=str(out), per_device_train_batch_size=GROUP * 2, num_generations=GROUP,
                     max_completion_length=40, temperature=1.0, learning_rate=1e-3, max_steps=steps, logging_steps=1,
@@ -65,7 +69,8 @@ def build(out: Path, model_dir: Path, steps: int, **overrides) -> tuple[RPOTrain
     recorder = Recorder()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trainer = RPOTrainer(model=model, reward_funcs=[recorder], args=RPOConfig(**settings),
-                         train_dataset=dataset(tok), eval_dataset=dataset(tok, 4), processing_class=tok)
+                         train_dataset=dataset(tok) if rows is None else rows, eval_dataset=dataset(tok, 4),
+                         processing_class=tok)
     return trainer, recorder
 
 
