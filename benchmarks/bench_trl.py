@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from rpo_train.atomic import atomic_write
 from rpo_train.errors import ArgumentParser, report_usage_errors
 
 from .bench_training import run_one, save_run
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         folder = work / "trl" / run_name(args.child, args.seeds[0], extra)
         result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra)
-        (folder / "result.json").write_text(json.dumps(result))
+        atomic_write(folder / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
         return
     if not args.report:
         for seed in args.seeds:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from rpo_train.atomic import atomic_write
+from rpo_train.errors import UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, versions
 
@@ -89,10 +90,11 @@ def main() -> None:
     work = Path(args.work)
     if args.child:
         result = run(args.child, args.model, args.steps, args.questions, work / args.child)
-        (work / f"{args.child}.json").write_text(json.dumps(result))
+        atomic_write(work / f"{args.child}.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
         return
     if not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"--model {args.model}: no config.json there (convert SmolLM2 first: scripts/convert_smollm2.py)")
+        raise UsageError(f"--model {args.model}: no config.json there (convert SmolLM2 first: "
+                         "scripts/convert_smollm2.py)")
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else dict(os.environ)
     results = {}
@@ -101,7 +103,7 @@ def main() -> None:
                "--steps", str(args.steps), "--questions", str(args.questions), "--work", str(work)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            sys.exit(f"{arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         results[arm] = json.loads((work / f"{arm}.json").read_text())
         print(arm, {k: v for k, v in results[arm].items() if k != "example_response"}, flush=True)
     record = {"model": Path(args.model).name, "device": device_name("cpu"), "threads": args.threads,
@@ -112,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_usage_errors("benchmarks.bench_trl_real", lambda: main() or 0))

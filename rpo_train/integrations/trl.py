@@ -223,10 +223,12 @@ class RPOTrainer(GRPOTrainer):
             raise ValueError("RPOConfig.rpo_cache_init='eager' needs a map-style train_dataset (an iterable one "
                              "has no end to initialise from); use rpo_cache_init='lazy'")
         rows = [data[i] for i in range(len(data))]
-        seen: set[str] = set()
         prompt_ids = [[int(t) for t in p] for p in self._tokenize_prompts([r["prompt"] for r in rows])[0]]
         keys = [row_key(r, p, self.args.rpo_key_column) for r, p in zip(rows, prompt_ids)]
-        todo = [i for i, k in enumerate(keys) if not (k in seen or seen.add(k))]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        todo = list(first.values())  # one row per distinct question, in dataset order
         share = -(-len(todo) // self.accelerator.num_processes)
         mine = todo[self.accelerator.process_index * share:(self.accelerator.process_index + 1) * share]
         batch = batch or self.args.per_device_train_batch_size
