@@ -68,7 +68,7 @@ def summarize(data) -> dict:
 
 
 def table(summary: dict) -> str:
-    """The README table: one row per arm, mean ± std over seeds (worst seed's accuracy in brackets)."""
+    """The docs/trl.md table: one row per arm, mean ± std over seeds (worst seed's accuracy in brackets)."""
     lines = ["| arm | held-out accuracy after (worst) | generated tokens / sample | s / step | run total (s) |",
              "|---|---|---|---|---|"]
     for arm, s in summary["arms"].items():

