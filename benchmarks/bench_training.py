@@ -38,7 +38,8 @@ CURVE_KEYS = ("eval/accuracy", "reward/mean", "reward/accuracy", "rollout/respon
               "rollout/prefix_len", "rollout/cut_len", "rollout/zero_variance_share", "rollout/generated_tokens",
               "rollout/groups", "cache/mean_length", "cache/correct_share", "cache/mean_reuses",
               "cache/drift_kl_mean", "cache/drift_kl_p95", "cache/drift_m2_mean", "cache/drift_m2_p95",
-              "cache/drift_flips_mean", "cache/drift_flipped_share",
+              "cache/drift_flips_mean", "cache/drift_flipped_share", "cache/drift_drop_mean", "cache/drift_drop_p95",
+              "train/kl_mean", "train/grad_norm",
               "rollout/refresh_share", "rollout/cut_limit_mean", "time/probe_s", "time/rollout_s", "time/train_s",
               "time/step_s")
 SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "tokens_per_sample", "tokens_generated", "rollout_s", "train_s",

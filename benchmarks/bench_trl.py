@@ -123,8 +123,8 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
         generated, init_s = per_sample * rows * len(logs), 0.0
     for h in logs:
         point = next((c for c in curve if c["step"] == h["step"]), None)
-        fields = {k: h[k] for k in ("reward", "completions/mean_length", "rpo/suffix_length", "rpo/cut",
-                                    "step_time") if k in h}
+        fields = {k: v for k, v in h.items()
+                  if k in ("reward", "completions/mean_length", "step_time") or k.startswith("rpo/")}
         if point is None:
             curve.append({"step": h["step"], **fields})
         else:
@@ -133,7 +133,8 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     summary = {"accuracy_before": before, "accuracy_after": curve[-1].get("eval/accuracy", float("nan")),
                "tokens_per_sample": per_sample, "tokens_generated": generated, "cache_init_s": init_s,
                "total_s": total, "step_s": (total - init_s) / steps, "rollout_s": 0.0, "train_s": 0.0,
-               "refresh_share": 0.0, "steps": steps}
+               "refresh_share": (sum(h.get("rpo/full_path_share", 0.0) for h in logs) / len(logs)
+                                 if arm == "trl-rpo" else 0.0), "steps": steps}
     return {"name": run_name(arm, seed, extra), "summary": summary, "curve": curve}
 
 

@@ -61,7 +61,7 @@ class CacheEntry:
         return len(self.response_ids)
 
 
-DRIFT_STATS = ("kl", "m2", "flips")
+DRIFT_STATS = ("kl", "m2", "flips", "drop")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class CacheConfig:
     - the refresh (``rpo_train.drift``): a question's group runs the full path from its prompt (a fresh response
       from the current policy, which the cache then takes) when its entry's drift statistic ``refresh_stat`` ("kl":
       mean log p_writer - log p_now over the body, an estimate of KL(writer || now); "m2": mean squared log-ratio,
-      M2PO's second moment; "flips": tokens written with p > 0.9 that the current policy gives p < 0.5) reaches
+      M2PO's second moment; "flips": tokens written with p > 0.9 that the current policy gives p < 0.5; "drop": the
+      largest fall of one token's log-prob, in nats) reaches
       ``refresh_drift`` (0: off), when its body has been re-used ``max_reuses`` times
       (0: off), and for a random ``full_share`` of the groups (Kimi k1.5's mix of fresh and partial rollouts),
       drawn on every ``refresh_every``-th step only, ``refresh_every`` times as often: a full-path group makes its

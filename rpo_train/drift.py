@@ -12,10 +12,15 @@ entropy cut uses), and the two are compared token by token over the entry's resp
     m2 = mean_t (log p_now(a_t) - log p_writer(a_t))^2       (M2PO's second moment of the log-ratio)
     flips = #{t : p_writer(a_t) > 0.9 and p_now(a_t) < 0.5}  (tokens the writer was sure of that the current policy
                                                                would no longer write greedily: a body that breaks)
+    drop = max_t (log p_writer(a_t) - log p_now(a_t))        (the largest fall of one token, in nats: a token the
+                                                               current policy has all but ruled out)
 
 The means see a broken body poorly (a garbled step counter is a few tokens in two hundred); ``flips`` counts exactly
-those tokens. Measured on the recurrence task's final RPO-GRPO checkpoints: 61 and 106 of 400 entries flipped in runs
-ending at 88% and 74.5% (broken bodies), 13 and 14 in runs ending at 100%, while m2's p95 was 0.029-0.045 in all four.
+those tokens. Measured on the recurrence task's final RPO-GRPO checkpoints: 61 and 106 of 400 entries flipped in
+runs ending at 88% and 74.5% (broken bodies), 13 and 14 in runs ending at 100%, while m2's p95 was 0.029-0.045 in
+all four. ``drop`` sees a token of any writer probability that the policy has since ruled out (p_writer 0.34, p_now
+1e-7 in a run whose KL term then spiked: the reference still gave it 3e-4, and k3 = exp(ref - now) weighed it 2,300
+times a typical token).
 
 An entry is refreshed (its question's group runs the full path; the cache then takes one of those responses) when the
 statistic ``cache.refresh_stat`` reaches ``cache.refresh_drift``, when its body has been re-used ``cache.max_reuses``
@@ -29,7 +34,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .cache import CacheConfig, CacheEntry
+from .cache import DRIFT_STATS, CacheConfig, CacheEntry
 
 REASONS = ("drift", "reuses", "share")
 FLIP_WRITER = math.log(0.9)  # a token its writer gave more than 0.9 ...
@@ -44,6 +49,7 @@ class Drift:
     m2: float
     flips: int
     tokens: int
+    drop: float = 0.0
 
 
 def measure(written: list[float], now: list[float]) -> Drift:
@@ -55,7 +61,8 @@ def measure(written: list[float], now: list[float]) -> Drift:
         return Drift(0.0, 0.0, 0, 0)
     diffs = [c - w for w, c in pairs]
     flips = sum(w > FLIP_WRITER and c < FLIP_NOW for w, c in pairs)
-    return Drift(-sum(diffs) / len(diffs), sum(d * d for d in diffs) / len(diffs), flips, len(diffs))
+    return Drift(-sum(diffs) / len(diffs), sum(d * d for d in diffs) / len(diffs), flips, len(diffs),
+                 max(0.0, -min(diffs)))
 
 
 def refresh_reason(entry: CacheEntry, drift: Drift | None, cfg: CacheConfig, rng: random.Random,
@@ -84,7 +91,7 @@ def drift_metrics(drifts: list[Drift | None], reasons: list[str | None]) -> dict
     """Per-step metrics of the groups rolled out: drift mean and p95 over the measured entries, refresh shares."""
     out: dict[str, float] = {}
     measured = [d for d in drifts if d is not None and d.tokens]
-    for stat in ("kl", "m2", "flips"):
+    for stat in DRIFT_STATS:
         if measured:
             values = [getattr(d, stat) for d in measured]
             out[f"cache/drift_{stat}_mean"] = sum(values) / len(values)

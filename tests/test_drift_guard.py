@@ -36,6 +36,10 @@ def test_drift_statistics_against_hand_computed_values():
     sure, unsure = math.log(0.95), math.log(0.6)
     flipped = measure([sure, sure, unsure, sure], [math.log(0.4), math.log(0.55), math.log(0.1), sure])
     assert flipped.flips == 1
+    # drop: the largest fall of one token's log-prob, whatever its writer's probability (a rise counts as no fall)
+    assert flipped.drop == pytest.approx(math.log(0.6) - math.log(0.1))
+    assert measure([-1.07, -0.5], [-15.79, -0.1]).drop == pytest.approx(14.72)
+    assert measure([-2.0], [-1.0]).drop == 0.0
     with pytest.raises(ValueError, match="2 written log-probs but 1"):
         measure([-1.0, -1.0], [-1.0])
 
@@ -50,6 +54,9 @@ def test_refresh_triggers_by_drift_reuses_and_share():
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=0.01, refresh_stat="kl"), rng) == "drift"
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=2, refresh_stat="flips"), rng) == "drift"
     assert refresh_reason(e, drifted, CacheConfig(refresh_drift=3, refresh_stat="flips"), rng) is None
+    fallen = Drift(kl=0.001, m2=0.9, flips=0, tokens=200, drop=14.7)  # one token ruled out, no flip
+    assert refresh_reason(e, fallen, CacheConfig(refresh_drift=4.6, refresh_stat="drop"), rng) == "drift"
+    assert refresh_reason(e, fallen, CacheConfig(refresh_drift=1, refresh_stat="flips"), rng) is None
     assert refresh_reason(e, None, CacheConfig(refresh_drift=0.01), rng) is None  # not measured: no decision
     assert refresh_reason(e, drifted, CacheConfig(max_reuses=3), rng) == "reuses"
     assert refresh_reason(e, drifted, CacheConfig(max_reuses=4), rng) is None

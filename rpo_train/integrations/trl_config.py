@@ -57,7 +57,7 @@ class RPOConfig(GRPOConfig):
     - cache [cache]: ``rpo_cache_epsilon`` (best response kept with this probability, else a random one);
       ``rpo_cache_init`` eager (one response per training question before the first step, the paper's) | lazy (a
       question's first group runs the full path); ``rpo_key_column`` (a dataset column that identifies a question;
-      None: a hash of the prompt's token ids); the drift guard: ``rpo_refresh_stat`` (kl | m2 | flips, see
+      None: a hash of the prompt's token ids); the drift guard: ``rpo_refresh_stat`` (kl | m2 | flips | drop, see
       ``rpo_train.drift``) reaching ``rpo_refresh_drift`` sends a question down the full path (on by default: one
       flipped token, the setting measured best in TRL; 0 turns it off, the paper's loop), as do
       ``rpo_max_reuses`` (reuses of a body) and ``rpo_full_share`` (a random share of groups, drawn every
@@ -76,7 +76,7 @@ class RPOConfig(GRPOConfig):
     rpo_cache_epsilon: float = field(default=0.5, metadata=_help("probability of keeping a group's best response"))
     rpo_cache_init: str = field(default="eager", metadata=_help("eager | lazy"))
     rpo_key_column: str | None = field(default=None, metadata=_help("dataset column naming a question"))
-    rpo_refresh_stat: str = field(default="flips", metadata=_help("kl | m2 | flips: the drift statistic"))
+    rpo_refresh_stat: str = field(default="flips", metadata=_help("kl | m2 | flips | drop: the drift statistic"))
     rpo_refresh_drift: float = field(default=1.0, metadata=_help("refresh at this drift (0: off, the paper's loop)"))
     rpo_full_share: float = field(default=0.0, metadata=_help("share of groups sent down the full path"))
     rpo_max_reuses: int = field(default=0, metadata=_help("full path after this many reuses of a body (0: off)"))
