@@ -42,7 +42,10 @@ class ObjectiveConfig:
     rollout batch; the old log-probs are the policy's own, recomputed once before the first update, not the
     sampler's: those cover only the suffix tokens (the prefix came from the cache) and carry the engine's numerics
     (a bf16 copy, other kernels), which would put a sampler/trainer mismatch into every ratio. With mu = 1 the
-    ratio is 1 by construction and no old log-probs are computed.
+    ratio is 1 by construction and no old log-probs are computed. kl_clamp (0: off) clamps each token's k3 KL term
+    (``rpo_kernels.policy_loss``): a kept prefix can hold a token the policy has since ruled out, whose k3 against
+    the reference reaches thousands (measured: 2,300 on the recurrence task, a grad norm of 25,000 on recurrence_sum)
+    and turns a step's update into that token's; verl clamps its k3 at 10 likewise.
     """
 
     algorithm: str = "grpo"
@@ -51,6 +54,7 @@ class ObjectiveConfig:
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.04
+    kl_clamp: float = 10.0
     adv_eps: float = 1e-4
     dynamic_sampling: bool = False
     max_resample_rounds: int = 3
@@ -68,7 +72,7 @@ class ObjectiveConfig:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise UsageError(f"objective.{name} must be one of {allowed}, got {value!r}")
-        for name in ("eps_low", "eps_high", "beta", "adv_eps", "length_alpha", "overlong_factor"):
+        for name in ("eps_low", "eps_high", "beta", "kl_clamp", "adv_eps", "length_alpha", "overlong_factor"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise UsageError(f"objective.{name} must be a number >= 0, got {value!r}")

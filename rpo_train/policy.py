@@ -130,7 +130,7 @@ def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advan
             logp, old_logprobs, advantages.to(logp.device), mask,
             ref_logprobs=ref_logprobs if objective.beta > 0 else None, loss_type=objective.loss_type,
             eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
-            max_response_len=max_response_len)
+            kl_clamp=objective.kl_clamp or None, max_response_len=max_response_len)
         metrics["entropy_mean"] = entropy[mask].mean() if bool(mask.any()) else entropy.new_zeros(())
         return loss, metrics
     hidden = final_hidden(model, batch)
@@ -139,7 +139,7 @@ def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advan
         hidden, weight.to(hidden.dtype), batch.targets, advantages.to(hidden.device), batch.loss_mask,
         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if objective.beta > 0 else None,
         loss_type=objective.loss_type, eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
-        temperature=temperature, max_response_len=max_response_len)
+        kl_clamp=objective.kl_clamp or None, temperature=temperature, max_response_len=max_response_len)
 
 
 def micro_batches(group_sizes: list[int], micro_batch: int) -> list[list[int]]:

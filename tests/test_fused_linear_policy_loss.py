@@ -67,6 +67,25 @@ def test_matches_unfused_fp32(backend, loss_type, with_old, beta, temperature):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_kl_clamp_matches_unfused(backend):
+    """The clamp of the k3 term in the fused chunks equals policy_loss's (some tokens far past it: ref - logp ~ 6)."""
+    hidden, weight, targets, adv, mask, old, ref = case()
+    kw = dict(old_logprobs=old, ref_logprobs=ref + 6.0 * (torch.rand_like(ref) < 0.3), loss_type="grpo", beta=0.5,
+              kl_clamp=2.0)
+    ours = run(lambda h, w: rpo_kernels.fused_linear_policy_loss(h, w, targets, adv, mask, backend=backend, **kw),
+               hidden, weight)
+    want = run(lambda h, w: unfused(h, w, targets, adv, mask, dtype=torch.float64, **kw),
+               hidden.double(), weight.double())
+    unclamped = run(lambda h, w: unfused(h, w, targets, adv, mask, dtype=torch.float64, **{**kw, "kl_clamp": None}),
+                    hidden.double(), weight.double())
+    assert unclamped[0].item() > want[0].item() + 0.1  # the case does reach the clamp
+    assert ours[0].item() == pytest.approx(want[0].item(), rel=1e-5, abs=1e-6)
+    scale = max(want[2].abs().max().item(), want[3].abs().max().item())
+    assert max_abs_err(ours[2], want[2]) <= 1e-5 * scale
+    assert max_abs_err(ours[3], want[3]) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-3), (torch.float16, 5e-4)])
 def test_low_precision_within_rule(backend, dtype, atol):
     hidden, weight, targets, adv, mask, old, ref = case(dtype=dtype)

@@ -94,6 +94,27 @@ def test_gradient_matches_autograd_of_oracle_formula():
     assert torch.all(g[~mask] == 0)
 
 
+def test_kl_clamp_bounds_a_ruled_out_token():
+    """A token the policy has all but ruled out (logp -15.8, the reference -8.0: k3 = 2,300) weighs at most kl_clamp
+    in the loss and has no KL gradient; tokens under the clamp are untouched."""
+    logp = torch.tensor([[-15.79, -0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-8.04, -0.4, -1.2]], dtype=torch.float64)
+    adv, mask = torch.zeros(1, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool)
+    free, m_free = rpo_kernels.policy_loss(logp, None, adv, mask, ref_logprobs=ref, loss_type="dapo", beta=1.0)
+    (g_free,) = torch.autograd.grad(free, logp)
+    held, m_held = rpo_kernels.policy_loss(logp, None, adv, mask, ref_logprobs=ref, loss_type="dapo", beta=1.0,
+                                           kl_clamp=10.0)
+    (g_held,) = torch.autograd.grad(held, logp)
+    k3 = [math.exp(r - lp) - (r - lp) - 1 for lp, r in ((-15.79, -8.04), (-0.5, -0.4), (-1.0, -1.2))]
+    assert k3[0] > 2000 and free.item() == pytest.approx(sum(k3) / 3, rel=1e-9)
+    assert held.item() == pytest.approx((10.0 + k3[1] + k3[2]) / 3, rel=1e-9)
+    assert m_held["kl_mean"].item() == pytest.approx(held.item(), rel=1e-6) and m_free["kl_mean"].item() > 600
+    assert g_free[0, 0].item() < -600 and g_held[0, 0].item() == 0.0
+    assert torch.equal(g_held[0, 1:], g_free[0, 1:])
+    with pytest.raises(ValueError, match="kl_clamp"):
+        rpo_kernels.policy_loss(logp, None, adv, mask, ref_logprobs=ref, beta=1.0, kl_clamp=0.0)
+
+
 def test_no_old_logprobs_means_ratio_one():
     logp, _, _, adv, mask = random_case(ragged=False)
     x = logp.clone().requires_grad_()

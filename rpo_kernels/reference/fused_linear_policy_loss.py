@@ -17,7 +17,8 @@ from .token_logprobs import chunk_logits, chunk_rows, dlogits, logits_stats
 
 class _EagerFusedLinearPolicyLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, old, ref, adv, weights, eps_low, eps_high, beta, temperature, rows):
+    def forward(ctx, hidden, weight, targets, old, ref, adv, weights, eps_low, eps_high, beta, kl_clamp, temperature,
+                rows):
         n = hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -37,7 +38,7 @@ class _EagerFusedLinearPolicyLoss(torch.autograd.Function):
                 ref_c = None if ref is None else ref[sl][None]
                 terms = per_token_objective(leaf[None], old_c, adv[sl][None],
                                             torch.ones_like(leaf[None], dtype=torch.bool), ref_c,
-                                            eps_low, eps_high, beta)
+                                            eps_low, eps_high, beta, kl_clamp)
                 chunk_loss = (weights[sl][None] * terms["per_token"]).sum()
                 if need_h or need_w:
                     (grad_logp,) = torch.autograd.grad(chunk_loss, leaf)
@@ -64,7 +65,7 @@ class _EagerFusedLinearPolicyLoss(torch.autograd.Function):
             grad_h.mul_(grad_loss.to(grad_h.dtype))
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_loss).to(ctx.weight_dtype)
-        return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_linear_policy_loss_ref(
@@ -80,6 +81,7 @@ def fused_linear_policy_loss_ref(
     eps_high: float,
     beta: float,
     temperature: float,
+    kl_clamp: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss over the ACTIVE tokens only, all inputs flattened to those tokens.
@@ -90,4 +92,4 @@ def fused_linear_policy_loss_ref(
     """
     rows = chunk_size or chunk_rows(hidden.shape[0], weight.shape[0])
     return _EagerFusedLinearPolicyLoss.apply(hidden, weight, targets, old_logprobs, ref_logprobs, advantages,
-                                             weights, eps_low, eps_high, beta, float(temperature), rows)
+                                             weights, eps_low, eps_high, beta, kl_clamp, float(temperature), rows)

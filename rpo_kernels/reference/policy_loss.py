@@ -4,7 +4,13 @@ aggregations. This is the one place the GRPO/DAPO loss math is written; everythi
 Per token (A = advantage, logp under the current policy, old under the sampling policy, ref under the reference)::
 
     r          = exp(logp - old)
-    per_token  = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A) + beta * (exp(ref - logp) - (ref - logp) - 1)
+    per_token  = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A) + beta * min(k3, kl_clamp)
+    k3         = exp(ref - logp) - (ref - logp) - 1                     (kl_clamp None: no clamp)
+
+The clamp (verl clamps its k3 at 10 the same way) bounds what one token the current policy has all but ruled out can
+weigh: RPO's kept prefixes hold such tokens (sampled long ago, never sampled again), where k3 = exp(ref - logp) reaches
+thousands and one token's KL gradient outweighs the whole batch's policy gradient. Beyond the clamp the token has no
+KL gradient.
 
 Aggregation over the mask M [B, T] (loss = sum(w * per_token) with the weights w of ``token_weights``)::
 
@@ -45,6 +51,7 @@ def per_token_objective(
     eps_low: float,
     eps_high: float,
     beta: float,
+    kl_clamp: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token loss terms, all [B, T] in fp32 (fp64 for fp64 inputs), zero where ``mask`` is 0 (also in the
     gradient).
@@ -65,6 +72,8 @@ def per_token_objective(
     if ref_logprobs is not None:
         diff = torch.where(active, ref_logprobs.to(ct) - logp, zero)
         kl = torch.exp(diff) - diff - 1.0
+        if kl_clamp is not None:
+            kl = torch.clamp(kl, max=kl_clamp)
         if beta != 0.0:
             per_token = per_token + beta * kl
     ratio_d = ratio.detach()
@@ -88,6 +97,7 @@ def policy_loss_ref(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     beta: float = 0.0,
+    kl_clamp: float | None = None,
     max_response_len: int | None = None,
     entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -100,7 +110,7 @@ def policy_loss_ref(
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
     adv = advantages[:, None].expand_as(logprobs) if advantages.dim() == 1 else advantages
-    terms = per_token_objective(logprobs, old_logprobs, adv, mask, ref_logprobs, eps_low, eps_high, beta)
+    terms = per_token_objective(logprobs, old_logprobs, adv, mask, ref_logprobs, eps_low, eps_high, beta, kl_clamp)
     per_token = terms["per_token"]
     loss = (token_weights(mask, loss_type, max_response_len, per_token.dtype) * per_token).sum()
 
