@@ -3,7 +3,8 @@
 Layout under ``<out_dir>/checkpoints``: ``step-000040/`` holds ``model.safetensors``, ``optimizer.safetensors``,
 ``cache.safetensors``, ``rng.safetensors`` and ``state.json``; ``latest.json`` names the newest complete one. A
 checkpoint is written into a hidden temporary folder, flushed, renamed into place, and only then does ``latest.json``
-(itself replaced atomically) point to it: a crash at any moment leaves the previous checkpoint intact. No pickle.
+(itself replaced atomically) point to it: a crash at any moment leaves the previous checkpoint intact, and so does a
+write that fails (disk full: ``WriteFailedError`` naming the file, the partial folder removed). No pickle.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .atomic import atomic_directory, atomic_write_json
+from .atomic import atomic_directory, atomic_write_json, writing
 from .cache import ExperienceCache
 from .errors import UsageError, one_line
 
@@ -48,22 +49,24 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     ``model_state`` / ``optimizer_state`` (whole tensors, e.g. gathered from shards) replace the modules' own.
     """
     root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
 
-    def build(tmp: Path) -> None:
-        if model_state is None:
-            save_model(model, str(tmp / "model.safetensors"))
-        else:
-            save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    def build(tmp: Path) -> None:  # each file's write error names the file (its place in ``final``)
+        with writing(tmp / "model.safetensors"):
+            if model_state is None:
+                save_model(model, str(tmp / "model.safetensors"))
+            else:
+                save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _optimizer_to_files(optimizer, optimizer_state)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        with writing(tmp / "optimizer.safetensors"):
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         cache.save(tmp / "cache.safetensors")
-        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        with writing(tmp / "rng.safetensors"):
+            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         state = {"format": FORMAT, "step": step, "optimizer": opt_meta,
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "python_rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]], **extra}
-        with open(tmp / "state.json", "w") as f:
+        with writing(tmp / "state.json"), open(tmp / "state.json", "w") as f:
             json.dump(state, f)
 
     atomic_directory(final, build)

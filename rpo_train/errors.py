@@ -4,17 +4,20 @@
 folder, a checkpoint, the machine. Its message names the culprit and says what was expected. The command-line tools
 (``rpo-train``, the benchmark scripts) print it as one line, ``<prog>: <message>``, on stderr and exit with status 2;
 ``--debug`` (or ``RPO_DEBUG=1``) shows the traceback instead. Any other exception is a bug and is raised as usual.
+``WriteFailedError`` is the machine's share: an output file that cannot be written (disk full, quota, permissions).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -23,6 +26,34 @@ class UsageError(ValueError):
 
 class MissingPathError(UsageError, FileNotFoundError):
     """A file or folder the user named is missing, or is not the kind expected (a file where a folder should be)."""
+
+
+class WriteFailedError(UsageError, OSError):
+    """An output file (checkpoint, cache, log, lock) could not be written: the disk is full, a quota is reached, the
+    folder is read-only or not ours. Names the file and the operating system's reason; ``remedy`` says what to do.
+    An ``OSError`` too (``errno`` is the cause's), so code that catches ``OSError`` around a write still does."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        code = errno.errorcode.get(cause.errno, "") if cause.errno else ""
+        reason = cause.strerror or one_line(cause)
+        super().__init__(f"cannot write {path}: {reason}{f' ({code})' if code else ''}")
+        self.path, self.cause, self.errno = Path(path), cause, cause.errno
+
+    @property
+    def remedy(self) -> str:
+        """What the user does about it, as the start of a sentence ("free some space")."""
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "free some space"
+        if self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "make it writable"
+        return "fix that"
+
+    def moved(self, src: Path, dst: Path) -> WriteFailedError:
+        """This error with a path under the folder ``src`` named by its place under ``dst`` instead (a file of a
+        temporary folder that was to become ``dst``)."""
+        if not self.path.is_relative_to(src):
+            return self
+        return WriteFailedError(dst / self.path.relative_to(src), self.cause)
 
 
 def one_line(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import atomic_savefig, atomic_write, atomic_write_json
+from .atomic import atomic_savefig, atomic_write, atomic_write_json, writing
 
 PLOTS = ("reward/mean", "eval/accuracy", "rollout/response_len", "rollout/suffix_len",
          "rollout/zero_variance_share", "cache/mean_length", "train/clip_frac", "train/entropy_mean",
@@ -34,7 +34,8 @@ class MetricsLogger:
 
     def __init__(self, out_dir: str | Path):
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "metrics.jsonl"
         self.tb = None
         self._purge_step: int | None = None
@@ -63,16 +64,18 @@ class MetricsLogger:
         return self.tb
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one row (flushed to disk before returning, so a checkpoint written after it never outlives it)."""
-        with self.path.open("a") as f:
+        """Append one row (flushed to disk before returning, so a checkpoint written after it never outlives it). A
+        failed write is a ``WriteFailedError`` naming the file; a torn row it leaves is dropped by ``resume_at``."""
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        tb = self._tensorboard()
-        if tb is not None:
-            for k, v in metrics.items():
-                tb.add_scalar(k, v, step)
-            tb.flush()
+        with writing(self.out / "tensorboard"):
+            tb = self._tensorboard()
+            if tb is not None:
+                for k, v in metrics.items():
+                    tb.add_scalar(k, v, step)
+                tb.flush()
 
     def rows(self) -> list[dict]:
         """Every row that parses (a torn last line left by a crash is skipped)."""
