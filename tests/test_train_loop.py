@@ -72,7 +72,7 @@ def test_rpo_without_a_kl_anchor_is_noted():
     assert load_recipe("tiny-cpu").notes() == []  # RPO-GRPO, beta 0.04
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.rollout=full"]).notes() == []
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes() == []  # the recipe's guard is on
-    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.full_share=0"]).notes()
+    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_drift=0"]).notes()
     assert note.startswith("objective.beta = 0 with objective.rollout rpo and no cache refresh")
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_drift=0.1"]).notes() == []
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.beta=0.04"]).notes() == []
