@@ -7,6 +7,10 @@
 
 Runs are resumed from ``out_dir`` when a checkpoint exists there. At the end a table of held-out accuracy before and
 after, rollout tokens and the time split is printed and plots are written to ``out_dir``.
+
+One run at a time per out_dir: a second one exits with status 2, naming the pid and host of the first. Ctrl-C or
+SIGTERM stops at the next step boundary with a checkpoint there (exit 130 or 143; a second Ctrl-C stops at once); a
+full disk stops the run with the file it could not write (exit 2). Run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import sys
 import time
 
 from .config import load_recipe
-from .errors import ArgumentParser, add_debug_flag, report_usage_errors
+from .errors import ArgumentParser, UsageError, WriteFailedError, add_debug_flag, report_usage_errors
+from .interrupt import StopSignals
 
 
 def resolve_model(cfg):
@@ -79,35 +84,72 @@ def main(argv: list[str] | None = None) -> int:
                                debug=args.debug)
 
 
+def _resume_hint(out_dir: str, first: str = "") -> str:
+    """How to go on: the last complete checkpoint of ``out_dir`` and the command to resume from it."""
+    from .checkpointing import latest_checkpoint
+
+    folder = latest_checkpoint(out_dir)
+    first = f"{first}, then run" if first else "run"
+    if folder is None:
+        return f"no checkpoint was written yet: {first} the same command again to start over"
+    return f"the last complete checkpoint is {folder}: {first} the same command again to resume from it"
+
+
+def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
+    """(the trainer's summary, seconds spent building the bundled model)."""
+    warm = time.perf_counter()
+    if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
+        dist.barrier()
+    cfg = resolve_model(cfg)
+    if dist.is_main:
+        dist.barrier()
+    warm_s = time.perf_counter() - warm
+    from .trainer import Trainer
+
+    return Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested).train(), warm_s
+
+
 def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
     """Train ``cfg`` in this process, as one rank of a torchrun job when its environment says so; the exit code.
 
-    A lost rank (killed, network gone) ends the job with a message saying how to resume.
+    Rank 0 holds the lock of ``out_dir`` for the run (``rpo_train.run_lock``). Ctrl-C or SIGTERM (handled here, in the
+    main thread, and the previous handlers restored after) stops at the next step boundary with a checkpoint there:
+    exit code 130 or 143 (128 + the signal); a second signal stops at once, also 130 or 143. A file that cannot be
+    written is a ``UsageError`` naming it and the last complete checkpoint. A lost rank (killed, network gone) ends
+    the job with a message saying how to resume (exit code 1).
     """
     from .distributed import DistContext, RankLostError
+    from .run_lock import hold_out_dir
 
     start = time.perf_counter() if start is None else start
     dist = DistContext.from_env(cfg.device)
     if dist.is_main:
         for note in cfg.notes():
             print(f"rpo-train: note: {note}", file=sys.stderr)
+    stop = StopSignals(announce=dist.is_main)
     try:
-        warm = time.perf_counter()
-        if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
-            dist.barrier()
-        cfg = resolve_model(cfg)
-        if dist.is_main:
-            dist.barrier()
-        warm_s = time.perf_counter() - warm
-        from .trainer import Trainer
-
-        summary = Trainer(cfg, reward_fn=reward_fn, dist=dist).train()
+        with stop.handling(), hold_out_dir(cfg.out_dir, dist) as held:
+            if not held:
+                return 2
+            summary, warm_s = _train(cfg, reward_fn, dist, stop)
     except RankLostError as exc:
         print(f"rpo-train: {exc}. The job stops here; run the same command again to resume from the last "
               f"checkpoint in {cfg.out_dir}", file=sys.stderr)
         return 1
+    except WriteFailedError as exc:
+        raise UsageError(f"{exc}; {_resume_hint(cfg.out_dir, exc.remedy)}") from exc
+    except KeyboardInterrupt:
+        if dist.is_main:
+            print(f"rpo-train: stopped at once by a second {stop.name()}; {_resume_hint(cfg.out_dir)}",
+                  file=sys.stderr)
+        return stop.exit_code()
     finally:
         dist.close()
+    if "stopped_at" in summary:
+        if dist.is_main:
+            print(f"rpo-train: stopped by {stop.name()} at step {summary['stopped_at']} of {cfg.steps}; "
+                  f"{_resume_hint(cfg.out_dir)}", file=sys.stderr)
+        return stop.exit_code()
     if dist.is_main:
         summary.update(warm_start_s=summary.get("warm_start_s", warm_s), total_s=time.perf_counter() - start)
         print(summary_table(summary))

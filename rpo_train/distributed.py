@@ -95,6 +95,10 @@ class DistContext:
         self._guard("all_reduce", lambda: tdist.all_reduce(t))
         return t.cpu().tolist()
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank calls it at the same point)."""
+        return self.sum_floats([float(flag)])[0] > 0
+
     def sum_gradients(self, params, bucket_mb: float = 64.0) -> None:
         """Sum every parameter's gradient over ranks, in buckets of about ``bucket_mb`` MiB (a missing gradient
         counts as zeros, so ranks whose micro-batches skipped a parameter stay in step)."""

@@ -3,7 +3,8 @@
 step: rollout (cut cached responses, sample G suffixes per question) -> rewards -> group advantages (dynamic
 sampling refills the batch) -> policy forward + fused clipped-ratio loss -> AdamW -> weights pushed to the engine ->
 epsilon-greedy cache update -> metrics; checkpoints (model, optimizer, scheduler, cache, RNG, step) every
-``save_every`` steps, resumed automatically from ``out_dir``.
+``save_every`` steps, resumed automatically from ``out_dir``; ``stop`` ends a run early at a step boundary, with a
+checkpoint there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import copy
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,10 +40,12 @@ from .sharding import (
 
 
 class Trainer:
-    """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it."""
+    """Owns model, optimizer, engine, experience cache and metrics of one run; ``train()`` runs it. ``stop()``, when
+    given, is asked before each step (on every rank): True on any rank ends the run there (see ``train``)."""
 
-    def __init__(self, cfg: RunConfig, *, reward_fn=None, dist: DistContext | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, *, reward_fn=None, dist: DistContext | None = None,
+                 stop: Callable[[], bool] | None = None):
+        self.cfg, self.stop = cfg, stop
         self.dist = dist or DistContext()
         self.device = self.dist.device(cfg.device)
         self.out = Path(cfg.out_dir)
@@ -280,9 +284,16 @@ class Trainer:
         if self.logger is not None:
             self.logger.log(step, metrics)
 
+    def _stop_asked(self) -> bool:
+        """Whether ``stop`` says so on any rank (every rank asks at the same point)."""
+        return self.stop is not None and self.dist.any_rank(self.stop())
+
     def train(self) -> dict:
-        """Run (or resume) to ``cfg.steps``; returns the summary (accuracy before/after, tokens, times)."""
+        """Run (or resume) to ``cfg.steps``; returns the summary (accuracy before/after, tokens, times). Stopped early
+        by ``stop``, it checkpoints the step reached (unless that is done) and returns ``{"stopped_at": step}``."""
         resumed = self.resume()
+        if not resumed and self._stop_asked():  # before the first evaluation and the cache init: nothing to save
+            return {"stopped_at": self.step}
         summary = {}
         if self.logger is not None:  # rows logged after the checkpoint (or by a run that never checkpointed) go
             self.logger.resume_at(self.step if resumed else -1)
@@ -294,19 +305,24 @@ class Trainer:
             self._log(0, {"eval/accuracy": summary["accuracy_before"]})
             if self.logger is not None:
                 self.logger.save_summary(summary)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main)
         accuracy, evaluated_at = summary.get("accuracy_before", float("nan")), -1
-        while self.step < self.cfg.steps:
-            metrics = self.train_step()
-            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
-                metrics["eval/accuracy"] = accuracy = self.evaluate()
-                evaluated_at = self.step
-            self._log(self.step, metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest evaluation
-            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
-                self.save()
-        bar.close()
+        saved_at = self.step if resumed else -1
+        with tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main) as bar:
+            while self.step < self.cfg.steps:
+                if self._stop_asked():
+                    if saved_at != self.step:
+                        self.save()
+                    return {"stopped_at": self.step}
+                metrics = self.train_step()
+                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                    metrics["eval/accuracy"] = accuracy = self.evaluate()
+                    evaluated_at = self.step
+                self._log(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest eval
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                    self.save()
+                    saved_at = self.step
         counts = self.rollout_counts
         summary.update(accuracy_after=accuracy if evaluated_at == self.step else self.evaluate(), steps=self.step,
                        tokens_generated=self.tokens_generated, world_size=self.dist.world_size,
