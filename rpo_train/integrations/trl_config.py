@@ -58,8 +58,9 @@ class RPOConfig(GRPOConfig):
       ``rpo_cache_init`` eager (one response per training question before the first step, the paper's) | lazy (a
       question's first group runs the full path); ``rpo_key_column`` (a dataset column that identifies a question;
       None: a hash of the prompt's token ids); the drift guard: ``rpo_refresh_stat`` (kl | m2 | flips | drop, see
-      ``rpo_train.drift``) reaching ``rpo_refresh_drift`` sends a question down the full path (on by default: one
-      flipped token, the setting measured best in TRL; 0 turns it off, the paper's loop), as do
+      ``rpo_train.drift``) reaching ``rpo_refresh_drift`` sends a question down the full path (on by default: a
+      cached token whose log-prob fell 4.6 nats since it was written, rpo-train's default; 0 turns it off, the
+      paper's loop), as do
       ``rpo_max_reuses`` (reuses of a body) and ``rpo_full_share`` (a random share of groups, drawn every
       ``rpo_refresh_every``-th step);
     - ``rpo_loss_tokens``: full (prefix + suffix, the paper's) | suffix (only the sampled tokens: the prefix is
@@ -76,8 +77,8 @@ class RPOConfig(GRPOConfig):
     rpo_cache_epsilon: float = field(default=0.5, metadata=_help("probability of keeping a group's best response"))
     rpo_cache_init: str = field(default="eager", metadata=_help("eager | lazy"))
     rpo_key_column: str | None = field(default=None, metadata=_help("dataset column naming a question"))
-    rpo_refresh_stat: str = field(default="flips", metadata=_help("kl | m2 | flips | drop: the drift statistic"))
-    rpo_refresh_drift: float = field(default=1.0, metadata=_help("refresh at this drift (0: off, the paper's loop)"))
+    rpo_refresh_stat: str = field(default="drop", metadata=_help("kl | m2 | flips | drop: the drift statistic"))
+    rpo_refresh_drift: float = field(default=4.6, metadata=_help("refresh at this drift (0: off, the paper's loop)"))
     rpo_full_share: float = field(default=0.0, metadata=_help("share of groups sent down the full path"))
     rpo_max_reuses: int = field(default=0, metadata=_help("full path after this many reuses of a body (0: off)"))
     rpo_refresh_every: int = field(default=1, metadata=_help("draw rpo_full_share on every k-th step only"))
