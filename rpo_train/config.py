@@ -191,8 +191,9 @@ class RunConfig:
         if self.objective.rollout == "rpo" and self.objective.beta == 0 and not self.cache.refreshes:
             out.append("objective.beta = 0 with objective.rollout rpo and no cache refresh: the kept prefixes come "
                        "from the cache and are never sampled by the current policy, so nothing holds the policy's "
-                       "own generation of them in place (it drifts unseen); set cache.refresh_drift (docs/method.md, "
-                       "'The drift guard') or objective.beta")
+                       "own generation of them in place (it drifts unseen); set the drift guard, for example "
+                       "cache.refresh_stat=flips cache.refresh_drift=2 (docs/method.md, 'The drift guard'), or "
+                       "objective.beta")
         return out
 
 

@@ -42,12 +42,11 @@ class ObjectiveConfig:
     rollout batch; the old log-probs are the policy's own, recomputed once before the first update, not the
     sampler's: those cover only the suffix tokens (the prefix came from the cache) and carry the engine's numerics
     (a bf16 copy, other kernels), which would put a sampler/trainer mismatch into every ratio. With mu = 1 the
-    ratio is 1 by construction and no old log-probs are computed. kl_clamp (0: off, the default) clamps each token's
-    k3 KL term (``rpo_kernels.policy_loss``; verl clamps its k3 at 10): a kept prefix can hold a token the policy has
+    ratio is 1 by construction and no old log-probs are computed. kl_clamp (10 by default, as verl clamps its k3; 0:
+    off) clamps each token's k3 KL term (``rpo_kernels.policy_loss``): a kept prefix can hold a token the policy has
     since ruled out, whose k3 against the reference reaches thousands (measured: 2,300 on the recurrence task, a grad
-    norm of 25,000 on recurrence_sum) and turns a step's update into that token's. Off by default: the drift guard's
-    ``drop`` refresh removes such prefixes instead, and with the clamp on the policy is no longer pulled back towards
-    those tokens, so the guard refreshed 5 to 25 times as often (docs/method.md).
+    norm of 25,000 on recurrence_sum) and turns a step's update into that token's. With the clamp RPO-GRPO kept
+    GRPO's accuracy on the recurrence task with no refresh at all (docs/method.md, 'The drift guard').
     """
 
     algorithm: str = "grpo"
@@ -56,7 +55,7 @@ class ObjectiveConfig:
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.04
-    kl_clamp: float = 0.0
+    kl_clamp: float = 10.0
     adv_eps: float = 1e-4
     dynamic_sampling: bool = False
     max_resample_rounds: int = 3

@@ -71,9 +71,11 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
 def test_rpo_without_a_kl_anchor_is_noted():
     assert load_recipe("tiny-cpu").notes() == []  # RPO-GRPO, beta 0.04
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.rollout=full"]).notes() == []
-    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes() == []  # the recipe's guard is on
-    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_drift=0"]).notes()
+    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes()  # GRPO's clamped KL needs no refresh
     assert note.startswith("objective.beta = 0 with objective.rollout rpo and no cache refresh")
+    assert "cache.refresh_stat=flips cache.refresh_drift=2" in note
+    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_stat=flips",
+                                    "cache.refresh_drift=2"]).notes() == []
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_drift=0.1"]).notes() == []
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.beta=0.04"]).notes() == []
 
