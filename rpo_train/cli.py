@@ -26,7 +26,9 @@ from .interrupt import StopSignals
 
 
 def resolve_model(cfg):
-    """``builtin:tiny-addition`` is the embedded default's warm-started tiny model, built once and cached."""
+    """``builtin:NAME`` (``builtin:tiny-recurrence`` is the embedded default's) is a warm-started tiny model: the one
+    shipped with the package for the bundled recipes' data, else built once and cached (``rpo_train.task.warmstart``).
+    """
     if cfg.model.startswith("builtin:"):
         from .task.warmstart import ensure_warm_model
 
@@ -96,17 +98,20 @@ def _resume_hint(out_dir: str, first: str = "") -> str:
 
 
 def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
-    """(the trainer's summary, seconds spent building the bundled model)."""
-    warm = time.perf_counter()
-    if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
-        dist.barrier()
-    cfg = resolve_model(cfg)
-    if dist.is_main:
-        dist.barrier()
-    warm_s = time.perf_counter() - warm
+    """(the trainer's summary, seconds spent finding or building the bundled model); transformers' own progress bars
+    are off meanwhile (the warm start, if it is built, shows its own)."""
+    from .task.warmstart import transformers_bars_off
     from .trainer import Trainer
 
-    return Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested).train(), warm_s
+    with transformers_bars_off():
+        warm = time.perf_counter()
+        if not dist.is_main:  # rank 0 builds the bundled model once; the others then find it cached
+            dist.barrier()
+        cfg = resolve_model(cfg)
+        if dist.is_main:
+            dist.barrier()
+        warm_s = time.perf_counter() - warm
+        return Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested).train(), warm_s
 
 
 def run(cfg, *, reward_fn=None, start: float | None = None) -> int:

@@ -4,16 +4,22 @@
 The model learns the flawed habit as its most likely path while still sampling the correct one sometimes: an
 imperfect start that RL can improve.
 
-Built once by ``rpo-train`` and cached under ``$RPO_CACHE_DIR`` (default ``~/.cache/rpo``), keyed by its settings.
+A model is keyed by its settings and its task's data (``<name>-<key>``, e.g. ``tiny-recurrence-666ff87ece2a``). The
+bundled recipes' models ship with the package (``rpo_train/task/models/<name>-<key>``, each with the call that rebuilds
+it in its ``warm_start.json``); any other data config's model is built once by ``rpo-train`` (minutes on 2 cores) and
+cached under ``$RPO_CACHE_DIR`` (default ``~/.cache/rpo``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +56,28 @@ WARM_STARTS = {"tiny-addition": WarmStartConfig(),
 
 
 def cache_root() -> Path:
+    """Where models built on demand are cached: ``$RPO_CACHE_DIR``, default ``~/.cache/rpo``."""
     return Path(os.environ.get("RPO_CACHE_DIR", Path.home() / ".cache" / "rpo"))
+
+
+def shipped_root() -> Path:
+    """The warm-started models shipped as package data, one folder ``<name>-<key>`` each."""
+    return Path(__file__).resolve().parent / "models"
+
+
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off inside the block, restored
+    after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _encode(tok, task, row: dict, flawed: bool | str) -> tuple[list[int], list[int]]:
@@ -65,15 +92,8 @@ def _flaw(task, rng: random.Random, correct_share: float) -> bool | str:
     return task.draw_habit(rng) if flawed and hasattr(task, "draw_habit") else flawed
 
 
-def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
-    """Supervised warm start on the train split only; returns its stats (time, final loss)."""
-    from transformers import AutoModelForCausalLM
-
-    start = time.perf_counter()
-    tok = task.tokenizer()
-    make_tiny_checkpoint(path, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed,
-                         max_positions=cfg.max_positions, tokenizer=tok)
-    model = AutoModelForCausalLM.from_pretrained(path).train()
+def _fit(model, tok, task, cfg: WarmStartConfig, bar) -> float:
+    """``cfg.steps`` AdamW steps on batches of the train split's solutions (``bar`` counts them); the last loss."""
     rows, _ = task.splits()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -96,12 +116,33 @@ def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
         opt.step()
         sched.step()
         loss_value = float(loss.detach())
-    model.save_pretrained(path)
+        bar.set_postfix_str(f"training, loss {loss_value:.3f}", refresh=False)
+        bar.update()
+    return loss_value
+
+
+def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
+    """Supervised warm start on the train split only, with a progress bar on stderr over its phases (random model,
+    training steps, saving); returns its stats (time, final loss)."""
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    with tqdm(total=cfg.steps, desc=f"warm start ({cfg.task})", unit="step", file=sys.stderr) as bar:
+        bar.set_postfix_str("random model")
+        tok = task.tokenizer()
+        make_tiny_checkpoint(path, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed,
+                             max_positions=cfg.max_positions, tokenizer=tok)
+        model = AutoModelForCausalLM.from_pretrained(path).train()
+        loss_value = _fit(model, tok, task, cfg, bar)
+        bar.set_postfix_str("saving")
+        model.save_pretrained(path)
     return {"warm_start_s": time.perf_counter() - start, "final_loss": loss_value}
 
 
-def ensure_warm_model(name: str, data_cfg) -> Path:
-    """Path of the cached warm-started model ``name``; trained (a few minutes on 2 cores) on first use."""
+def warm_start_spec(name: str, data_cfg) -> tuple[str, WarmStartConfig, object]:
+    """(folder name ``<name>-<key>``, warm-start settings, task) of the builtin model ``name`` on ``data_cfg``; the
+    key hashes the settings and the task's data, so another data config gets another model."""
     if name not in WARM_STARTS:
         raise UsageError(f"model=builtin:{name}: unknown builtin model; known: "
                          f"{['builtin:' + n for n in sorted(WARM_STARTS)]}")
@@ -114,12 +155,41 @@ def ensure_warm_model(name: str, data_cfg) -> Path:
     if cfg.task == "addition":  # the key the addition warm start had before tasks were named: its cache stays valid
         settings = {k: v for k, v in settings.items() if k not in ("task", "max_positions", "train_prompt")}
     key = hashlib.sha1(json.dumps([settings, asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_root() / f"{name}-{key}"
-    if (final / "warm_start.json").is_file():
-        return final
+    return f"{name}-{key}", cfg, task
+
+
+def build_warm_model(name: str, data_cfg, root: Path) -> Path:
+    """Train the builtin model ``name`` on ``data_cfg`` into ``root/<name>-<key>`` (written atomically) and return
+    that folder. Its ``warm_start.json`` records the settings, the data, the versions and threads it was built with,
+    its stats, and the call that rebuilds it (``rebuild``)."""
+    folder, cfg, task = warm_start_spec(name, data_cfg)
+    data = {"task": cfg.task, **asdict(task)}
 
     def build(tmp: Path) -> None:
-        stats = train_warm_start(tmp, cfg, task)
-        (tmp / "warm_start.json").write_text(json.dumps({**asdict(cfg), **stats}, indent=1))
+        import transformers
 
-    return atomic_directory(final, build)
+        with transformers_bars_off():
+            stats = train_warm_start(tmp, cfg, task)
+        args = ", ".join(f"{k}={v!r}" for k, v in data.items())
+        threads = torch.get_num_threads()
+        record = {**asdict(cfg), **stats, "builtin": name, "folder": folder, "data": data,
+                  "torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
+                  "rebuild": (f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "
+                              "from rpo_train.config import DataConfig; "
+                              "from rpo_train.task.warmstart import build_warm_model; "
+                              f"build_warm_model({name!r}, DataConfig({args}), Path('.'))")}
+        (tmp / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    return atomic_directory(root / folder, build)
+
+
+def ensure_warm_model(name: str, data_cfg) -> Path:
+    """Folder of the warm-started model ``name`` for ``data_cfg``: the shipped one with its exact key, else the cached
+    one, else built now (a few minutes on 2 cores, with a progress bar) and cached."""
+    folder, _, _ = warm_start_spec(name, data_cfg)
+    for root in (shipped_root(), cache_root()):
+        if (root / folder / "warm_start.json").is_file():
+            return root / folder
+    print(f"warm start: no shipped model {folder} for this data config; building it once into {cache_root()}",
+          file=sys.stderr)
+    return build_warm_model(name, data_cfg, cache_root())
