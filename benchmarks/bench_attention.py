@@ -1,12 +1,9 @@
 """Benchmark of one decode step with shared prefixes: B groups x G sequences, prefix P tokens, suffix S tokens.
 
 Providers, side by side on one device (on a CPU each provider and shape in its own process, providers interleaved):
-  sdpa_dup            torch SDPA on the G-fold duplicated KV [prefix; suffix] per sequence (what a plain engine does)
-  reference           rpo_kernels.shared_prefix_attention(backend="reference"): prefix read once per group
-  triton              rpo_kernels.shared_prefix_attention(backend="triton") (GPU only)
-  cuda                rpo_kernels.shared_prefix_attention(backend="cuda") (GPU, with the CUDA extension built)
-  flash_attn          flash_attn_with_kvcache on the duplicated cache (GPU, when flash-attn is installed)
-  flashinfer_cascade  flashinfer.MultiLevelCascadeAttentionWrapper, 2 levels (GPU, when flashinfer is installed)
+sdpa_dup (torch SDPA on the G-fold duplicated KV), reference, lane_reference and, on a GPU, triton, cuda, lane_triton,
+flash_attn and flashinfer_cascade where they run, as ``benchmarks.cases.attention`` defines them with the shapes and
+inputs (the pytest benchmarks, ``benchmarks/test_bench_kernels.py``, measure the same cases).
 
 Grid P in {512, 2048, 8192}, G in {4, 8, 16}, S in {64, 256}; ``--quick``: P in {512, 2048}, G in {4, 16}, S = 64;
 ``--prefix``, ``--group-sizes`` and ``--suffix`` replace an axis (the GPU suite: P 1024 4096 16384, G 8 16, S 64).
@@ -20,123 +17,21 @@ the growth ratios are printed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import itertools
 import sys
 
 import torch
-import torch.nn.functional as F
 
-import rpo_kernels
-from rpo_kernels._dispatch import backend_status
 from rpo_train.errors import ArgumentParser, report_usage_errors
 
+from .cases.attention import GRID, GROUPS, HKV, HQ, QUICK, D, decode_call, provider_names, shapes
 from .harness import RESULTS_DIR, copy_bandwidth_gbps, device_name, emit_rows, finish, measure, rows_for, run_jobs
-
-HQ, HKV, D = 32, 8, 128
-GRID = dict(P=(512, 2048, 8192), G=(4, 8, 16), S=(64, 256))
-QUICK = dict(P=(512, 2048), G=(4, 16), S=(64,))
-PAGE = 16
-
-
-def make_inputs(b: int, g: int, p: int, s: int, dtype: torch.dtype, device: str) -> dict:
-    gen = torch.Generator(device=device).manual_seed(0)  # drawn where it is used: GPU shapes are large
-    n = b * g
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, device=device).to(dtype)
-
-    def steps(size, count):
-        return torch.arange(count + 1, dtype=torch.int32, device=device) * size
-
-    return dict(q=rand(n, HQ, D), prefix_k=rand(b * p, HKV, D), prefix_v=rand(b * p, HKV, D),
-                prefix_indptr=steps(p, b), suffix_k=rand(n * s, HKV, D), suffix_v=rand(n * s, HKV, D),
-                suffix_indptr=steps(s, n), group_indptr=steps(g, b))
-
-
-def duplicated(x: dict, b: int, g: int, p: int, s: int, heads_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """K/V [N, P+S, Hkv, D] (or [N, Hkv, P+S, D]): every sequence holds its own copy of its group's prefix."""
-    out = []
-    for name in ("k", "v"):
-        pre = x[f"prefix_{name}"].view(b, 1, p, HKV, D).expand(b, g, p, HKV, D)
-        suf = x[f"suffix_{name}"].view(b, g, s, HKV, D)
-        if heads_first:
-            pre, suf = pre.transpose(2, 3), suf.transpose(2, 3)
-        both = torch.cat([pre, suf], dim=3 if heads_first else 2)
-        out.append(both.reshape((b * g, HKV, p + s, D) if heads_first else (b * g, p + s, HKV, D)))
-    return out[0], out[1]
-
-
-def provider_names(device: str) -> list[str]:
-    names = ["sdpa_dup", "reference"]
-    if device == "cuda":
-        names.append("triton")
-        if backend_status("cuda", torch.device(device))[0]:
-            names.append("cuda")
-        names += [n for n, mod in (("flash_attn", "flash_attn"), ("flashinfer_cascade", "flashinfer"))
-                  if importlib.util.find_spec(mod) is not None]
-    return names
-
-
-def build(name: str, x: dict, b: int, g: int, p: int, s: int):
-    """(call, bytes of KV the provider's layout holds) for one shape."""
-    n = b * g
-    elem = x["q"].element_size()
-    shared_bytes = (b * p + n * s) * HKV * D * 2 * elem
-    if name in ("reference", "triton", "cuda"):
-        return (lambda: rpo_kernels.shared_prefix_attention(**x, backend=name)), shared_bytes
-    if name == "sdpa_dup":
-        # the cache in SDPA's [N, Hkv, L, D] layout; the Hq/Hkv query heads of a KV head ride as its query rows
-        k, v = duplicated(x, b, g, p, s, heads_first=True)
-        q4 = x["q"].view(n, HKV, HQ // HKV, D)
-        return (lambda: F.scaled_dot_product_attention(q4, k, v)), k.numel() * 2 * elem
-    if name == "flash_attn":
-        k, v = duplicated(x, b, g, p, s, heads_first=False)
-        from flash_attn import flash_attn_with_kvcache
-
-        lens = torch.full((n,), p + s, dtype=torch.int32, device=k.device)
-        q4 = x["q"].view(n, 1, HQ, D)
-        return (lambda: flash_attn_with_kvcache(q4, k, v, cache_seqlens=lens)), k.numel() * 2 * elem
-    if name == "flashinfer_cascade":
-        import flashinfer
-
-        dev, i32 = x["q"].device, dict(dtype=torch.int32, device=x["q"].device)
-        pre_pages, suf_pages = p // PAGE, s // PAGE
-        cache = torch.empty(b * pre_pages + n * suf_pages, 2, PAGE, HKV, D, dtype=x["q"].dtype, device=dev)
-        cache[:b * pre_pages, 0] = x["prefix_k"].view(-1, PAGE, HKV, D)
-        cache[:b * pre_pages, 1] = x["prefix_v"].view(-1, PAGE, HKV, D)
-        cache[b * pre_pages:, 0] = x["suffix_k"].view(-1, PAGE, HKV, D)
-        cache[b * pre_pages:, 1] = x["suffix_v"].view(-1, PAGE, HKV, D)
-        wrapper = flashinfer.MultiLevelCascadeAttentionWrapper(
-            2, torch.empty(128 * 2**20, dtype=torch.uint8, device=dev), "NHD")
-        wrapper.plan([torch.arange(b + 1, **i32) * g, torch.arange(n + 1, **i32)],
-                     [torch.arange(b + 1, **i32) * pre_pages, torch.arange(n + 1, **i32) * suf_pages],
-                     [torch.arange(b * pre_pages, **i32), b * pre_pages + torch.arange(n * suf_pages, **i32)],
-                     [torch.full((b,), PAGE, **i32), torch.full((n,), PAGE, **i32)],
-                     HQ, HKV, D, PAGE, q_data_type=x["q"].dtype, kv_data_type=x["q"].dtype)
-        return (lambda: wrapper.run(x["q"], cache)), shared_bytes
-    raise ValueError(f"unknown provider {name!r}")
-
-
-def shape_name(b, g, p, s, dtype) -> str:
-    return f"B{b} G{g} P{p} S{s} h{HQ}/{HKV} d{D} {str(dtype).replace('torch.', '')}"
-
-
-def shapes(grid: dict) -> list[tuple[int, int, int]]:
-    return list(itertools.product(grid["P"], grid["G"], grid["S"]))
 
 
 def run_provider(name: str, shape: tuple[int, int, int], b: int, device: str, rep: int) -> list[dict]:
     """Measure one provider on one (P, G, S) in this process (the parent runs each in its own process)."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    p, g, s = shape
-    x = make_inputs(b, g, p, s, dtype, device)
-    fn, held = build(name, x, b, g, p, s)
-    with torch.no_grad():
-        m = measure(fn, device, warmup=2, rep=rep)
-    must_read = (b * p + b * g * s) * HKV * D * 2 * x["q"].element_size()
+    fn, label, held, must_read = decode_call(name, shape, b, device)
+    m = measure(fn, device, warmup=2, rep=rep)
     gbps = must_read / (m.median_ms * 1e-3) / 1e9
-    label = shape_name(b, g, p, s, dtype)
     print(f"  {name:18s} {label:38s} {m.median_ms:9.3f} ms  {gbps:7.2f} GB/s  kv {held / 2**20:8.1f} MiB", flush=True)
     rows = rows_for("attention_decode", name, label, m, device)
     extra = {"gbps_effective": gbps, "kv_store_mb": held / 2**20}
@@ -193,14 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="P in {512, 2048}, G in {4, 16}, S = 64")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--groups", type=int, default=4, help="B, the number of groups")
+    parser.add_argument("--groups", type=int, default=GROUPS, help="B, the number of groups")
     parser.add_argument("--prefix", type=int, nargs="+", help="prefix lengths P instead of the grid's (e.g. 4096)")
     parser.add_argument("--group-sizes", type=int, nargs="+", help="group sizes G instead of the grid's")
     parser.add_argument("--suffix", type=int, nargs="+", help="suffix lengths S instead of the grid's")
     parser.add_argument("--rep", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads per provider (default: torch's choice)")
-    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, reference, triton, cuda, flash_attn, "
-                                                       "flashinfer_cascade")
+    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, reference, triton, cuda, lane_reference, "
+                                                       "lane_triton, flash_attn, flashinfer_cascade")
     parser.add_argument("--out", default=str(RESULTS_DIR / "attention.csv"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)

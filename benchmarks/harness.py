@@ -90,14 +90,31 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> floa
     return (_proc_status_kb("VmHWM") - before) / 1024
 
 
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """A call that waits for the work queued on ``device`` (a no-op on a CPU): every timed call ends with it."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def synced(fn: Callable[[], object], device: torch.device | str) -> Callable[[], None]:
+    """``fn`` then a wait for the device: what one timed call of ``measure`` covers (the pytest benchmarks time
+    this)."""
+    sync = device_sync(device)
+
+    def call() -> None:
+        fn()
+        sync()
+
+    return call
+
+
 def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 1, rep: int = 5) -> Measurement:
     """Peak memory of the first call, then ``warmup`` more calls, then median/p20/p80 wall time (ms) of ``rep``.
 
     The first call is measured for memory because on a CPU the allocator keeps freed pages: later calls reuse them
     without growing the resident set. Run each provider in its own process (``run_isolated``) for exact figures.
     """
-    device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync, call = device_sync(device), synced(fn, device)
     peak = peak_memory_mb(fn, device)
     for _ in range(warmup - 1):
         fn()
@@ -106,8 +123,7 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
     for _ in range(rep):
         sync()
         start = time.perf_counter()
-        fn()
-        sync()
+        call()
         times.append((time.perf_counter() - start) * 1e3)
     times.sort()
     q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
@@ -121,19 +137,17 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
     A ratio between providers then sees the same machine: on a shared or throttling host a slow spell lands on all
     of them instead of on whichever ran during it. Peak memory is each provider's first call, as in ``measure``.
     """
-    device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync, calls = device_sync(device), {name: synced(fn, device) for name, fn in fns.items()}
     peaks = {name: peak_memory_mb(fn, device) for name, fn in fns.items()}
     for _ in range(warmup - 1):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rep):
-        for name, fn in fns.items():
+        for name, call in calls.items():
             sync()
             start = time.perf_counter()
-            fn()
-            sync()
+            call()
             times[name].append((time.perf_counter() - start) * 1e3)
     out = {}
     for name, t in times.items():
