@@ -22,7 +22,8 @@ Phases (--phases, comma-separated; default all, in this order):
   bench  short GPU runs of every benchmark, providers side by side: fused policy loss at (8192, 2048, 151936)
          bf16; shared-prefix decode at P 1024/4096/16384, G 8/16 against SDPA on duplicated KV, with the share of
          the measured copy bandwidth; prefix-once vs plain forward on the Qwen2-0.5B shape; rollout full vs RPO,
-         native vs HF generate, on the Qwen2-0.5B shape
+         native vs HF generate, on the Qwen2-0.5B shape; then the same cases under pytest-benchmark
+         (pytest benchmarks --benchmark-only at the GPU shapes), saved under DIR/benchmarks for --benchmark-compare
 
 Options:
   --out DIR         where everything goes (default runs/gpu-suite)
@@ -220,6 +221,9 @@ phase_test() {
 
 phase_bench() {
   local res="$OUT/results"
+  # pytest-benchmark's runs, kept for `pytest benchmarks --benchmark-compare --benchmark-storage DIR/benchmarks`
+  local pytest_bench=("$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-autosave
+                      --benchmark-storage "$OUT/benchmarks")
   if [ "$DRY" -eq 1 ]; then
     step policy_loss 180 "$PY" -m benchmarks.bench_policy_loss --quick --rep 1 --out "$res/policy_loss.csv"
     step attention 180 "$PY" -m benchmarks.bench_attention --prefix 64 256 --group-sizes 2 4 --suffix 16 --groups 2 \
@@ -227,6 +231,8 @@ phase_bench() {
     step policy_forward 180 "$PY" -m benchmarks.bench_policy_forward --shapes 24,6,3 --rep 1 \
       --out "$res/policy_forward.csv"
     step rollout 180 "$PY" -m benchmarks.bench_rollout --quick --rep 1 --providers native hf --out "$res/rollout.csv"
+    step pytest_benchmarks 300 "${pytest_bench[@]}" --bench-device cpu --bench-size smoke --benchmark-min-rounds 2 \
+      --benchmark-max-time 0.1
     return
   fi
   step policy_loss 300 "$PY" -m benchmarks.bench_policy_loss --rep 5 --out "$res/policy_loss.csv"
@@ -236,6 +242,7 @@ phase_bench() {
     --out "$res/policy_forward.csv"
   step rollout 360 "$PY" -m benchmarks.bench_rollout --arch qwen2-0.5b --C 256 --rep 2 --providers native hf \
     --out "$res/rollout.csv"
+  step pytest_benchmarks 480 "${pytest_bench[@]}" --bench-device cuda --bench-size full
 }
 
 describe() {

@@ -1,5 +1,6 @@
 """scripts/gpu_suite.sh cannot rot between GPU visits: its dry run walks every phase here (CMake configure, test
-collection, the benchmarks at their quick shapes on the CPU) and must pass; its arguments are checked."""
+collection, the benchmarks at their quick shapes on the CPU, the pytest benchmarks at their smoke shapes) and must
+pass; its arguments are checked."""
 
 from __future__ import annotations
 
@@ -60,12 +61,14 @@ def test_dry_run_walks_every_phase(tmp_path):
     done = steps(tmp_path)
     assert all(status == "0" for status in done.values()), done
     expected = {("env", "versions"), ("test", "collect"), ("bench", "policy_loss"), ("bench", "attention"),
-                ("bench", "policy_forward"), ("bench", "rollout")}
+                ("bench", "policy_forward"), ("bench", "rollout"), ("bench", "pytest_benchmarks")}
     if "build" in phases:
         expected.add(("build", "configure"))
     assert expected <= set(done), done
     assert json.loads((tmp_path / "env.json").read_text())["torch"]
     for name in ("policy_loss", "attention", "policy_forward", "rollout"):
         assert (tmp_path / "results" / f"{name}.csv").stat().st_size > 0, name
+    saved = list((tmp_path / "benchmarks").glob("*/*.json"))  # pytest-benchmark's autosave, one run
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["benchmarks"], saved
     for phase in phases:
         assert f"== {phase}: ok in " in log
