@@ -9,6 +9,9 @@ test command (``pytest`` from the root) does not collect them: pyproject's ``tes
 - ``--bench-size auto|smoke|quick|full`` (default ``$RPO_BENCH_SIZE`` or auto: quick on a CPU, full on a GPU):
   smoke is one tiny shape per benchmark (seconds; the GPU suite's dry run), quick the scripts' ``--quick`` shapes and
   the tiny ones, full the scripts' shapes on a CPU and the GPU suite's on a GPU.
+- ``--bench-threads N`` (default ``$RPO_BENCH_THREADS`` or 1; 0 keeps torch's default): torch's CPU threads. One
+  thread keeps the figures steady on a shared machine (threads that wait on each other amplify every preemption), as
+  in most of the docs' CPU tables (the scripts' ``--threads 1``).
 - Triton runs on a CPU only through its interpreter: set TRITON_INTERPRET=1 in the environment of the pytest command
   (before triton is imported); even then only the tiny shapes run it. Without it the Triton cases skip on a CPU.
 - A test marked ``bench_cases.with_args(make)`` is parametrised with the ``Case``s of ``make(device, size)`` for
@@ -39,6 +42,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-size", choices=SIZES, default=os.environ.get("RPO_BENCH_SIZE", "auto"),
                     help="shapes: smoke, quick, full, or auto = quick on a CPU and full on a GPU (default "
                          "$RPO_BENCH_SIZE or auto)")
+    group.addoption("--bench-threads", type=int, default=int(os.environ.get("RPO_BENCH_THREADS", "1")),
+                    help="torch CPU threads (default $RPO_BENCH_THREADS or 1; 0: torch's default)")
 
 
 def pytest_configure(config):
@@ -75,6 +80,16 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("case", params)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _threads(pytestconfig):
+    """torch's CPU threads for the run (``--bench-threads``), restored after it."""
+    before, wanted = torch.get_num_threads(), pytestconfig.getoption("--bench-threads")
+    if wanted > 0:
+        torch.set_num_threads(wanted)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def bench(benchmark):
     """bench(op, case, fn, label): time ``fn`` (one call of ``case``'s workload, ``label`` its shape) with
@@ -85,7 +100,7 @@ def bench(benchmark):
         peak = peak_memory_mb(call, case.device)
         benchmark.group = f"{op} {label} {case.device}"
         benchmark.extra_info.update(op=op, provider=case.provider, shape=label, device=device_name(case.device),
-                                    version=versions(), peak_mem_mb=round(peak, 1))
+                                    version=versions(), threads=torch.get_num_threads(), peak_mem_mb=round(peak, 1))
         benchmark(call)
 
     return run
