@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -163,7 +163,8 @@ def build_warm_model(name: str, data_cfg, root: Path) -> Path:
     that folder. Its ``warm_start.json`` records the settings, the data, the versions and threads it was built with,
     its stats, and the call that rebuilds it (``rebuild``)."""
     folder, cfg, task = warm_start_spec(name, data_cfg)
-    data = {"task": cfg.task, **asdict(task)}
+    keys = {f.name for f in fields(data_cfg)}  # the data config's share of the task's settings: what rebuilds it
+    data = {"task": cfg.task, **{k: v for k, v in asdict(task).items() if k in keys}}
 
     def build(tmp: Path) -> None:
         import transformers
