@@ -15,6 +15,7 @@ import pytest
 from rpo_train.cli import main
 from rpo_train.errors import UsageError
 from rpo_train.task.tokenizer import make_tiny_checkpoint
+from tests.train_configs import small_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +26,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     ckpt = make_tiny_checkpoint(base / "tiny", hidden=32, max_positions=96)
     recipe = base / "small.yaml"
-    recipe.write_text(f"model: {ckpt}\nout_dir: {base / 'run'}\nsteps: 1\nbatch_questions: 2\neval_every: 1\n"
-                      "save_every: 1\neval_max_new_tokens: 8\nreward: exact\n"
-                      "data: {task: addition, digits: 2, n_train: 4, n_test: 2}\n"
-                      "rollout: {engine: native, group_size: 2, max_response_len: 16}\n"
-                      "truncation: {mode: fixed, max_cut: 4}\n")
+    small_recipe(recipe, ckpt, out_dir=base / "run", steps=1, eval_every=1, save_every=1)
     assert main(["--recipe", str(recipe)]) == 0
     return {"base": base, "ckpt": ckpt, "recipe": recipe, "run": base / "run"}
 

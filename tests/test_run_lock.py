@@ -23,6 +23,7 @@ from rpo_train.cli import main
 from rpo_train.errors import WriteFailedError
 from rpo_train.run_lock import LOCK_NAME, OutDirInUseError, RunLock
 from rpo_train.task.tokenizer import make_tiny_checkpoint
+from tests.train_configs import small_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +34,7 @@ def recipe(tmp_path_factory):
     base = tmp_path_factory.mktemp("guards")
     ckpt = make_tiny_checkpoint(base / "tiny", hidden=32, max_positions=96)
     path = base / "small.yaml"
-    path.write_text(f"model: {ckpt}\nsteps: 20\nbatch_questions: 2\neval_every: 1000\nsave_every: 1000\n"
-                    "eval_max_new_tokens: 8\nreward: exact\ndata: {task: addition, digits: 2, n_train: 4, n_test: 2}\n"
-                    "rollout: {engine: native, group_size: 2, max_response_len: 16}\n"
-                    "truncation: {mode: fixed, max_cut: 4}\n")
+    small_recipe(path, ckpt, steps=20, eval_every=1000, save_every=1000)
     return path
 
 

@@ -1,4 +1,4 @@
-"""Run configurations and a toy reward shared by the training-loop tests (and the scripts they start)."""
+"""Run configurations, the smallest CLI recipe and a toy reward shared by the training and CLI tests."""
 
 from __future__ import annotations
 
@@ -13,6 +13,16 @@ def ones_reward(row, text):
     """A toy reward with variance on a random model: responses whose count of '1' is a multiple of 3."""
     ok = text.count("1") % 3 == 0
     return RewardResult(float(ok), ok)
+
+
+def small_recipe(path, checkpoint, **top) -> None:
+    """Write the smallest CLI recipe (2-digit addition, 2 questions x G = 2, 16 new tokens, L = 4) on ``checkpoint``
+    to ``path``; ``top``: top-level keys (steps, out_dir, eval_every, ...) written first, in their order."""
+    head = "".join(f"{key}: {value}\n" for key, value in top.items())
+    path.write_text(f"model: {checkpoint}\n{head}batch_questions: 2\neval_max_new_tokens: 8\nreward: exact\n"
+                    "data: {task: addition, digits: 2, n_train: 4, n_test: 2}\n"
+                    "rollout: {engine: native, group_size: 2, max_response_len: 16}\n"
+                    "truncation: {mode: fixed, max_cut: 4}\n")
 
 
 def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="native", **kw):
