@@ -62,6 +62,7 @@ class CacheEntry:
 
 
 DRIFT_STATS = ("kl", "m2", "flips", "drop")
+INITS = ("auto", "eager", "lazy")
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,10 @@ class CacheConfig:
 
     - ``epsilon``: after each step a question's entry becomes its group's best response with this probability, else
       a random one (0.5 in the paper);
-    - ``init_path``: start from a saved cache instead of sampling one; ``resample_no_answer`` = k: at the init, a
-      response without a final answer is sampled again, up to k times;
+    - ``init``: when each question's first response is sampled: eager (all before step 1, the paper's), lazy (when the
+      question is first drawn), auto (lazy when the run draws fewer questions than the data holds;
+      ``rpo_train.cache_init``); ``init_path``: start from a saved cache instead of sampling one;
+      ``resample_no_answer`` = k: at the init, a response without a final answer is sampled again, up to k times;
     - the refresh (``rpo_train.drift``): a question's group runs the full path from its prompt (a fresh response
       from the current policy, which the cache then takes) when its entry's drift statistic ``refresh_stat`` ("kl":
       mean log p_writer - log p_now over the body, an estimate of KL(writer || now); "m2": mean squared log-ratio,
@@ -84,6 +87,7 @@ class CacheConfig:
     """
 
     epsilon: float = 0.5
+    init: str = "auto"
     init_path: str | None = None
     resample_no_answer: int = 0
     refresh_stat: str = "m2"
@@ -101,6 +105,8 @@ class CacheConfig:
         if self.resample_no_answer < 0 or self.max_reuses < 0:
             raise UsageError(f"cache.resample_no_answer and cache.max_reuses must be ints >= 0, got "
                              f"{self.resample_no_answer}, {self.max_reuses}")
+        if self.init not in INITS:
+            raise UsageError(f"cache.init must be one of {INITS}, got {self.init!r}")
         if self.refresh_stat not in DRIFT_STATS:
             raise UsageError(f"cache.refresh_stat must be one of {DRIFT_STATS}, got {self.refresh_stat!r}")
         if self.refresh_drift < 0:

@@ -37,8 +37,8 @@ def _require(cond: bool, message: str) -> None:
 class RolloutConfig:
     """engine: native | hf | vllm. suffix_budget: "m" (each suffix gets at most m new tokens, the paper's setting)
     or a fixed number of tokens. max_response_len bounds prefix + suffix. dtype: the engine's copy of the weights;
-    "auto" = bfloat16 when the run keeps float32 master weights on a GPU (sampling on the 16-bit GPU kernels while
-    AdamW updates fp32), else the run's dtype (see ``rpo_train.rollout_step.engine_dtype``)."""
+    "auto" = the run's compute dtype (bf16 for fp32 master weights on a GPU or, with ``dtype: auto``, on a CPU with
+    bf16 instructions; see ``rpo_train.precision``)."""
 
     engine: str = "native"
     group_size: int = 6
@@ -174,7 +174,7 @@ class RunConfig:
         _require(bool(self.model), "model (a checkpoint directory) is required")
         _require(self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
                  f"device must be cpu, cuda or cuda:N, got {self.device!r}")
-        _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.dtype in ("auto",) + DTYPES, f"dtype must be one of {('auto',) + DTYPES}, got {self.dtype!r}")
         _require(self.reward in REWARD_NAMES, f"reward must be one of {REWARD_NAMES}, got {self.reward!r}")
         _require(self.reward != "task" or self.data.task == "reasoning_gym",
                  "reward 'task' (the dataset's own scorer) needs data.task reasoning_gym")

@@ -20,18 +20,15 @@ from .config import RunConfig
 from .distributed import DistContext
 from .drift import Drift, drift_metrics, measure, refresh_reason
 from .objectives import group_advantages
-from .rewards import RewardFn, format_reward, length_aware, overlong_penalty
+from .precision import resolve_precision
+from .rewards import RewardFn, length_aware, overlong_penalty
 from .seeding import derive_seed
 
 
 def engine_dtype(cfg: RunConfig) -> torch.dtype:
-    """The dtype of the rollout engine's weights: ``rollout.dtype``, where "auto" is bfloat16 for float32 master
-    weights on a GPU (the engine samples on the 16-bit kernels; bf16 master weights would round AdamW's small updates
-    away) and the run's dtype otherwise."""
-    name = cfg.rollout.dtype
-    if name == "auto":
-        name = "bfloat16" if cfg.device.startswith("cuda") and cfg.dtype == "float32" else cfg.dtype
-    return getattr(torch, name)
+    """The dtype of the rollout engine's weights (``rpo_train.precision``: ``rollout.dtype``, where "auto" is the
+    run's compute dtype: bf16 beside fp32 master weights, whose small AdamW updates bf16 would round away)."""
+    return resolve_precision(cfg.device, cfg.dtype, cfg.rollout.dtype).engine
 
 
 def build_engine(cfg: RunConfig, model):
@@ -53,7 +50,9 @@ class Group:
     the m tokens cut from the end of the cached response (0 on the full path). ``logprobs`` per response: the
     writers' log-probs of the kept prefix (from the cache) + the sampler's of the suffix. ``refresh``: why the group
     ran the full path in an RPO run (``rpo_train.drift.REASONS``), else None; ``drift``: its entry's drift before
-    the step; ``reuses``/``cut_limit``: what the cache stores with the group's chosen response."""
+    the step; ``reuses``/``cut_limit``: what the cache stores with the group's chosen response; ``init``: (tokens
+    sampled, response length) of its question's lazy cache init at this step (``rpo_train.cache_init``), else
+    None."""
 
     row: dict
     qid: str
@@ -70,6 +69,7 @@ class Group:
     drift: Drift | None = None
     reuses: int = 0
     cut_limit: float = 0.0
+    init: tuple[int, int] | None = None
 
     @property
     def responses(self) -> list[list[int]]:
@@ -223,39 +223,3 @@ def rollout_stats(kept: list[Group], rolled: list[Group], cfg: RunConfig) -> dic
 def advantages_of(groups: list[Group], eps: float) -> torch.Tensor:
     """[len(groups), G] group-normalised advantages."""
     return group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32), eps=eps)
-
-
-def initial_responses(engine, rows: list[dict], prompts: dict[str, list[int]], cfg: RunConfig, tokenizer,
-                      reward_fn: RewardFn, stop_ids: list[int], dist: DistContext, batch: int = 64) -> list[tuple]:
-    """The cache init: one sampled response per row from the initial policy (not filtered for correctness), as
-    (token ids, reward, correct, tokens generated, the sampler's log-probs) per row, the same list on every rank.
-
-    Each rank samples its share, row i seeded from (run seed, attempt, i). With ``cache.resample_no_answer = k``, a
-    response that states no final answer is sampled again, up to k more times.
-    """
-    from tqdm.auto import tqdm
-
-    todo = dist.share(list(range(len(rows))))
-    found: dict[int, tuple] = {}
-    for attempt in range(cfg.cache.resample_no_answer + 1):
-        retry = []
-        for i in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not dist.is_main):
-            part = todo[i:i + batch]
-            out = engine.generate([prompts[rows[j]["qid"]] for j in part], n=1,
-                                  max_new_tokens=cfg.rollout.max_response_len, temperature=cfg.rollout.temperature,
-                                  top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                  seed=[derive_seed(cfg.seed, "init", attempt, j) for j in part],
-                                  stop_token_ids=stop_ids)
-            for j, (comp,) in zip(part, out):
-                text = tokenizer.decode(comp.token_ids, skip_special_tokens=True)
-                res = reward_fn(rows[j], text)
-                spent = found[j][3] if j in found else 0
-                found[j] = (list(comp.token_ids), res.reward, res.correct, spent + len(comp.token_ids),
-                            list(comp.logprobs))
-                if format_reward(rows[j], text).reward == 0:
-                    retry.append(j)
-        todo = retry
-        if not todo:
-            break
-    merged = {j: v for part in dist.gather(found) for j, v in part.items()}
-    return [merged[j] for j in range(len(rows))]

@@ -12,6 +12,7 @@ from .cache import question_id
 from .config import RunConfig
 from .data import encode_prompt, load_rows
 from .errors import UsageError
+from .precision import Precision, resolve_precision
 from .preflight import check_device, check_out_dir, check_reward, load_policy
 from .rewards import REWARDS, RewardFn
 from .rollout_step import build_engine
@@ -29,6 +30,7 @@ class RunInputs:
     train_rows: list[dict]
     test_rows: list[dict]
     prompts: dict[str, list[int]]
+    precision: Precision
 
 
 def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None = None) -> RunInputs:
@@ -37,7 +39,8 @@ def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None =
     check_out_dir(cfg.out_dir)
     if reward_fn is None:
         check_reward(cfg.reward)
-    model, tokenizer = load_policy(cfg.model, getattr(torch, cfg.dtype), device)
+    precision = resolve_precision(device, cfg.dtype, cfg.rollout.dtype)
+    model, tokenizer = load_policy(cfg.model, precision.master, device)
     train_rows, test_rows = load_rows(cfg.data)
     engine = build_engine(cfg, model)
     prompts: dict[str, list[int]] = {}
@@ -56,4 +59,4 @@ def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None =
 
         reward_fn = gym_reward(cfg.data)
     return RunInputs(model, tokenizer, engine, reward_fn or REWARDS[cfg.reward], stop_ids, train_rows, test_rows,
-                     prompts)
+                     prompts, precision)

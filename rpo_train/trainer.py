@@ -9,7 +9,6 @@ checkpoint there.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import random
 import time
@@ -20,13 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ExperienceCache
+from .cache_init import LazyInit, eager_init, init_mode, store
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
 from .errors import UsageError
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
-from .rollout_step import Group, advantages_of, collect_groups, initial_responses, rollout_groups, rollout_stats
+from .rollout_step import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
 from .run_inputs import load_run_inputs
 from .seeding import derive_seed
 from .sharding import (
@@ -55,6 +55,10 @@ class Trainer:
         self.model, self.tokenizer, self.engine = inputs.model, inputs.tokenizer, inputs.engine
         self.reward_fn, self.stop_ids, self.prompts = inputs.reward_fn, inputs.stop_ids, inputs.prompts
         self.train_rows, self.test_rows = inputs.train_rows, inputs.test_rows
+        self.precision = inputs.precision
+        self.init_mode = init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_rows))
+        lazy = cfg.objective.rollout == "rpo" and self.init_mode == "lazy" and not cfg.cache.init_path
+        self.lazy_init = LazyInit(self.train_rows) if lazy else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
         rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
@@ -77,29 +81,28 @@ class Trainer:
         self.order: list[int] = []
         self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
         self.tokens_generated = 0
-        # tokens and samples of the training steps' rollouts; the cache init's mean response length (a full-path
-        # sample's length under the initial policy); groups rolled out and how many of them were refreshes
-        self.rollout_counts = {"tokens": 0, "samples": 0, "init_mean_length": 0.0, "groups": 0, "refreshed": 0}
+        # tokens and samples of the training steps' rollouts; the cache init's responses and their total length (a
+        # full-path sample's length under the policy that wrote it); groups rolled out and how many were refreshes
+        self.rollout_counts = {"tokens": 0, "samples": 0, "init_responses": 0, "init_length": 0, "groups": 0,
+                               "refreshed": 0}
         self.last_drift: dict[str, float] = {}
-        self.probe_s = 0.0
+        self.probe_s = self.init_s = 0.0
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
     # -- phases ------------------------------------------------------------------------------------------------
     def init_cache(self) -> None:
-        """One sampled response per training question from the initial policy (``rollout_step.initial_responses``;
-        each rank samples its share, every rank then holds the whole cache)."""
+        """The eager cache init: one sampled response per training question from the initial policy
+        (``rpo_train.cache_init``; each rank samples its share, every rank then holds the whole cache)."""
         if self.cfg.cache.init_path:
             self.cache = ExperienceCache.load(self.cfg.cache.init_path)
             return
         start = time.perf_counter()
-        found = initial_responses(self.engine, self.train_rows, self.prompts, self.cfg, self.tokenizer, self.reward_fn,
-                                  self.stop_ids, self.dist)
-        limit = self.cfg.truncation.initial_limit()
-        for row, (ids, reward, correct, generated, logprobs) in zip(self.train_rows, found):
-            self.cache.put(row["qid"], self.prompts[row["qid"]], ids, reward=reward, correct=correct, step=0,
-                           logprobs=logprobs, cut_limit=limit)
-            self.tokens_generated += generated
-        self.rollout_counts["init_mean_length"] = sum(len(f[0]) for f in found) / max(len(found), 1)
+        found = eager_init(self.engine, self.train_rows, self.prompts, self.cfg, self.tokenizer, self.reward_fn,
+                           self.stop_ids, self.dist)
+        store(self.cache, self.train_rows, found, self.prompts, self.cfg.truncation.initial_limit())
+        self.tokens_generated += sum(f.generated for f in found)
+        self.rollout_counts["init_responses"] += len(found)
+        self.rollout_counts["init_length"] += sum(len(f.ids) for f in found)
         self.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_rows(self, count: int) -> list[dict]:
@@ -114,11 +117,19 @@ class Trainer:
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
         cfg = self.cfg
-        self.probe_s = 0.0
+        self.probe_s = self.init_s = 0.0
 
         def rollout(rows, seeds):
-            return rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
-                                  seeds, self.stop_ids, probe=self._probe, step=self.step + 1)
+            filled = {}
+            if self.lazy_init is not None:
+                filled, seconds = self.lazy_init.fill(self.cache, rows, self.engine, self.prompts, cfg, self.tokenizer,
+                                                      self.reward_fn, self.stop_ids)
+                self.init_s += seconds
+            groups = rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
+                                    seeds, self.stop_ids, probe=self._probe, step=self.step + 1)
+            for g in groups:
+                g.init = filled.pop(g.qid, None)
+            return groups
 
         kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         stats = rollout_stats(kept, rolled, cfg)
@@ -126,7 +137,13 @@ class Trainer:
             stats["time/probe_s"] = self.probe_s
         self.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.last_drift
         gen = [len(s) for g in rolled for s in g.suffixes]
-        self.tokens_generated += sum(gen)
+        inits = [g.init for g in rolled if g.init is not None]
+        if cfg.objective.rollout == "rpo" and self.lazy_init is not None:
+            stats["time/init_s"] = self.init_s
+            stats["cache/init_responses"] = float(len(inits))
+        self.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
+        self.rollout_counts["init_responses"] += len(inits)
+        self.rollout_counts["init_length"] += sum(length for _, length in inits)
         self.rollout_counts["tokens"] += sum(gen)
         self.rollout_counts["samples"] += len(gen)
         self.rollout_counts["groups"] += len(rolled)
@@ -134,9 +151,9 @@ class Trainer:
         return kept, rolled, stats
 
     def _autocast(self):
-        """bf16 autocast for fp32 master weights on a GPU (the fused loss accumulates in fp32), else nothing."""
-        on_gpu_fp32 = self.model.device.type == "cuda" and next(self.model.parameters()).dtype == torch.float32
-        return torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu_fp32 else contextlib.nullcontext()
+        """The run's autocast (``rpo_train.precision``: bf16 beside fp32 master weights on a GPU, or on a CPU with bf16
+        instructions under ``dtype: auto``; the fused loss accumulates in fp32), else a disabled one."""
+        return self.precision.context(self.model.device.type)
 
     def _probe(self, prompts: list[list[int]], responses: list[list[int]]) -> list[tuple]:
         """The drift probe: the current policy's log-probs and entropies of cached responses (``rpo_train.drift``).
@@ -171,10 +188,11 @@ class Trainer:
             batches, sizes = batches + [dummy] * extra, sizes + [0.0] * extra
             micro, adv = micro + [[len(adv)]] * extra, torch.cat([adv, torch.zeros(1)])
         # mu > 1: pi_old is the policy before this step's first update, recomputed here (see ObjectiveConfig)
-        old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
-               if cfg.objective.mu > 1 else [None] * len(batches))
-        ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
-               if self.ref_model is not None else [None] * len(batches))
+        with self._autocast():  # the same numerics as the policy's forward below
+            old = ([sequence_logprobs(self.model, b, cfg.rollout.temperature) for b in batches]
+                   if cfg.objective.mu > 1 else [None] * len(batches))
+            ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
+                   if self.ref_model is not None else [None] * len(batches))
         sums: dict[str, float] = {}
         for _ in range(cfg.objective.mu):
             self.optimizer.zero_grad(set_to_none=True)
@@ -220,9 +238,10 @@ class Trainer:
             self.cache.update_from_group(g.qid, g.prompt_ids, g.responses, g.rewards, g.correct, self.step,
                                          self.cfg.cache.epsilon, random.Random(derive_seed(g.seed, "cache")),
                                          logprobs=g.logprobs, reuses=g.reuses, cut_limit=limit)
-        self.timings["rollout_s"] += t_roll - start
+        self.timings["cache_init_s"] += self.init_s  # a lazy init's sampling, not counted as rollout time
+        self.timings["rollout_s"] += t_roll - start - self.init_s
         self.timings["train_s"] += t_train - t_roll
-        return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start,
+        return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start - self.init_s,
                 "time/train_s": t_train - t_roll, "time/step_s": time.perf_counter() - start}
 
     @torch.no_grad()
@@ -300,7 +319,7 @@ class Trainer:
             summary = self.logger.summary() if resumed else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            if self.cfg.objective.rollout == "rpo":
+            if self.cfg.objective.rollout == "rpo" and self.lazy_init is None:
                 self.init_cache()
             self._log(0, {"eval/accuracy": summary["accuracy_before"]})
             if self.logger is not None:
@@ -328,7 +347,9 @@ class Trainer:
                        tokens_generated=self.tokens_generated, world_size=self.dist.world_size,
                        cache_digest=self.cache.digest(), **self.timings,
                        tokens_per_sample=counts["tokens"] / max(counts["samples"], 1),
-                       full_path_tokens_per_sample=counts["init_mean_length"] or None,
+                       full_path_tokens_per_sample=counts["init_length"] / counts["init_responses"]
+                       if counts["init_responses"] else None, cache_init=self.init_mode,
+                       precision=self.precision.header(),
                        refreshes=counts.get("refreshed", 0),
                        refresh_share=counts.get("refreshed", 0) / max(counts.get("groups", 0), 1),
                        **{f"final_{k.split('/')[1]}": v for k, v in self.last_drift.items()})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
+
+from rpo_train.policy import PolicySample
 
 VOCAB = 300
 EOS = 5
@@ -58,3 +61,19 @@ def hf_next_token_logits(model, context: list[int], completion: list[int]) -> to
     ids = torch.tensor([context + completion])
     logits = model(ids).logits[0].float()
     return logits[len(context) - 1:len(context) - 1 + len(completion)]
+
+
+def ragged_samples(seed: int = 0, group_size: int = 3) -> list[PolicySample]:
+    """Groups with ragged prompts, prefixes (one empty) and suffixes (one empty, one of a single token), shuffled."""
+    rng = random.Random(seed)
+
+    def tokens(n):
+        return [rng.randrange(1, VOCAB) for _ in range(n)]
+
+    samples = []
+    for prompt_len, prefix_len in ((5, 9), (3, 0), (8, 17), (1, 4)):
+        prompt, prefix = tokens(prompt_len), tokens(prefix_len)
+        for i in range(group_size):
+            samples.append(PolicySample(prompt, prefix, tokens([0, 1, 6, 11][(i + prefix_len) % 4])))
+    rng.shuffle(samples)
+    return samples

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from rpo_train.objectives import ObjectiveConfig
 from rpo_train.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
 from rpo_train.prefix_forward import pack_groups, prefix_once_logprobs
 
-from .rollout_models import VOCAB, make_checkpoint
+from .rollout_models import make_checkpoint, ragged_samples
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama", "qwen3"])
@@ -21,22 +20,6 @@ def model(request, tmp_path_factory):
     from .rollout_models import hf_model
 
     return hf_model(make_checkpoint(tmp_path_factory.mktemp(request.param), request.param))
-
-
-def ragged_samples(seed: int = 0, group_size: int = 3) -> list[PolicySample]:
-    """Groups with ragged prompts, prefixes (one empty) and suffixes (one empty, one of a single token), shuffled."""
-    rng = random.Random(seed)
-
-    def tokens(n):
-        return [rng.randrange(1, VOCAB) for _ in range(n)]
-
-    samples = []
-    for prompt_len, prefix_len in ((5, 9), (3, 0), (8, 17), (1, 4)):
-        prompt, prefix = tokens(prompt_len), tokens(prefix_len)
-        for i in range(group_size):
-            samples.append(PolicySample(prompt, prefix, tokens([0, 1, 6, 11][(i + prefix_len) % 4])))
-    rng.shuffle(samples)
-    return samples
 
 
 def close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5, atol: float = 1e-7) -> bool:
