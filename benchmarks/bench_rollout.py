@@ -25,6 +25,7 @@ import torch
 
 from rpo_train.atomic import atomic_savefig
 from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.precision import resolve_precision
 
 from .cases.engine import ROLLOUT_SHAPES, make_engines, random_checkpoint, rollout_call, workload
 from .harness import RESULTS_DIR, device_name, measure_interleaved, record, rows_for
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("B", "G", "C", "L", "P"):
         parser.add_argument(f"--{key}", type=int)
     parser.add_argument("--rep", type=int, default=3)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="the engines' weights; auto: a training run's engine copy under dtype auto (bf16 on a GPU "
+                             "or a CPU with bf16 instructions, else fp32; rpo_train.precision)")
     parser.add_argument("--providers", nargs="*", default=["native", "hf", "vllm"])
     parser.add_argument("--out", default=str(RESULTS_DIR / "rollout.csv"))
     parser.add_argument("--no-plot", action="store_true")
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     s = dict(ROLLOUT_SHAPES["quick" if args.quick else "default"])
     overrides = {k: getattr(args, k) for k in s if getattr(args, k) is not None}
     s.update(overrides)
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    dtype = resolve_precision(args.device, args.dtype).engine if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             models = [(Path(args.model), Path(args.model).name, s)]

@@ -111,7 +111,11 @@ def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
         if dist.is_main:
             dist.barrier()
         warm_s = time.perf_counter() - warm
-        return Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested).train(), warm_s
+        trainer = Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested)
+        if dist.is_main:
+            init = f"; cache init {trainer.init_mode}" if cfg.objective.rollout == "rpo" else ""
+            print(f"rpo-train: {trainer.precision.header()}{init}", flush=True)
+        return trainer.train(), warm_s
 
 
 def run(cfg, *, reward_fn=None, start: float | None = None) -> int:

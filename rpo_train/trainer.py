@@ -56,8 +56,9 @@ class Trainer:
         self.reward_fn, self.stop_ids, self.prompts = inputs.reward_fn, inputs.stop_ids, inputs.prompts
         self.train_rows, self.test_rows = inputs.train_rows, inputs.test_rows
         self.precision = inputs.precision
-        self.init_mode = init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_rows))
-        lazy = cfg.objective.rollout == "rpo" and self.init_mode == "lazy" and not cfg.cache.init_path
+        self.init_mode = ("file" if cfg.cache.init_path else
+                          init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_rows)))
+        lazy = cfg.objective.rollout == "rpo" and self.init_mode == "lazy"
         self.lazy_init = LazyInit(self.train_rows) if lazy else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward

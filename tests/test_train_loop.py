@@ -125,7 +125,7 @@ def final_weights(out):
     return latest["step"], load_file(str(Path(out) / "checkpoints" / latest["dir"] / "model.safetensors"))
 
 
-@pytest.mark.parametrize("make", ["config", "guarded"])
+@pytest.mark.parametrize("make", ["config", "guarded", "lazy"])
 def test_kill_9_and_resume_matches_uninterrupted_run(checkpoint, tmp_path, make):
     """Weights and cache (with the guard's writer log-probs, reuses and per-question L) equal after a kill -9."""
     from rpo_train.cache import ExperienceCache

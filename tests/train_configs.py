@@ -41,3 +41,9 @@ def guarded(checkpoint, out, **kw):
     entropy peaks (their state lives in the cache and must survive a checkpoint)."""
     return config(checkpoint, out, cache=CacheConfig(max_reuses=2, full_share=0.25, refresh_drift=0.5),
                   truncation=TruncationConfig("adaptive", max_cut=8, min_cut=2, cut_at="entropy"), **kw)
+
+
+def lazy(checkpoint, out, **kw):
+    """``config`` with the lazy cache init and 2 questions a step: 4 steps visit at most 8 of the 12 questions, so a
+    run stopped after step 2 resumes with questions still to initialise."""
+    return config(checkpoint, out, cache=CacheConfig(init="lazy"), batch_questions=2, **kw)
