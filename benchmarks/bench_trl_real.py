@@ -1,6 +1,6 @@
 """RPOTrainer on a real checkpoint with chat-template prompts: a few steps of TRL's GRPOTrainer and of RPOTrainer,
 side by side in one invocation (one after the other, same threads), on reasoning-gym's basic_arithmetic (two
-one-digit terms, the smollm2-135m-cpu recipe's data) with a math-verify reward.
+one-digit terms, all four operators) with a math-verify reward.
 
     python scripts/convert_smollm2.py --out checkpoints/smollm2-135m-instruct    # once, offline
     python -m benchmarks.bench_trl_real --model checkpoints/smollm2-135m-instruct --steps 4 --threads 2

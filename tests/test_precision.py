@@ -78,3 +78,28 @@ def test_bf16_autocast_prefix_once_forward_within_the_rule(model):
         once = sequence_logprobs(model, build_batch(samples, 0, "full", "prefix_once"))
     mask = build_batch(samples, 0, "full").loss_mask
     assert_within_rule(once[mask].float(), exact[mask], plain[mask].float(), atol=1e-3, name="prefix-once log-probs")
+
+
+def test_a_run_with_dtype_auto_trains_under_autocast_and_samples_from_a_bf16_copy(monkeypatch, tmp_path):
+    """On a CPU with bf16 instructions (patched in, so every machine checks it): the engine serves a bf16 copy of the
+    fp32 master weights and the loss, old and reference log-probs run under bf16 autocast."""
+    import dataclasses
+
+    from rpo_train import trainer as trainer_module
+    from rpo_train.task.tokenizer import make_tiny_checkpoint
+    from tests.train_configs import config, ones_reward
+
+    monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: True)
+    seen = []
+    for name in ("policy_loss", "sequence_logprobs"):
+        real = getattr(trainer_module, name)
+        monkeypatch.setattr(trainer_module, name, lambda *a, _real=real, _name=name, **kw:
+                            seen.append((_name, torch.is_autocast_enabled("cpu"))) or _real(*a, **kw))
+    checkpoint = make_tiny_checkpoint(tmp_path / "tiny", hidden=32, max_positions=96)
+    cfg = dataclasses.replace(config(checkpoint, tmp_path / "run", steps=1), dtype="auto")
+    trainer = trainer_module.Trainer(cfg, reward_fn=ones_reward)
+    assert trainer.precision.autocast == BF16 and trainer.precision.why.startswith("dtype auto: this CPU has")
+    trainer.train()
+    assert {name for name, _ in seen} == {"policy_loss", "sequence_logprobs"} and all(on for _, on in seen)
+    assert all(p.dtype == F32 for p in trainer.model.parameters())
+    assert all(p.dtype == BF16 for p in trainer.engine.model.hf.parameters())
