@@ -21,6 +21,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .atomic import atomic_directory, atomic_write_json, writing
 from .cache import ExperienceCache
 from .errors import UsageError, one_line
+from .sharding import full_optimizer_state, full_state_dict, load_full_state
 
 FORMAT = "rpo-checkpoint/1"
 
@@ -135,3 +136,53 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
     rng.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(_read(folder, "rng.safetensors", lambda p: load_file(str(p))["torch"]))
     return state, ExperienceCache.load(folder / "cache.safetensors")
+
+
+def save_run(trainer) -> Path | None:
+    """Checkpoint a ``rpo_train.trainer.Trainer`` (rank 0 writes, every rank waits): weights, optimizer, scheduler,
+    cache, RNG and the loop's state (data order, timings, counters, config); first checks that every rank holds the
+    same cache."""
+    t = trainer
+    digests = t.dist.gather(t.cache.digest())
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"step {t.step}: the experience cache differs across ranks (digests {digests}); "
+                           "refusing to checkpoint a diverged job")
+    path, whole = None, {}
+    if t.sharded:  # gather whole tensors (every rank takes part)
+        whole = {"model_state": full_state_dict(t.model, unique=True),
+                 "optimizer_state": full_optimizer_state(t.optimizer)}
+    if t.dist.is_main:
+        extra = {"order": t.order, "timings": t.timings, "tokens_generated": t.tokens_generated,
+                 "rollout_counts": t.rollout_counts, "last_drift": t.last_drift, "config": t.cfg.to_dict()}
+        path = save_checkpoint(t.out, t.step, t.model, t.optimizer, t.scheduler, t.cache, t.rng, extra, **whole)
+    t.dist.barrier()
+    return path
+
+
+RESUME_SECTIONS = ("model", "data", "rollout", "objective", "truncation", "cache")
+
+
+def resume_run(trainer) -> bool:
+    """Restore a ``Trainer`` from the newest checkpoint of its ``out_dir``, if there is one (then pushes the weights
+    to its engine). Refuses a checkpoint whose config differs in a section that shapes the run; a setting added
+    since the checkpoint was written counts at its default."""
+    t = trainer
+    folder = latest_checkpoint(t.out)
+    if folder is None:
+        return False
+    load = ((lambda m, o: load_full_state(t.model, t.optimizer, m, o)) if t.sharded else None)
+    state, cache = load_checkpoint(folder, t.model, t.optimizer, t.scheduler, t.rng, load)
+    now, defaults = t.cfg.to_dict(), type(t.cfg)(model="-").to_dict()
+    for key in RESUME_SECTIONS:
+        saved = state["config"].get(key)
+        if isinstance(saved, dict) and isinstance(defaults[key], dict):
+            saved = {**defaults[key], **saved}
+        if saved != now[key]:
+            raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
+                             f"({saved} vs {now[key]}); use another out_dir or the checkpoint's settings")
+    t.cache, t.step, t.order = cache, state["step"], state["order"]
+    t.timings, t.tokens_generated = state["timings"], state["tokens_generated"]
+    t.rollout_counts = {**t.rollout_counts, **state.get("rollout_counts", {})}
+    t.last_drift = state.get("last_drift", {})
+    t._push_weights()
+    return True

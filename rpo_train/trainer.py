@@ -20,10 +20,9 @@ from tqdm.auto import tqdm
 
 from .cache import ExperienceCache
 from .cache_init import LazyInit, eager_init, init_mode, store
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import resume_run, save_run
 from .config import RunConfig
 from .distributed import DistContext
-from .errors import UsageError
 from .metrics import MetricsLogger
 from .policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
 from .rollout_step import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
@@ -31,10 +30,8 @@ from .run_inputs import load_run_inputs
 from .seeding import derive_seed
 from .sharding import (
     clip_grad_norm,
-    full_optimizer_state,
     full_state_dict,
     is_sharded_tensor,
-    load_full_state,
     shard_layers,
 )
 
@@ -259,42 +256,12 @@ class Trainer:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Checkpoint (rank 0 writes, every rank waits); first checks that every rank holds the same cache."""
-        digests = self.dist.gather(self.cache.digest())
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"step {self.step}: the experience cache differs across ranks (digests {digests}); "
-                               "refusing to checkpoint a diverged job")
-        path, whole = None, {}
-        if self.sharded:  # gather whole tensors (every rank takes part)
-            whole = {"model_state": full_state_dict(self.model, unique=True),
-                     "optimizer_state": full_optimizer_state(self.optimizer)}
-        if self.dist.is_main:
-            extra = {"order": self.order, "timings": self.timings, "tokens_generated": self.tokens_generated,
-                     "rollout_counts": self.rollout_counts, "last_drift": self.last_drift,
-                     "config": self.cfg.to_dict()}
-            path = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.cache,
-                                   self.rng, extra, **whole)
-        self.dist.barrier()
-        return path
+        """Checkpoint the run (``rpo_train.checkpointing.save_run``)."""
+        return save_run(self)
 
     def resume(self) -> bool:
-        """Restore the newest checkpoint of ``out_dir`` if there is one; refuses an incompatible config."""
-        folder = latest_checkpoint(self.out)
-        if folder is None:
-            return False
-        load = ((lambda m, o: load_full_state(self.model, self.optimizer, m, o)) if self.sharded else None)
-        state, cache = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.rng, load)
-        for key in ("model", "data", "rollout", "objective", "truncation", "cache"):
-            if state["config"].get(key) != self.cfg.to_dict()[key]:
-                raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
-                                 f"({state['config'].get(key)} vs {self.cfg.to_dict()[key]}); use another out_dir "
-                                 "or the checkpoint's settings")
-        self.cache, self.step, self.order = cache, state["step"], state["order"]
-        self.timings, self.tokens_generated = state["timings"], state["tokens_generated"]
-        self.rollout_counts = {**self.rollout_counts, **state.get("rollout_counts", {})}
-        self.last_drift = state.get("last_drift", {})
-        self._push_weights()
-        return True
+        """Restore the newest checkpoint of ``out_dir`` if there is one (``rpo_train.checkpointing.resume_run``)."""
+        return resume_run(self)
 
     def _push_weights(self) -> None:
         """Install the policy's current weights in the rollout engine (gathered whole from shards under FSDP)."""

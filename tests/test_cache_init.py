@@ -76,3 +76,25 @@ def test_a_lazy_run_initialises_what_it_draws_and_counts_it(checkpoint, tmp_path
     assert summary["tokens_generated"] == init_tokens + rollout_tokens
     lengths = [n for filled, _ in inits for _, n in filled.values()]
     assert summary["full_path_tokens_per_sample"] == pytest.approx(sum(lengths) / len(lengths))
+
+
+def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_not(checkpoint, tmp_path):
+    """A checkpoint written before ``cache.init`` existed resumes (a setting added since counts at its default);
+    one whose cache section truly differs is refused with the section named."""
+    import json
+
+    from rpo_train.errors import UsageError
+    from rpo_train.trainer import Trainer
+
+    cfg = config(checkpoint, tmp_path, steps=1, save_every=1)
+    Trainer(cfg, reward_fn=ones_reward).train()
+    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    state_path = tmp_path / "checkpoints" / pointer["dir"] / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["cache"]["init"]
+    state_path.write_text(json.dumps(state))
+    assert Trainer(cfg, reward_fn=ones_reward).resume()
+    state["config"]["cache"]["epsilon"] = 0.25
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match="config section 'cache' differs"):
+        Trainer(cfg, reward_fn=ones_reward).resume()
