@@ -189,7 +189,7 @@ phase_build() {
   step configure 180 cmake -S "$ROOT" -B "$build" -G Ninja -DRPO_BUILD_TORCH_EXT=$ext -DPython3_EXECUTABLE="$PY" \
     "-DCMAKE_CUDA_ARCHITECTURES=80;90a" || return 1
   if [ "$DRY" -eq 1 ]; then
-    echo "   dry run: the compile is left to the GPU run (CI compiles csrc/ in tests/test_cuda_build.py)"
+    echo "   dry run: the compile is left to the GPU run (CI compiles csrc/ in tests/kernels/test_cuda_build.py)"
     return 0
   fi
   if ! step compile 480 bash -c "cmake --build '$build' -j $(nproc) > '$OUT/compile.log' 2>&1"; then

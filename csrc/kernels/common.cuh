@@ -48,7 +48,7 @@ struct alignas(sizeof(T) * VEC) Vec {
 };
 
 // Asynchronous 16-byte global->shared copy; when `pred` is false nothing is read and the 16 bytes are zeroed.
-// Without __CUDA_ARCH__ (nvcc's host pass, the CPU emulation of tests/cuda_emu) the copy is synchronous.
+// Without __CUDA_ARCH__ (nvcc's host pass, the CPU emulation of tests/helpers/cuda_emu) the copy is synchronous.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool pred) {
 #if defined(__CUDA_ARCH__)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));

@@ -16,7 +16,7 @@ namespace rpo {
 
 constexpr int kElementwiseThreads = 256;
 
-// Every launch of the library goes through launch_kernel. The CPU emulation build of tests/cuda_emu
+// Every launch of the library goes through launch_kernel. The CPU emulation build of tests/helpers/cuda_emu
 // (RPO_CUDA_EMULATION) supplies its own launch_kernel, which runs the kernel on host threads.
 #if !defined(RPO_CUDA_EMULATION)
 template <typename... Params, typename... Args>

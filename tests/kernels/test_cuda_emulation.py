@@ -1,0 +1,153 @@
+"""The CUDA kernels of csrc/kernels, executed on the CPU through the emulation of tests/helpers/cuda_emu, against
+float64 oracles: the same kernel and host-launch source that nvcc compiles, compiled by g++ with every CUDA thread of a
+block run as a host thread and wmma replaced by its reference model. It checks the indexing, tiling, masking, online
+softmax, split-KV and merge logic without a GPU; it says nothing about speed or hardware memory ordering."""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.cuda_toolchain import cuda_home
+from tests.helpers.decode_oracle import decode_attention, indptr
+from tests.helpers.rules import assert_within_rule
+
+ROOT = Path(__file__).resolve().parents[2]
+EMU = ROOT / "tests" / "helpers" / "cuda_emu"
+KERNELS = ROOT / "csrc" / "kernels"
+CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Absolute tolerances on top of 2x plain torch's own error at the storage precision.
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 4e-3}
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    home, gxx = cuda_home(), shutil.which("g++")
+    if home is None or gxx is None:
+        pytest.skip(f"the emulation needs g++ and the CUDA toolkit headers; g++: {gxx}, CUDA home: {home}")
+    out = tmp_path_factory.mktemp("cuda_emu") / "librpo_emu.so"
+    libdir = next((home / d for d in ("lib64", "lib") if (home / d).exists()), home / "lib64")
+    cmd = [gxx, "-std=c++20", "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-Werror", "-Wno-unknown-pragmas",
+           "-include", str(EMU / "emu.h"), f"-I{EMU}", f"-I{KERNELS}", f"-I{home / 'include'}", "-x", "c++",
+           *(str(KERNELS / f) for f in ("merge_states.cu", "kv_append.cu", "shared_prefix_decode.cu")),
+           "-x", "none", str(EMU / "harness.cpp"), f"-L{libdir}", "-lcudart", f"-Wl,-rpath,{libdir}", "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    handle = ctypes.CDLL(str(out))
+    handle.emu_workspace_floats.restype = ctypes.c_int64
+    return handle
+
+
+def _p(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+# ---- merge_attention_states ------------------------------------------------------------------------------------------
+def merge_oracle(oa, la, ob, lb):
+    la, lb = la.double(), lb.double()
+    lse = torch.logaddexp(la, lb)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    wa = torch.where(torch.isinf(la), torch.zeros_like(la), torch.exp(la - safe))
+    wb = torch.where(torch.isinf(lb), torch.zeros_like(lb), torch.exp(lb - safe))
+    return wa[..., None] * oa.double() + wb[..., None] * ob.double(), lse
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,h,d", [(19, 3, 40), (5, 2, 3), (1, 8, 128)])
+def test_merge_attention_states(lib, dtype, n, h, d):
+    oa, ob = torch.randn(n, h, d).to(dtype), torch.randn(n, h, d).to(dtype)
+    la, lb = torch.randn(n, h) * 3, torch.randn(n, h) * 3
+    la[0, 0] = -math.inf
+    lb[n - 1, h - 1] = -math.inf
+    la[n // 2, 0] = lb[n // 2, 0] = -math.inf
+    ob[n - 1, h - 1] = float("nan")  # an empty partial's output never reaches the result
+    out, lse = torch.empty_like(oa), torch.empty(n, h)
+    rc = lib.emu_merge_attention_states(_p(oa), _p(la), _p(ob), _p(lb), _p(out), _p(lse), ctypes.c_int64(n * h), d,
+                                        CODES[dtype])
+    assert rc == 0
+    ref_o, ref_l = merge_oracle(oa, la, ob.nan_to_num(), lb)
+    lowp = (torch.exp(la - ref_l.float())[..., None] * oa.nan_to_num()
+            + torch.exp(lb - ref_l.float())[..., None] * ob.nan_to_num()).to(dtype)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_l)) and bool((out[n // 2, 0] == 0).all())
+    finite = ~torch.isinf(ref_l)
+    assert_within_rule(lse[finite], ref_l[finite], ref_l[finite].float(), atol=1e-6, name="lse")
+    assert_within_rule(out[finite], ref_o[finite], lowp.nan_to_num()[finite], atol=ATOL[dtype], name="out")
+
+
+# ---- kv_append -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hkv,d", [(2, 64), (1, 3)])
+def test_kv_append_paged_cache(lib, dtype, hkv, d):
+    blocks, block_size, t = 5, 4, 7
+    k_cache = torch.zeros(blocks, block_size, hkv, d, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    fused = torch.randn(t, 3, hkv, d).to(dtype)  # k and v are strided views of one [T, 3, Hkv, D] buffer
+    k_new, v_new = fused[:, 1], fused[:, 2]
+    slots = torch.tensor([3, 19, -1, 0, 8, 12, 7], dtype=torch.int64)
+    rc = lib.emu_kv_append(_p(k_new), ctypes.c_int64(k_new.stride(0)), _p(v_new), ctypes.c_int64(v_new.stride(0)),
+                           _p(slots), ctypes.c_int64(t), ctypes.c_int64(hkv * d), _p(k_cache), _p(v_cache),
+                           ctypes.c_int64(blocks * block_size), CODES[dtype])
+    assert rc == 0
+    keep = slots >= 0
+    want_k = torch.zeros(blocks * block_size, hkv, d, dtype=dtype).index_copy_(0, slots[keep], k_new[keep])
+    want_v = torch.zeros(blocks * block_size, hkv, d, dtype=dtype).index_copy_(0, slots[keep], v_new[keep])
+    assert torch.equal(k_cache.view(-1, hkv, d), want_k) and torch.equal(v_cache.view(-1, hkv, d), want_v)
+
+
+# ---- shared-prefix decode --------------------------------------------------------------------------------------------
+def run_decode(lib, q, pk, pv, pind, sk, sv, sind, gind, scale, max_splits):
+    n, hq, d = q.shape
+    out, lse = torch.empty(n, hq, d, dtype=q.dtype), torch.empty(n, hq)
+    workspace = torch.empty(lib.emu_workspace_floats(n, hq, d, max_splits))
+    strides = torch.tensor([s for t in (q, pk, pv, sk, sv) for s in t.stride()[:2]], dtype=torch.int64)
+    sizes = torch.tensor([len(gind) - 1, n, hq, pk.shape[1], d, max_splits], dtype=torch.int32)
+    ptrs = [torch.tensor(x, dtype=torch.int32) for x in (pind, sind, gind)]
+    rc = lib.emu_shared_prefix_decode(_p(q), _p(pk), _p(pv), _p(sk), _p(sv), _p(strides), *map(_p, ptrs), _p(out),
+                                      _p(lse), _p(workspace), _p(sizes), ctypes.c_float(scale), CODES[q.dtype])
+    assert rc == 0
+    return out, lse
+
+
+# (group sizes, prefix lengths, suffix lengths or None for ragged 1..129, Hq, Hkv, D, max_splits or None = heuristic)
+CASES = [
+    ([1], [1], [1], 8, 8, 64, None),
+    ([5, 1, 16], [37, 0, 100], None, 8, 2, 128, None),
+    ([16], [1000], [3] * 16, 8, 1, 128, 5),          # M = 128 query rows: two row blocks per CTA; 5 prefix chunks
+    ([3, 9], [1000, 33], None, 8, 8, 64, 32),        # more chunks than the short prefix has tiles: empty chunks
+    ([5], [37], [0, 1, 2, 0, 129], 4, 1, 64, 3),     # empty suffixes
+    ([2, 1, 1, 3, 1, 2, 1], [1, 0, 37, 64, 65, 5, 2], None, 4, 1, 128, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("groups,plens,slens,hq,hkv,d,splits", CASES)
+def test_shared_prefix_decode(lib, dtype, groups, plens, slens, hq, hkv, d, splits):
+    gind, pind = indptr(groups), indptr(plens)
+    n = gind[-1]
+    slens = slens or [int(x) for x in torch.randint(1, 130, (n,))]
+    sind = indptr(slens)
+    q = torch.randn(hq, n, d).to(dtype).transpose(0, 1)  # non-contiguous: heads outermost
+    prefix = torch.randn(pind[-1], 2, hkv, d).to(dtype)  # K and V interleaved: strided views
+    pk, pv = prefix[:, 0], prefix[:, 1]
+    sk, sv = torch.randn(sind[-1], hkv, d).to(dtype), torch.randn(sind[-1], hkv, d).to(dtype)
+    scale = 1 / math.sqrt(d)
+    if splits is None:
+        splits = lib.emu_num_splits(len(groups), hkv, ctypes.c_int64(pind[-1]), 132)
+    out, lse = run_decode(lib, q, pk, pv, pind, sk, sv, sind, gind, scale, splits)
+    ref_o, ref_l = decode_attention(q, pk, pv, pind, sk, sv, sind, gind, scale, torch.float64)
+    low_o, _ = decode_attention(q, pk, pv, pind, sk, sv, sind, gind, scale, dtype)
+    assert_within_rule(out, ref_o, low_o, atol=ATOL[dtype], name="out")
+    assert_within_rule(lse, ref_l, ref_l.float(), atol=1e-5, name="lse")
+
+
+def test_num_splits_heuristic(lib):
+    assert lib.emu_num_splits(64, 8, ctypes.c_int64(64 * 4096), 132) == 1       # groups x heads fill the GPU
+    assert lib.emu_num_splits(1, 8, ctypes.c_int64(4096), 132) == 16            # never below 256 tokens a chunk
+    assert lib.emu_num_splits(1, 1, ctypes.c_int64(1 << 20), 132) == 32         # capped
+    assert lib.emu_num_splits(4, 8, ctypes.c_int64(0), 132) == 1
