@@ -29,15 +29,6 @@ def on_gpu(fn):
     return pytest.mark.gpu(pytest.mark.cuda_ext(fn))
 
 
-def public(name: str):
-    """The public function ``rpo_kernels.<name>`` (the parity oracle), or a skip that says it is missing."""
-    fn = getattr(rpo_kernels, name, None)
-    if fn is None:
-        print(f"rpo_kernels.{name} does not exist yet: nothing to compare the CUDA kernel with")
-        pytest.skip(f"rpo_kernels.{name} does not exist yet (the reference backend is the parity oracle)")
-    return fn
-
-
 # ---- no extension needed ---------------------------------------------------------------------------------------------
 def test_import_needs_no_extension_and_says_why():
     code = ("import json, sys, rpo_kernels.cuda as c; assert 'rpo_kernels._C' not in sys.modules; "
@@ -139,7 +130,7 @@ def make_decode(groups, plens, hq, hkv, d, dtype, slens=None, device="cuda"):
 
 
 def check_decode(args, host, dtype):
-    shared_prefix_attention = public("shared_prefix_attention")
+    shared_prefix_attention = rpo_kernels.shared_prefix_attention
     out, lse = cuda_ops.shared_prefix_attention(**args, return_lse=True)
     f32 = {k: (v.float() if v.is_floating_point() else v) for k, v in args.items()}
     ref_o, ref_l = shared_prefix_attention(**f32, return_lse=True, backend="reference")
@@ -191,7 +182,7 @@ def test_shared_prefix_decode_under_torch_compile():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,h,d", [(19, 3, 40), (5, 2, 3), (989, 8, 128)])
 def test_merge_attention_states_matches_reference(n, h, d, dtype):
-    merge = public("merge_attention_states")
+    merge = rpo_kernels.merge_attention_states
     oa, ob = (torch.randn(n, h, d, device="cuda").to(dtype) for _ in range(2))
     la, lb = (torch.randn(n, h, device="cuda") * 3 for _ in range(2))
     la[0, 0] = lb[-1, -1] = -math.inf
@@ -204,7 +195,7 @@ def test_merge_attention_states_matches_reference(n, h, d, dtype):
 
 @on_gpu
 def test_merge_gradients_match_reference():
-    merge = public("merge_attention_states")
+    merge = rpo_kernels.merge_attention_states
     leaves = [torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda"),
               torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda")]
     g_out, g_lse = torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda")
@@ -222,7 +213,7 @@ def test_merge_gradients_match_reference():
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kv_append_matches_reference(dtype):
-    kv_append = public("kv_append")
+    kv_append = rpo_kernels.kv_append
     blocks, block_size, hkv, d = 6, 16, 2, 128
     k_cache = torch.randn(blocks * block_size, hkv, d, device="cuda").to(dtype)
     v_cache = torch.randn_like(k_cache)
