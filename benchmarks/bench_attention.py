@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .cases.attention import GRID, GROUPS, HKV, HQ, QUICK, D, decode_call, provider_names, shapes
 from .harness import RESULTS_DIR, copy_bandwidth_gbps, device_name, emit_rows, finish, measure, rows_for, run_jobs

@@ -3,8 +3,8 @@
 One RPO group: G samples share a context of P tokens (prompt + kept prefix) and have their own S-token suffixes; the
 loss covers the full response (``loss_tokens: full``, DAPO aggregation). Providers, side by side in one run (on a CPU
 each in its own process, for exact peak memory):
-  plain        ``rpo_train.policy`` on a right-padded batch: the context is computed G times
-  prefix_once  ``rpo_train.prefix_forward``: the context once, the suffixes against its one KV
+  plain        ``rpo_train.model.policy`` on a right-padded batch: the context is computed G times
+  prefix_once  ``rpo_train.model.prefix_forward``: the context once, the suffixes against its one KV
 
 The cases are ``benchmarks.cases.engine``'s (the pytest benchmarks, ``benchmarks/test_bench_engine.py``, measure
 the same). Models are random (no download, ``benchmarks.models``): ``tiny`` (Qwen2, hidden 256, 4 layers, 8/2 heads,
@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .cases.engine import FORWARD_ARCHS, FORWARD_PROVIDERS, FORWARD_SHAPES, forward_step
 from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .cases.loss import loss_providers, loss_step
 from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from rpo_train.atomic import atomic_savefig
-from rpo_train.errors import ArgumentParser, report_usage_errors
-from rpo_train.precision import resolve_precision
+from rpo_train.model.precision import resolve_precision
+from rpo_train.runtime.atomic import atomic_savefig
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .cases.engine import ROLLOUT_SHAPES, make_engines, random_checkpoint, rollout_call, workload
 from .harness import RESULTS_DIR, device_name, measure_interleaved, record, rows_for
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rep", type=int, default=3)
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the engines' weights; auto: a training run's engine copy under dtype auto (bf16 on a GPU "
-                             "or a CPU with bf16 instructions, else fp32; rpo_train.precision)")
+                             "or a CPU with bf16 instructions, else fp32; rpo_train.model.precision)")
     parser.add_argument("--providers", nargs="*", default=["native", "hf", "vllm"])
     parser.add_argument("--out", default=str(RESULTS_DIR / "rollout.csv"))
     parser.add_argument("--no-plot", action="store_true")

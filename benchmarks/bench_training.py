@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
+from rpo_train.runtime.errors import ArgumentParser, UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, record, versions
 
@@ -111,7 +111,7 @@ def run_one(recipe: str, arm: str, seed: int, length_aware: bool, extra: dict, s
 def save_run(result: dict, recipe: str, arm: str, seed: int, length_aware: bool, extra: dict, steps: int,
              csv_path: Path, runs_dir: Path) -> None:
     """Append the run's summary rows to the CSV and write its curve (both atomically)."""
-    from rpo_train.atomic import atomic_write
+    from rpo_train.runtime.atomic import atomic_write
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     stamp = {"device": device_name("cpu"), "version": versions(), "date": now}

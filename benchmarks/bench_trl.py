@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from rpo_train.atomic import atomic_write
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.atomic import atomic_write
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .bench_training import run_one, save_run
 from .harness import RESULTS_DIR

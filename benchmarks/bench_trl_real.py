@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from rpo_train.atomic import atomic_write
-from rpo_train.errors import UsageError, report_usage_errors
+from rpo_train.runtime.atomic import atomic_write
+from rpo_train.runtime.errors import UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR, device_name, versions
 

@@ -15,8 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from rpo_train.atomic import atomic_savefig, atomic_write_json
-from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
+from rpo_train.runtime.atomic import atomic_savefig, atomic_write_json
+from rpo_train.runtime.errors import ArgumentParser, UsageError, report_usage_errors
 
 from .training_report import load_curves, load_runs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .harness import RESULTS_DIR, record
 from .rows import COLUMNS, read_rows

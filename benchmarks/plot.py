@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rpo_train.atomic import atomic_savefig
-from rpo_train.errors import ArgumentParser, report_usage_errors
+from rpo_train.runtime.atomic import atomic_savefig
+from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
 from .rows import read_rows
 

@@ -1,4 +1,4 @@
-"""Benchmark rows kept as CSV data: the columns, reading, and crash-safe appending (``rpo_train.atomic``).
+"""Benchmark rows kept as CSV data: the columns, reading, and crash-safe appending (``rpo_train.runtime.atomic``).
 
 Rows have the columns ``op, provider, shape, metric, value, device, version, date``; ``device`` names the card (or
 the CPU model and core count) that measured them.
@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from rpo_train.atomic import atomic_write
+from rpo_train.runtime.atomic import atomic_write
 
 COLUMNS = ("op", "provider", "shape", "metric", "value", "device", "version", "date")
 

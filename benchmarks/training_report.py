@@ -14,9 +14,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from rpo_train.atomic import atomic_savefig, atomic_write_json
 from rpo_train.config import load_recipe
-from rpo_train.errors import ArgumentParser, UsageError, report_usage_errors
+from rpo_train.runtime.atomic import atomic_savefig, atomic_write_json
+from rpo_train.runtime.errors import ArgumentParser, UsageError, report_usage_errors
 
 from .harness import RESULTS_DIR
 from .rows import read_rows

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from rpo_train.atomic import atomic_write
+from rpo_train.runtime.atomic import atomic_write
 
 from .harness import RESULTS_DIR
 

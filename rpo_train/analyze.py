@@ -34,10 +34,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_savefig, atomic_write, atomic_write_json
 from .config import load_recipe
-from .errors import ArgumentParser, UsageError, add_debug_flag, report_usage_errors
-from .seeding import derive_seed
+from .runtime.atomic import atomic_savefig, atomic_write, atomic_write_json
+from .runtime.errors import ArgumentParser, UsageError, add_debug_flag, report_usage_errors
+from .runtime.seeding import derive_seed
 
 # 0, 0.1, ..., 1.0 and two finer cuts near the end, where a task like the paper's decides its outcome
 DEFAULT_SHARES = tuple(sorted({round(0.1 * i, 1) for i in range(11)} | {0.95, 0.975}))
@@ -176,7 +176,7 @@ def run(cfg, settings: AnalysisConfig, out: Path, cache: str | None = None) -> t
     """Measure every kept share (reusing those a previous run with the same settings finished); (rows, advice)."""
     from tqdm.auto import tqdm
 
-    from .run_inputs import load_run_inputs
+    from .runtime.run_inputs import load_run_inputs
 
     inputs = load_run_inputs(cfg, cfg.device)
     rng = random.Random(derive_seed(cfg.seed, "analyze", "questions"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write
-from .errors import UsageError, check_types, one_line
+from .runtime.atomic import atomic_write
+from .runtime.errors import UsageError, check_types, one_line
 
 FORMAT = "rpo-experience-cache/2"
 OLD_FORMATS = ("rpo-experience-cache/1",)  # read with unknown writer log-probs (NaN) and no reuses

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from .cache import ExperienceCache
 from .config import RunConfig
-from .distributed import DistContext
 from .rewards import RewardFn, format_reward
-from .seeding import derive_seed
+from .runtime.distributed import DistContext
+from .runtime.seeding import derive_seed
 
 
 def init_mode(setting: str, steps: int, batch_questions: int, n_train: int) -> str:

@@ -21,8 +21,8 @@ import sys
 import time
 
 from .config import load_recipe
-from .errors import ArgumentParser, UsageError, WriteFailedError, add_debug_flag, report_usage_errors
-from .interrupt import StopSignals
+from .runtime.errors import ArgumentParser, UsageError, WriteFailedError, add_debug_flag, report_usage_errors
+from .runtime.interrupt import StopSignals
 
 
 def resolve_model(cfg):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_hint(out_dir: str, first: str = "") -> str:
     """How to go on: the last complete checkpoint of ``out_dir`` and the command to resume from it."""
-    from .checkpointing import latest_checkpoint
+    from .runtime.checkpointing import latest_checkpoint
 
     folder = latest_checkpoint(out_dir)
     first = f"{first}, then run" if first else "run"
@@ -121,14 +121,14 @@ def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
 def run(cfg, *, reward_fn=None, start: float | None = None) -> int:
     """Train ``cfg`` in this process, as one rank of a torchrun job when its environment says so; the exit code.
 
-    Rank 0 holds the lock of ``out_dir`` for the run (``rpo_train.run_lock``). Ctrl-C or SIGTERM (handled here, in the
-    main thread, and the previous handlers restored after) stops at the next step boundary with a checkpoint there:
-    exit code 130 or 143 (128 + the signal); a second signal stops at once, also 130 or 143. A file that cannot be
-    written is a ``UsageError`` naming it and the last complete checkpoint. A lost rank (killed, network gone) ends
-    the job with a message saying how to resume (exit code 1).
+    Rank 0 holds the lock of ``out_dir`` for the run (``rpo_train.runtime.run_lock``). Ctrl-C or SIGTERM (handled
+    here, in the main thread, and the previous handlers restored after) stops at the next step boundary with a
+    checkpoint there: exit code 130 or 143 (128 + the signal); a second signal stops at once, also 130 or 143. A
+    file that cannot be written is a ``UsageError`` naming it and the last complete checkpoint. A lost rank (killed,
+    network gone) ends the job with a message saying how to resume (exit code 1).
     """
-    from .distributed import DistContext, RankLostError
-    from .run_lock import hold_out_dir
+    from .runtime.distributed import DistContext, RankLostError
+    from .runtime.run_lock import hold_out_dir
 
     start = time.perf_counter() if start is None else start
     dist = DistContext.from_env(cfg.device)

@@ -15,8 +15,8 @@ import yaml
 
 from .cache import CacheConfig
 from .cuts import TruncationConfig
-from .errors import UsageError, check_types
 from .objectives import ObjectiveConfig
+from .runtime.errors import UsageError, check_types
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 ENGINES = ("native", "hf", "vllm")
@@ -24,7 +24,7 @@ REWARD_NAMES = ("exact", "math", "task")
 DTYPES = ("float32", "bfloat16", "float16")
 # "auto": prefix_once when objective.rollout is rpo (groups share a prompt + prefix), else plain.
 POLICY_FORWARDS = ("auto", "plain", "prefix_once")
-# Under torchrun: "ddp" keeps a whole model per rank; "fsdp" shards the decoder layers (rpo_train.sharding).
+# Under torchrun: "ddp" keeps a whole model per rank; "fsdp" shards the decoder layers (rpo_train.runtime.sharding).
 PARALLEL = ("ddp", "fsdp")
 
 
@@ -38,7 +38,7 @@ class RolloutConfig:
     """engine: native | hf | vllm. suffix_budget: "m" (each suffix gets at most m new tokens, the paper's setting)
     or a fixed number of tokens. max_response_len bounds prefix + suffix. dtype: the engine's copy of the weights;
     "auto" = the run's compute dtype (bf16 for fp32 master weights on a GPU or, with ``dtype: auto``, on a CPU with
-    bf16 instructions; see ``rpo_train.precision``)."""
+    bf16 instructions; see ``rpo_train.model.precision``)."""
 
     engine: str = "native"
     group_size: int = 6
@@ -69,8 +69,8 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW settings and the policy forward: ``policy_forward`` plain | prefix_once | auto (see
-    ``rpo_train.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward; ``parallel`` ddp |
-    fsdp under torchrun (see ``rpo_train.distributed`` and ``rpo_train.sharding``)."""
+    ``rpo_train.model.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward; ``parallel``
+    ddp | fsdp under torchrun (see ``rpo_train.runtime.distributed`` and ``rpo_train.runtime.sharding``)."""
 
     lr: float = 1e-6
     warmup_steps: int = 0
@@ -108,9 +108,9 @@ class DataConfig:
 
     - "recurrence" (long reasoning decided at its end, ``terms`` steps) or "addition" (column addition decided early,
       ``digits`` per operand): the bundled tasks, ``n_train`` / ``n_test`` questions from ``seed``;
-    - "hf": local files through 🤗 datasets (``rpo_train.data_files``): ``path`` and its ``split``, held out from
+    - "hf": local files through 🤗 datasets (``rpo_train.data.files``): ``path`` and its ``split``, held out from
       ``test_path`` or ``test_split``; ``prompt_field``, ``answer_field``, ``id_field`` name (dotted) columns;
-    - "reasoning_gym": reasoning-gym's generators (``rpo_train.data_gym``): ``name`` with ``options``, or ``mix``
+    - "reasoning_gym": reasoning-gym's generators (``rpo_train.data.gym``): ``name`` with ``options``, or ``mix``
       ({name: weight}); ``prompt_template`` asks for the answer as ``answer_format`` says ("tag" or "line").
     """
 

@@ -20,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .errors import UsageError, check_types
+from .runtime.errors import UsageError, check_types
 
 TRUNCATION_MODES = ("fixed", "dynamic", "adaptive")
 CUT_POINTS = ("uniform", "entropy")

@@ -12,7 +12,7 @@ import torch
 
 from rpo_kernels.reference import LOSS_TYPES
 
-from .errors import UsageError, check_types
+from .runtime.errors import UsageError, check_types
 
 ALGORITHMS = ("grpo", "dapo")
 ROLLOUTS = ("full", "rpo")

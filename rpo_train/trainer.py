@@ -20,15 +20,15 @@ from tqdm.auto import tqdm
 
 from .cache import ExperienceCache
 from .cache_init import LazyInit, eager_init, init_mode, store
-from .checkpointing import resume_run, save_run
 from .config import RunConfig
-from .distributed import DistContext
-from .metrics import MetricsLogger
-from .policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
-from .rollout_step import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
-from .run_inputs import load_run_inputs
-from .seeding import derive_seed
-from .sharding import (
+from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
+from .model.policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
+from .runtime.checkpointing import resume_run, save_run
+from .runtime.distributed import DistContext
+from .runtime.metrics import MetricsLogger
+from .runtime.run_inputs import load_run_inputs
+from .runtime.seeding import derive_seed
+from .runtime.sharding import (
     clip_grad_norm,
     full_state_dict,
     is_sharded_tensor,
@@ -149,8 +149,8 @@ class Trainer:
         return kept, rolled, stats
 
     def _autocast(self):
-        """The run's autocast (``rpo_train.precision``: bf16 beside fp32 master weights on a GPU, or on a CPU with bf16
-        instructions under ``dtype: auto``; the fused loss accumulates in fp32), else a disabled one."""
+        """The run's autocast (``rpo_train.model.precision``: bf16 beside fp32 master weights on a GPU, or on a CPU
+        with bf16 instructions under ``dtype: auto``; the fused loss accumulates in fp32), else a disabled one."""
         return self.precision.context(self.model.device.type)
 
     def _probe(self, prompts: list[list[int]], responses: list[list[int]]) -> list[tuple]:
@@ -256,11 +256,12 @@ class Trainer:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Checkpoint the run (``rpo_train.checkpointing.save_run``)."""
+        """Checkpoint the run (``rpo_train.runtime.checkpointing.save_run``)."""
         return save_run(self)
 
     def resume(self) -> bool:
-        """Restore the newest checkpoint of ``out_dir`` if there is one (``rpo_train.checkpointing.resume_run``)."""
+        """Restore the newest checkpoint of ``out_dir`` if there is one
+        (``rpo_train.runtime.checkpointing.resume_run``)."""
         return resume_run(self)
 
     def _push_weights(self) -> None:

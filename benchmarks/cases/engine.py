@@ -122,7 +122,7 @@ def rollout_call(name: str, engine, w: dict, mode: str, out: dict | None = None)
 def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
     """One group: a P-token context (a quarter prompt, the rest kept prefix, at most 256 prompt tokens) and G
     suffixes of S tokens."""
-    from rpo_train.policy import PolicySample
+    from rpo_train.model.policy import PolicySample
 
     rng = random.Random(seed)
     prompt_len = min(256, max(1, p // 4))
@@ -134,8 +134,8 @@ def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
 def forward_step(name: str, arch: str, shape: tuple[int, int, int], device: str, checkpoint_layers: bool = False):
     """(step, shape label): one forward + backward of the policy loss on a random model of ``arch``, ``plain`` or
     ``prefix_once``."""
+    from rpo_train.model.policy import build_batch, policy_loss
     from rpo_train.objectives import ObjectiveConfig
-    from rpo_train.policy import build_batch, policy_loss
 
     from ..models import ARCHS, random_qwen2
 

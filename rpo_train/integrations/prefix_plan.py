@@ -18,7 +18,7 @@ from ..cache import CacheConfig, ExperienceCache, question_id
 from ..cuts import TruncationConfig
 from ..drift import Drift, refresh_reason
 from ..rewards import length_aware
-from ..seeding import derive_seed
+from ..runtime.seeding import derive_seed
 
 
 @dataclass(frozen=True)

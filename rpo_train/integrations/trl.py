@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..atomic import atomic_write
 from ..cache import ExperienceCache
 from ..drift import drift_metrics, measure
-from ..policy import response_logprobs
+from ..model.policy import response_logprobs
+from ..runtime.atomic import atomic_write
 from .prefix_plan import plan_row, row_key, shape_lengths, step_metrics, update_cache
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 

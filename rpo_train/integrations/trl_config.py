@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from ..cache import DRIFT_STATS, CacheConfig
 from ..cuts import TRUNCATION_MODES, TruncationConfig
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .prefix_plan import PrefixSettings
 
 TRL_RANGE = ("1.16", "1.17")  # tested: >= first, < second

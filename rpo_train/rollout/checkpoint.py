@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingPathError, UsageError, one_line
+from ..runtime.errors import MissingPathError, UsageError, one_line
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

@@ -1,4 +1,5 @@
-"""The native engine's forward: ``rpo_train.decoder.Decoder`` with its KV in lanes (``rpo_train.rollout.kv_lanes``).
+"""The native engine's forward: ``rpo_train.model.decoder.Decoder`` with its KV in lanes
+(``rpo_train.rollout.kv_lanes``).
 
 Two attentions, each planned once per forward and shared by every layer:
 - prefill: S packed prompts (+ cached prefixes), each causal over its own tokens, as one padded torch SDPA
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 import rpo_kernels
 
-from ..decoder import Decoder
+from ..model.decoder import Decoder
 from .kv_lanes import LaneKV
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..seeding import derive_seed
+from ..runtime.seeding import derive_seed
 from .config import SamplingConfig
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..seeding import derive_seed
+from ..runtime.seeding import derive_seed
 from .checkpoint import checkpoint_dir, eos_token_ids, load_config
 from .config import SamplingConfig
 from .interface import Completion, normalize_requests, seed_streams

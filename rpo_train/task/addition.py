@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .tokenizer import build_tokenizer
 
 

@@ -17,7 +17,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .tokenizer import build_tokenizer
 
 CHARS = "0123456789+=;:, \nlastnoAwer"

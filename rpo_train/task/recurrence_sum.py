@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 from .recurrence import CHARS as RECURRENCE_CHARS
 from .recurrence import RecurrenceTask
 from .tokenizer import build_tokenizer

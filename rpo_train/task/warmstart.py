@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_directory
-from ..errors import UsageError
+from ..runtime.atomic import atomic_directory
+from ..runtime.errors import UsageError
 from . import make_task
 from .tokenizer import make_tiny_checkpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rpo_train.policy import PolicySample
+from rpo_train.model.policy import PolicySample
 
 VOCAB = 300
 EOS = 5

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from rpo_train.analyze import AnalysisConfig, main, measure_share, recommend
-from rpo_train.errors import UsageError
 from rpo_train.rewards import RewardResult
+from rpo_train.runtime.errors import UsageError
 
 
 class ScriptedEngine:

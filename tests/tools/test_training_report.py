@@ -65,7 +65,7 @@ def test_variants_table_compares_overrides_with_the_plain_arm_and_its_baseline(t
 
 def test_bench_training_set_overrides_join_every_run():
     from benchmarks.bench_training import parse_sets, run_name
-    from rpo_train.errors import UsageError
+    from rpo_train.runtime.errors import UsageError
 
     sets = parse_sets(["objective.beta=0.04", "data.task=hf"])
     assert sets == {"objective.beta": "0.04", "data.task": "hf"}

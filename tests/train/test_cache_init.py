@@ -83,7 +83,7 @@ def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_
     one whose cache section truly differs is refused with the section named."""
     import json
 
-    from rpo_train.errors import UsageError
+    from rpo_train.runtime.errors import UsageError
     from rpo_train.trainer import Trainer
 
     cfg = config(checkpoint, tmp_path, steps=1, save_every=1)

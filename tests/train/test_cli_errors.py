@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rpo_train.cli import main
-from rpo_train.errors import UsageError
+from rpo_train.runtime.errors import UsageError
 from rpo_train.task.tokenizer import make_tiny_checkpoint
 from tests.helpers.train_configs import small_recipe
 

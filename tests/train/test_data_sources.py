@@ -11,7 +11,7 @@ import pytest
 
 from rpo_train.config import DataConfig
 from rpo_train.data import encode_prompt, load_rows
-from rpo_train.errors import UsageError
+from rpo_train.runtime.errors import UsageError
 
 RECORDS = [{"uid": f"q{i}", "meta": {"q": f"What is {i} + {i}?"}, "answer": str(2 * i)} for i in range(30)]
 
@@ -111,7 +111,7 @@ gym = pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None,
 
 @gym
 def test_reasoning_gym_rows_are_seeded_disjoint_and_scored_by_the_dataset():
-    from rpo_train.data_gym import gym_reward
+    from rpo_train.data.gym import gym_reward
 
     cfg = DataConfig(task="reasoning_gym", name="basic_arithmetic", options={"min_terms": 2, "max_terms": 3},
                      n_train=40, n_test=10, seed=3)

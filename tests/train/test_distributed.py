@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpo_train.distributed import DistContext
-from rpo_train.seeding import derive_seed
+from rpo_train.runtime.distributed import DistContext
+from rpo_train.runtime.seeding import derive_seed
 from rpo_train.task.tokenizer import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

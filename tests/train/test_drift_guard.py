@@ -12,7 +12,7 @@ from rpo_train.cache import CacheConfig, CacheEntry
 from rpo_train.config import load_recipe
 from rpo_train.cuts import TruncationConfig
 from rpo_train.drift import Drift, drift_metrics, measure, refresh_reason
-from rpo_train.errors import UsageError
+from rpo_train.runtime.errors import UsageError
 from rpo_train.task.tokenizer import make_tiny_checkpoint
 from tests.helpers.train_configs import config, ones_reward
 

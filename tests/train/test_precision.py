@@ -1,5 +1,6 @@
-"""A run's precision (``rpo_train.precision``): what ``dtype`` resolves to on each machine, and bf16 on a CPU within
-the accuracy rule against fp64 for the engine's log-probs and the training forward (prefix-once, under autocast)."""
+"""A run's precision (``rpo_train.model.precision``): what ``dtype`` resolves to on each machine, and bf16 on a CPU
+within the accuracy rule against fp64 for the engine's log-probs and the training forward (prefix-once, under
+autocast)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from rpo_train import precision
-from rpo_train.policy import build_batch, sequence_logprobs
-from rpo_train.precision import resolve_precision
+from rpo_train.model import precision
+from rpo_train.model.policy import build_batch, sequence_logprobs
+from rpo_train.model.precision import resolve_precision
 from rpo_train.rollout import NativeEngine
 from tests.helpers.rollout_models import hf_model, hf_next_token_logits, make_checkpoint, ragged_samples
 from tests.helpers.rules import assert_within_rule

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from rpo_train.model.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
+from rpo_train.model.prefix_forward import pack_groups, prefix_once_logprobs
 from rpo_train.objectives import ObjectiveConfig
-from rpo_train.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
-from rpo_train.prefix_forward import pack_groups, prefix_once_logprobs
 from tests.helpers.rollout_models import make_checkpoint, ragged_samples
 
 
@@ -120,7 +120,7 @@ def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
     """fp32 weights under bf16 autocast (the GPU recipes' fp32 master weights): q, k and v reach attention in bf16,
     as torch SDPA gets them in the plain forward, and the log-probs stay close to the plain forward's."""
     import rpo_kernels
-    from rpo_train import prefix_forward
+    from rpo_train.model import prefix_forward
 
     seen = []
     real_sdpa, real_kernel = prefix_forward._sdpa, rpo_kernels.shared_prefix_attention

@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from rpo_train.config import DataConfig, load_recipe
-from rpo_train.errors import UsageError
 from rpo_train.rewards import exact_answer_reward
+from rpo_train.runtime.errors import UsageError
 from rpo_train.task import make_task
 from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.recurrence_sum import HABITS, RecurrenceSumTask

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from rpo_train.config import DataConfig
-from rpo_train.errors import UsageError
 from rpo_train.rewards import exact_answer_reward
+from rpo_train.runtime.errors import UsageError
 from rpo_train.task import make_task
 from rpo_train.task.recurrence import RecurrenceTask
 from tests.helpers.task_oracle import fib_mod10

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from rpo_train.cli import main
-from rpo_train.errors import WriteFailedError
-from rpo_train.run_lock import LOCK_NAME, OutDirInUseError, RunLock
+from rpo_train.runtime.errors import WriteFailedError
+from rpo_train.runtime.run_lock import LOCK_NAME, OutDirInUseError, RunLock
 from rpo_train.task.tokenizer import make_tiny_checkpoint
 from tests.helpers.train_configs import small_recipe
 
@@ -138,7 +138,7 @@ def test_racing_processes_never_both_win(tmp_path):
 
 
 def test_no_file_locks_runs_unguarded_with_a_note(tmp_path, monkeypatch, capsys):
-    from rpo_train import run_lock
+    from rpo_train.runtime import run_lock
 
     def refuse(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -149,7 +149,7 @@ def test_no_file_locks_runs_unguarded_with_a_note(tmp_path, monkeypatch, capsys)
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(recipe, tmp_path, capsys, monkeypatch):
-    from rpo_train import checkpointing
+    from rpo_train.runtime import checkpointing
 
     real, calls = checkpointing.save_file, []
 
@@ -186,8 +186,8 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
     """A metrics row that cannot be written, and safetensors' own report of a full disk (not an OSError)."""
     from safetensors import SafetensorError
 
-    from rpo_train import metrics
-    from rpo_train.atomic import atomic_directory
+    from rpo_train.runtime import metrics
+    from rpo_train.runtime.atomic import atomic_directory
 
     logger = metrics.MetricsLogger(tmp_path)
 
@@ -285,7 +285,7 @@ def test_stop_checkpoints_a_step_once(recipe, tmp_path, monkeypatch, save_every)
 
 
 def test_handlers_are_installed_only_in_the_main_thread():
-    from rpo_train.interrupt import StopSignals
+    from rpo_train.runtime.interrupt import StopSignals
 
     before = signal.getsignal(signal.SIGINT)
     seen = []

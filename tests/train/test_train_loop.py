@@ -181,7 +181,7 @@ def test_logs_after_repeated_kill_9_equal_an_uninterrupted_run(checkpoint, tmp_p
 
 
 def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
-    from rpo_train.metrics import MetricsLogger
+    from rpo_train.runtime.metrics import MetricsLogger
 
     logger = MetricsLogger(tmp_path)
     for step in range(5):
@@ -199,7 +199,7 @@ def test_tensorboard_events_after_the_checkpoint_are_purged(tmp_path):
                                               "without it")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rpo_train.metrics import MetricsLogger
+    from rpo_train.runtime.metrics import MetricsLogger
 
     first = MetricsLogger(tmp_path)
     first.resume_at(-1)
@@ -267,7 +267,7 @@ def test_engine_keeps_a_16_bit_copy_of_fp32_master_weights(checkpoint, tmp_path)
     refreshes that copy; "auto" picks it for fp32 weights on a GPU only."""
     import dataclasses
 
-    from rpo_train.rollout_step import engine_dtype
+    from rpo_train.groups import engine_dtype
     from rpo_train.trainer import Trainer
 
     cfg = config(checkpoint, tmp_path, steps=2)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rpo_kernels.reference import policy_loss_ref
+from rpo_train.model.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
 from rpo_train.objectives import ObjectiveConfig
-from rpo_train.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..rollout.checkpoint import checkpoint_dir
 from .errors import MissingPathError, UsageError, one_line
-from .rollout.checkpoint import checkpoint_dir
 
 
 def check_device(device: str) -> None:

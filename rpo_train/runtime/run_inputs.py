@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import question_id
-from .config import RunConfig
-from .data import encode_prompt, load_rows
+from ..cache import question_id
+from ..config import RunConfig
+from ..data import encode_prompt, load_rows
+from ..groups import build_engine
+from ..model.precision import Precision, resolve_precision
+from ..rewards import REWARDS, RewardFn
 from .errors import UsageError
-from .precision import Precision, resolve_precision
 from .preflight import check_device, check_out_dir, check_reward, load_policy
-from .rewards import REWARDS, RewardFn
-from .rollout_step import build_engine
 
 
 @dataclass
@@ -55,7 +55,7 @@ def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None =
         prompts[row["qid"]] = ids
     stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if reward_fn is None and cfg.reward == "task":
-        from .data_gym import gym_reward
+        from ..data.gym import gym_reward
 
         reward_fn = gym_reward(cfg.data)
     return RunInputs(model, tokenizer, engine, reward_fn or REWARDS[cfg.reward], stop_ids, train_rows, test_rows,

@@ -1,9 +1,10 @@
 """The one decoder path: a Llama / Qwen2 / Qwen3 causal LM run on packed token rows, attention supplied per call.
 
 Every forward of ours goes through ``Decoder.hidden``: the rollout engine's prefill and decode
-(``rpo_train.rollout.model``) and the prefix-once training forward (``rpo_train.prefix_forward``). The checkpoint's own
-modules do the rest (embedding, RMSNorms, q/k/v/o projections, Qwen3's per-head q/k norms, rotary embedding, MLP,
-final norm, lm_head), so parity with the HF forward is a property of one layer function, tested once per family.
+(``rpo_train.rollout.model``) and the prefix-once training forward (``rpo_train.model.prefix_forward``). The
+checkpoint's own modules do the rest (embedding, RMSNorms, q/k/v/o projections, Qwen3's per-head q/k norms, rotary
+embedding, MLP, final norm, lm_head), so parity with the HF forward is a property of one layer function, tested once
+per family.
 
 Attention is a callable ``attend(layer_index, q, k, v) -> out``: q [T, Hq, D], k/v [T, Hkv, D] the rows' own
 rotated keys/values, out [T, Hq, D]. It decides where K/V live (a KV cache written in place, the packed rows of a

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import MissingPathError, UsageError, one_line
+from ..runtime.errors import MissingPathError, UsageError, one_line
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 

@@ -3,7 +3,7 @@ then rpo_kernels' fused lm_head + clipped-ratio loss on them (no [tokens, V] log
 
 ``loss_tokens="full"`` (the paper's choice) trains on every response token, prefix included; ``"suffix"`` only on the
 tokens the current policy generated. Two forwards give the same [B, T] log-probs: ``plain`` runs each sample's
-prompt + prefix in full (a right-padded ``PolicyBatch``); ``prefix_once`` (``rpo_train.prefix_forward``, a
+prompt + prefix in full (a right-padded ``PolicyBatch``); ``prefix_once`` (``rpo_train.model.prefix_forward``, a
 ``PackedGroups`` batch) runs each group's prompt + prefix once and its suffixes against that one KV.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 import rpo_kernels
 
-from .objectives import ObjectiveConfig
+from ..objectives import ObjectiveConfig
 from .prefix_forward import PackedGroups, pack_groups, prefix_once_logprobs
 
 FORWARDS = ("plain", "prefix_once")

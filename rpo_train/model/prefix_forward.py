@@ -8,12 +8,12 @@ Samples that share (prompt, prefix) form a group. Every layer runs on packed row
 Gradients from all G suffixes flow into the single context computation. Log-probabilities are then taken once per
 distinct (hidden row, target) pair: with ``loss_tokens="full"`` the prefix tokens' log-probs come from the context
 pass once and are shared by the G samples (gathered, so their gradients add up), exactly as the per-sample forward
-would count them. The result is the [B, T] layout of ``rpo_train.policy.build_batch`` (T = longest sample - 1), so the
-loss, the old and the reference log-probs are interchangeable between the two forwards.
+would count them. The result is the [B, T] layout of ``rpo_train.model.policy.build_batch`` (T = longest sample - 1),
+so the loss, the old and the reference log-probs are interchangeable between the two forwards.
 
-Works for the Llama / Qwen2 / Qwen3 families through ``rpo_train.decoder.Decoder`` (the layer path the rollout engine
-uses too; attention here through ``rpo_kernels`` or torch SDPA), any dtype the kernels take; ``checkpoint_layers``
-recomputes each layer in the backward.
+Works for the Llama / Qwen2 / Qwen3 families through ``rpo_train.model.decoder.Decoder`` (the layer path the rollout
+engine uses too; attention here through ``rpo_kernels`` or torch SDPA), any dtype the kernels take;
+``checkpoint_layers`` recomputes each layer in the backward.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PackedGroups:
 
 
 def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
-    """Group ``samples`` (``rpo_train.policy.PolicySample``) by (prompt, prefix) and pack them for the forward."""
+    """Group ``samples`` (``rpo_train.model.policy.PolicySample``) by (prompt, prefix) and pack them for the forward."""
     if loss_tokens not in ("full", "suffix"):
         raise ValueError(f"argument 'loss_tokens' must be 'full' or 'suffix', got {loss_tokens!r}")
     if not samples:

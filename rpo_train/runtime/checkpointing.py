@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..cache import ExperienceCache
 from .atomic import atomic_directory, atomic_write_json, writing
-from .cache import ExperienceCache
 from .errors import UsageError, one_line
 from .sharding import full_optimizer_state, full_state_dict, load_full_state
 
@@ -108,7 +108,7 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
     """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, cache).
 
     ``load_state(model_tensors, optimizer_state)``, when given, installs the model and optimizer tensors instead
-    (e.g. into shards, ``rpo_train.sharding.load_full_state``).
+    (e.g. into shards, ``rpo_train.runtime.sharding.load_full_state``).
     """
     folder = Path(folder)
     state = _read(folder, "state.json", lambda p: json.loads(p.read_text()))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from .errors import UsageError, one_line
-from .rewards import RewardResult, final_answer
-from .seeding import derive_seed
+from ..rewards import RewardResult, final_answer
+from ..runtime.errors import UsageError, one_line
+from ..runtime.seeding import derive_seed
 
 
 def _require_gym():

@@ -17,16 +17,16 @@ import torch
 
 from .cache import ExperienceCache
 from .config import RunConfig
-from .distributed import DistContext
 from .drift import Drift, drift_metrics, measure, refresh_reason
+from .model.precision import resolve_precision
 from .objectives import group_advantages
-from .precision import resolve_precision
 from .rewards import RewardFn, length_aware, overlong_penalty
-from .seeding import derive_seed
+from .runtime.distributed import DistContext
+from .runtime.seeding import derive_seed
 
 
 def engine_dtype(cfg: RunConfig) -> torch.dtype:
-    """The dtype of the rollout engine's weights (``rpo_train.precision``: ``rollout.dtype``, where "auto" is the
+    """The dtype of the rollout engine's weights (``rpo_train.model.precision``: ``rollout.dtype``, where "auto" is the
     run's compute dtype: bf16 beside fp32 master weights, whose small AdamW updates bf16 would round away)."""
     return resolve_precision(cfg.device, cfg.dtype, cfg.rollout.dtype).engine
 
@@ -103,7 +103,7 @@ def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: Experi
                   seeds: list[int], probes: list[tuple[list[float], list[float]]] | None = None,
                   step: int = 1) -> list[GroupPlan]:
     """The plan of each row at ``step`` (1-based), row i cut with its seed ``seeds[i]``. ``probes[i]``: the current
-    policy's (log-probs, entropies) of row i's cached response (``rpo_train.policy.response_logprobs``), which
+    policy's (log-probs, entropies) of row i's cached response (``rpo_train.model.policy.response_logprobs``), which
     measure its drift and place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1:
     with nothing cut, every sample would repeat the cached response and the group would carry no signal."""
     plans = []

@@ -1,12 +1,12 @@
 """Training data: rows ``{"id", "question", "answer"}`` (and what a task's reward needs) from a bundled task, local
-files through 🤗 datasets (``rpo_train.data_files``) or reasoning-gym (``rpo_train.data_gym``); prompts as token ids
+files through 🤗 datasets (``rpo_train.data.files``) or reasoning-gym (``rpo_train.data.gym``); prompts as token ids
 (the tokenizer's chat template when it has one)."""
 
 from __future__ import annotations
 
-from .config import DataConfig
-from .errors import UsageError
-from .task import TASKS, make_task
+from ..config import DataConfig
+from ..runtime.errors import UsageError
+from ..task import TASKS, make_task
 
 
 def load_rows(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
@@ -14,10 +14,10 @@ def load_rows(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     if cfg.task in TASKS:
         return make_task(cfg).splits()
     if cfg.task == "hf":
-        from .data_files import file_rows
+        from .files import file_rows
 
         return file_rows(cfg)
-    from .data_gym import gym_rows
+    from .gym import gym_rows
 
     return gym_rows(cfg)
 

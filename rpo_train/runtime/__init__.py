@@ -1,0 +1,5 @@
+"""The plumbing of a run, apart from its math: user errors and how the tools report them (``errors``), crash-safe
+writes (``atomic``), seed derivation (``seeding``), the checks and loading of a run's inputs (``preflight``,
+``run_inputs``), torchrun data parallelism and FSDP (``distributed``, ``sharding``), metrics (``metrics``), the
+``out_dir`` lock (``run_lock``), clean stops on Ctrl-C / SIGTERM (``interrupt``) and checkpoints (``checkpointing``).
+Import the modules themselves; this package re-exports nothing, so importing it loads no torch."""
