@@ -6,7 +6,11 @@
 - ``lazy``: a question's response when the question is first drawn (``LazyInit``), under the policy of that step,
   then its group is cut from it as any other. A run whose steps visit 320 of 400 questions samples 320 init
   responses instead of 400, and the first step starts at once instead of after a pass over the whole data;
-- ``auto``: lazy when ``steps * batch_questions`` is below the number of training questions, else eager.
+- ``auto``: lazy when ``steps * batch_questions`` is below the number of training questions, else eager; decided
+  when the run starts and kept in its checkpoints (a resume with more steps does not change it).
+
+Whatever the mode, an RPO run initialises a drawn question that has no entry when it is drawn (a ``cache.init_path``
+file without it, say).
 
 Both draw question i's response from the same seed (run seed, attempt, i), so under the same weights lazy writes
 exactly the entry eager would. The tokens sampled count as generated tokens of the run either way.

@@ -55,8 +55,10 @@ class Trainer:
         self.precision = inputs.precision
         self.init_mode = ("file" if cfg.cache.init_path else
                           init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_rows)))
-        lazy = cfg.objective.rollout == "rpo" and self.init_mode == "lazy"
-        self.lazy_init = LazyInit(self.train_rows) if lazy else None
+        # An RPO run initialises any drawn question still without an entry when it is drawn: every question under
+        # lazy, and under eager those a resumed lazy run (auto decides by ``steps``, which a resume may raise) or a
+        # cache.init_path file never had.
+        self.lazy_init = LazyInit(self.train_rows) if cfg.objective.rollout == "rpo" else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
         rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
@@ -136,7 +138,7 @@ class Trainer:
         self.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.last_drift
         gen = [len(s) for g in rolled for s in g.suffixes]
         inits = [g.init for g in rolled if g.init is not None]
-        if cfg.objective.rollout == "rpo" and self.lazy_init is not None:
+        if cfg.objective.rollout == "rpo":
             stats["time/init_s"] = self.init_s
             stats["cache/init_responses"] = float(len(inits))
         self.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
@@ -288,7 +290,7 @@ class Trainer:
             summary = self.logger.summary() if resumed else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            if self.cfg.objective.rollout == "rpo" and self.lazy_init is None:
+            if self.cfg.objective.rollout == "rpo" and self.init_mode != "lazy":
                 self.init_cache()
             self._log(0, {"eval/accuracy": summary["accuracy_before"]})
             if self.logger is not None:

@@ -153,7 +153,8 @@ def save_run(trainer) -> Path | None:
                  "optimizer_state": full_optimizer_state(t.optimizer)}
     if t.dist.is_main:
         extra = {"order": t.order, "timings": t.timings, "tokens_generated": t.tokens_generated,
-                 "rollout_counts": t.rollout_counts, "last_drift": t.last_drift, "config": t.cfg.to_dict()}
+                 "rollout_counts": t.rollout_counts, "last_drift": t.last_drift, "cache_init": t.init_mode,
+                 "config": t.cfg.to_dict()}
         path = save_checkpoint(t.out, t.step, t.model, t.optimizer, t.scheduler, t.cache, t.rng, extra, **whole)
     t.dist.barrier()
     return path
@@ -184,5 +185,6 @@ def resume_run(trainer) -> bool:
     t.timings, t.tokens_generated = state["timings"], state["tokens_generated"]
     t.rollout_counts = {**t.rollout_counts, **state.get("rollout_counts", {})}
     t.last_drift = state.get("last_drift", {})
+    t.init_mode = state.get("cache_init", t.init_mode)  # the run's own choice, whatever steps says now
     t._push_weights()
     return True

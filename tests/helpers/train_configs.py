@@ -38,8 +38,9 @@ def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="na
 
 def guarded(checkpoint, out, **kw):
     """``config`` with every drift guard and cut option on: refreshes by reuses and by share, adaptive L, cuts at
-    entropy peaks (their state lives in the cache and must survive a checkpoint)."""
-    return config(checkpoint, out, cache=CacheConfig(max_reuses=2, full_share=0.25, refresh_drift=0.5),
+    entropy peaks (their state lives in the cache and must survive a checkpoint); the cache init eager, so that a
+    run resumed with more steps matches one started with them (auto would pick lazy for the shorter one)."""
+    return config(checkpoint, out, cache=CacheConfig(init="eager", max_reuses=2, full_share=0.25, refresh_drift=0.5),
                   truncation=TruncationConfig("adaptive", max_cut=8, min_cut=2, cut_at="entropy"), **kw)
 
 

@@ -98,3 +98,19 @@ def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_
     state_path.write_text(json.dumps(state))
     with pytest.raises(UsageError, match="config section 'cache' differs"):
         Trainer(cfg, reward_fn=ones_reward).resume()
+
+
+def test_a_lazy_run_resumed_with_more_steps_stays_lazy(checkpoint, tmp_path):
+    """auto picks lazy for 2 steps x 4 of 12 questions and eager for 4 steps; raising steps on resume keeps the
+    run's own choice, and every question drawn after the resume still gets its entry when drawn."""
+    from rpo_train.trainer import Trainer
+
+    first = Trainer(config(checkpoint, tmp_path, steps=2, save_every=1), reward_fn=ones_reward)
+    assert first.init_mode == "lazy"
+    first.train()
+    seen = len(first.cache)
+    assert seen < 12
+    again = Trainer(config(checkpoint, tmp_path, steps=4, save_every=1), reward_fn=ones_reward)
+    assert again.init_mode == "eager"
+    summary = again.train()
+    assert again.init_mode == summary["cache_init"] == "lazy" and len(again.cache) > seen
