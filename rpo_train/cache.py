@@ -83,7 +83,10 @@ class CacheConfig:
       ``refresh_drift`` (0: off), when its body has been re-used ``max_reuses`` times
       (0: off), and for a random ``full_share`` of the groups (Kimi k1.5's mix of fresh and partial rollouts),
       drawn on every ``refresh_every``-th step only, ``refresh_every`` times as often: a full-path group makes its
-      whole step wait for a full-length decode, so batching the share into fewer steps pays that wait less often.
+      whole step wait for a full-length decode, so batching the share into fewer steps pays that wait less often;
+    - ``probe_every`` = k: the drift probe (the current policy's log-probs of the cut entries, a forward over them)
+      runs on steps 1, 1 + k, 1 + 2k, ... only, and its drift metrics are logged there; on every step when a drift
+      refresh or entropy cuts read it (``probes_at``).
     """
 
     epsilon: float = 0.5
@@ -95,11 +98,13 @@ class CacheConfig:
     max_reuses: int = 0
     full_share: float = 0.0
     refresh_every: int = 1
+    probe_every: int = 1
 
     def __post_init__(self):
         check_types(self, "cache")
-        if self.refresh_every < 1:
-            raise UsageError(f"cache.refresh_every must be an int >= 1, got {self.refresh_every}")
+        for name in ("refresh_every", "probe_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"cache.{name} must be an int >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise UsageError(f"cache.epsilon must be in [0, 1], got {self.epsilon}")
         if self.resample_no_answer < 0 or self.max_reuses < 0:
@@ -113,6 +118,11 @@ class CacheConfig:
             raise UsageError(f"cache.refresh_drift must be >= 0 (0 turns it off), got {self.refresh_drift}")
         if not 0.0 <= self.full_share <= 1.0:
             raise UsageError(f"cache.full_share must be in [0, 1], got {self.full_share}")
+
+    def probes_at(self, step: int, entropy_cuts: bool = False) -> bool:
+        """Whether step ``step`` (1-based) runs the drift probe: always when a drift refresh or ``entropy_cuts`` read
+        it, else on every ``probe_every``-th step from the first."""
+        return self.refresh_drift > 0 or entropy_cuts or (step - 1) % self.probe_every == 0
 
     @property
     def refreshes(self) -> bool:

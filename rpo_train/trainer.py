@@ -118,6 +118,7 @@ class Trainer:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
         cfg = self.cfg
         self.probe_s = self.init_s = 0.0
+        probe = self._probe if cfg.cache.probes_at(self.step + 1, cfg.truncation.cut_at == "entropy") else None
 
         def rollout(rows, seeds):
             filled = {}
@@ -126,7 +127,7 @@ class Trainer:
                                                       self.reward_fn, self.stop_ids)
                 self.init_s += seconds
             groups = rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
-                                    seeds, self.stop_ids, probe=self._probe, step=self.step + 1)
+                                    seeds, self.stop_ids, probe=probe, step=self.step + 1)
             for g in groups:
                 g.init = filled.pop(g.qid, None)
             return groups

@@ -159,3 +159,26 @@ def test_drift_rises_after_updates_and_a_threshold_refreshes(checkpoint, tmp_pat
     assert first["rollout/refresh_share"] == 0
     second = trainer.train_step()
     assert second["cache/drift_m2_mean"] > 1e-6 and second["rollout/refreshes_drift"] > 0
+
+
+@pytest.mark.parametrize("refresh_drift", [0.0, 0.5])
+def test_probe_every_skips_the_probe_unless_a_refresh_reads_it(tmp_path, refresh_drift):
+    """cache.probe_every = 2: the drift probe runs on steps 1 and 3 only (their rows carry the drift metrics), unless
+    a drift refresh needs it on every step."""
+    import json
+
+    from rpo_train.trainer import Trainer
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "tiny", hidden=32, max_positions=96)
+    cfg = config(checkpoint, tmp_path / "run", steps=3, cache=CacheConfig(probe_every=2, refresh_drift=refresh_drift))
+    trainer = Trainer(cfg, reward_fn=ones_reward)
+    probed = []
+    real = trainer._probe
+    trainer._probe = lambda *a: probed.append(trainer.step + 1) or real(*a)
+    trainer.train()
+    want = [1, 2, 3] if refresh_drift else [1, 3]
+    assert sorted(set(probed)) == want
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows[1:] if "cache/drift_kl_mean" in r] == want
+    with pytest.raises(UsageError, match="cache.probe_every must be an int >= 1"):
+        CacheConfig(probe_every=0)
