@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     s = dict(ROLLOUT_SHAPES["quick" if args.quick else "default"])
     overrides = {k: getattr(args, k) for k in s if getattr(args, k) is not None}
     s.update(overrides)
-    dtype = resolve_precision(args.device, args.dtype).engine if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = resolve_precision(args.device, "auto", args.dtype).engine
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             models = [(Path(args.model), Path(args.model).name, s)]

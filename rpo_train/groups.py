@@ -18,30 +18,23 @@ import torch
 from .cache import ExperienceCache
 from .config import RunConfig
 from .drift import Drift, drift_metrics, measure, refresh_reason
-from .model.precision import resolve_precision
 from .objectives import group_advantages
 from .rewards import RewardFn, length_aware, overlong_penalty
 from .runtime.distributed import DistContext
 from .runtime.seeding import derive_seed
 
 
-def engine_dtype(cfg: RunConfig) -> torch.dtype:
-    """The dtype of the rollout engine's weights (``rpo_train.model.precision``: ``rollout.dtype``, where "auto" is the
-    run's compute dtype: bf16 beside fp32 master weights, whose small AdamW updates bf16 would round away)."""
-    return resolve_precision(cfg.device, cfg.dtype, cfg.rollout.dtype).engine
-
-
-def build_engine(cfg: RunConfig, model):
-    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model (weights pushed every step, cast to
-    ``engine_dtype(cfg)``)."""
+def build_engine(cfg: RunConfig, model, dtype: torch.dtype):
+    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model in ``dtype`` (the run's
+    ``rpo_train.model.precision.Precision.engine``; weights pushed every step, cast to it)."""
     from .rollout import HFEngine, NativeEngine, VLLMEngine
     from .rollout.checkpoint import eos_token_ids
 
     eos = eos_token_ids(Path(cfg.model), model.config)
     if cfg.rollout.engine == "vllm":
-        return VLLMEngine.from_pretrained(cfg.model, dtype=engine_dtype(cfg))
+        return VLLMEngine.from_pretrained(cfg.model, dtype=dtype)
     cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
-    return cls(copy.deepcopy(model).eval().to(engine_dtype(cfg)), eos_token_ids=eos)
+    return cls(copy.deepcopy(model).eval().to(dtype), eos_token_ids=eos)
 
 
 @dataclass

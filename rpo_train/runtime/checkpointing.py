@@ -183,8 +183,14 @@ def resume_run(trainer) -> bool:
                              f"({saved} vs {now[key]}); use another out_dir or the checkpoint's settings")
     t.cache, t.step, t.order = cache, state["step"], state["order"]
     t.timings, t.tokens_generated = state["timings"], state["tokens_generated"]
-    t.rollout_counts = {**t.rollout_counts, **state.get("rollout_counts", {})}
+    counts = dict(state.get("rollout_counts", {}))
+    if "init_mean_length" in counts:  # written before the init counted its responses: all of them, before step 1
+        mean = counts.pop("init_mean_length")
+        if mean:
+            counts.update(init_responses=len(cache), init_length=round(mean * len(cache)))
+    t.rollout_counts = {**t.rollout_counts, **counts}
     t.last_drift = state.get("last_drift", {})
-    t.init_mode = state.get("cache_init", t.init_mode)  # the run's own choice, whatever steps says now
+    # the run's own choice, whatever steps says now (checkpoints from before cache.init were all eager or a file)
+    t.init_mode = state.get("cache_init", "file" if t.cfg.cache.init_path else "eager")
     t._push_weights()
     return True

@@ -42,7 +42,7 @@ def load_run_inputs(cfg: RunConfig, device: str, *, reward_fn: RewardFn | None =
     precision = resolve_precision(device, cfg.dtype, cfg.rollout.dtype)
     model, tokenizer = load_policy(cfg.model, precision.master, device)
     train_rows, test_rows = load_rows(cfg.data)
-    engine = build_engine(cfg, model)
+    engine = build_engine(cfg, model, precision.engine)
     prompts: dict[str, list[int]] = {}
     limit = model.config.max_position_embeddings
     for row in train_rows + test_rows:

@@ -91,9 +91,14 @@ def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_
     pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
     state_path = tmp_path / "checkpoints" / pointer["dir"] / "state.json"
     state = json.loads(state_path.read_text())
-    del state["config"]["cache"]["init"]
+    counts = state["rollout_counts"]
+    want = counts["init_length"] / counts["init_responses"]
+    del state["config"]["cache"]["init"], state["cache_init"], counts["init_responses"], counts["init_length"]
+    counts["init_mean_length"] = want  # the former counters
     state_path.write_text(json.dumps(state))
-    assert Trainer(cfg, reward_fn=ones_reward).resume()
+    resumed = Trainer(cfg, reward_fn=ones_reward)
+    assert resumed.resume() and resumed.init_mode == "eager"
+    assert resumed.rollout_counts["init_length"] / resumed.rollout_counts["init_responses"] == pytest.approx(want)
     state["config"]["cache"]["epsilon"] = 0.25
     state_path.write_text(json.dumps(state))
     with pytest.raises(UsageError, match="config section 'cache' differs"):

@@ -267,11 +267,11 @@ def test_engine_keeps_a_16_bit_copy_of_fp32_master_weights(checkpoint, tmp_path)
     refreshes that copy; "auto" picks it for fp32 weights on a GPU only."""
     import dataclasses
 
-    from rpo_train.groups import engine_dtype
+    from rpo_train.model.precision import resolve_precision
     from rpo_train.trainer import Trainer
 
     cfg = config(checkpoint, tmp_path, steps=2)
-    auto = {(device, dtype): engine_dtype(dataclasses.replace(cfg, device=device, dtype=dtype))
+    auto = {(device, dtype): resolve_precision(device, dtype, cfg.rollout.dtype).engine
             for device in ("cpu", "cuda") for dtype in ("float32", "bfloat16")}
     assert auto == {("cpu", "float32"): torch.float32, ("cpu", "bfloat16"): torch.bfloat16,
                     ("cuda", "float32"): torch.bfloat16, ("cuda", "bfloat16"): torch.bfloat16}
