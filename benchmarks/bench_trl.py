@@ -60,7 +60,8 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
 
     from rpo_train.integrations.trl import GRPOTrainer, RPOConfig, RPOTrainer
     from rpo_train.rewards import exact_answer_reward
-    from rpo_train.rollout import NativeEngine
+    from rpo_train.rollout import NativeEngine, SamplingParams
+    from rpo_train.scoring import sample_and_score
 
     cfg, train_rows, test_rows = _rows_and_model(steps)
     tok = AutoTokenizer.from_pretrained(cfg.model)
@@ -74,11 +75,10 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
 
     def accuracy(model) -> float:
         engine = NativeEngine(copy.deepcopy(model).eval(), eos_token_ids=[tok.eos_token_id])
-        out = engine.generate([prompts[r["id"]] for r in test_rows], n=1, max_new_tokens=cfg.eval_max_new_tokens,
-                              temperature=0.0, stop_token_ids=[tok.eos_token_id])
-        hits = [exact_answer_reward(r, tok.decode(c[0].token_ids, skip_special_tokens=True)).correct
-                for r, c in zip(test_rows, out)]
-        return sum(hits) / len(hits)
+        params = SamplingParams(cfg.eval_max_new_tokens, temperature=0.0, stop_token_ids=[tok.eos_token_id])
+        out = sample_and_score(engine, test_rows, [prompts[r["id"]] for r in test_rows], params, tok,
+                               exact_answer_reward)
+        return sum(s.correct for (s,) in out) / len(out)
 
     curve: list[dict] = []
     eval_s = [0.0]

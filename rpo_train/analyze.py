@@ -38,6 +38,7 @@ from .config import load_recipe
 from .runtime.atomic import atomic_savefig, atomic_write, atomic_write_json
 from .runtime.errors import ArgumentParser, UsageError, add_debug_flag, report_usage_errors
 from .runtime.seeding import derive_seed
+from .scoring import sample_and_score
 
 # 0, 0.1, ..., 1.0 and two finer cuts near the end, where a task like the paper's decides its outcome
 DEFAULT_SHARES = tuple(sorted({round(0.1 * i, 1) for i in range(11)} | {0.95, 0.975}))
@@ -77,11 +78,10 @@ def original_responses(cfg, inputs, rows: list[dict], cache_path: str | None) ->
             raise UsageError(f"--cache {cache_path}: no entry for question {missing[0]!r} ({len(missing)} of "
                              f"{len(rows)} missing); the cache was written for other data or model settings")
         return [list(cache.get(r["qid"], inputs.prompts[r["qid"]]).response_ids) for r in rows]
-    out = inputs.engine.generate([inputs.prompts[r["qid"]] for r in rows], n=1,
-                                 max_new_tokens=cfg.rollout.max_response_len, temperature=cfg.rollout.temperature,
-                                 top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                 seed=[derive_seed(cfg.seed, "analyze", "response", i) for i in range(len(rows))],
-                                 stop_token_ids=inputs.stop_ids)
+    params = cfg.rollout.sampling_params(
+        cfg.rollout.max_response_len, seed=[derive_seed(cfg.seed, "analyze", "response", i) for i in range(len(rows))],
+        stop_token_ids=inputs.stop_ids)
+    out = inputs.engine.generate([inputs.prompts[r["qid"]] for r in rows], n=1, params=params)
     return [list(group[0].token_ids) for group in out]
 
 
@@ -91,24 +91,21 @@ def measure_share(cfg, inputs, rows, responses, originals, share: float, group_s
     if share == 1.0:
         return {"kept_share": share, "cut_tokens": 0.0, "pass_rate": sum(originals) / len(originals),
                 "open_share": 0.0, "flip_rate": 0.0, "tokens_per_continuation": 0.0}
-    tok, judge = inputs.tokenizer, inputs.reward_fn
     kept = [round(share * len(r)) for r in responses]
     prefixes = [r[:k] for r, k in zip(responses, kept)]
     budgets = [max(1, cfg.rollout.max_response_len - k) for k in kept]
-    out = inputs.engine.generate([inputs.prompts[r["qid"]] for r in rows], prefixes=prefixes, n=group_size,
-                                 max_new_tokens=budgets, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 top_k=cfg.rollout.top_k,
-                                 seed=[derive_seed(cfg.seed, "analyze", share, i) for i in range(len(rows))],
-                                 stop_token_ids=inputs.stop_ids)
-    correct = [[bool(judge(row, tok.decode(p + list(c.token_ids), skip_special_tokens=True)).correct) for c in comps]
-               for row, p, comps in zip(rows, prefixes, out)]
+    params = cfg.rollout.sampling_params(budgets, seed=[derive_seed(cfg.seed, "analyze", share, i)
+                                                        for i in range(len(rows))], stop_token_ids=inputs.stop_ids)
+    out = sample_and_score(inputs.engine, rows, [inputs.prompts[r["qid"]] for r in rows], params, inputs.tokenizer,
+                           inputs.reward_fn, prefixes=prefixes, n=group_size)
+    correct = [[s.correct for s in group] for group in out]
     samples = sum(len(c) for c in correct)
     return {"kept_share": share,
             "cut_tokens": sum(len(r) - k for r, k in zip(responses, kept)) / len(rows),
             "pass_rate": sum(map(sum, correct)) / samples,
             "open_share": sum(0 < sum(c) < len(c) for c in correct) / len(rows),
             "flip_rate": sum(x != o for c, o in zip(correct, originals) for x in c) / samples,
-            "tokens_per_continuation": sum(len(c.token_ids) for comps in out for c in comps) / samples}
+            "tokens_per_continuation": sum(len(s.completion.token_ids) for group in out for s in group) / samples}
 
 
 def recommend(rows: list[dict], mean_length: float, keep_open: float) -> dict:

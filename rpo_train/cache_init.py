@@ -26,6 +26,7 @@ from .config import RunConfig
 from .rewards import RewardFn, format_reward
 from .runtime.distributed import DistContext
 from .runtime.seeding import derive_seed
+from .scoring import sample_and_score
 
 
 def init_mode(setting: str, steps: int, batch_questions: int, n_train: int) -> str:
@@ -62,18 +63,17 @@ def sample_init(engine, rows: list[dict], indices: list[int], prompts: dict[str,
         retry = []
         for start in tqdm(range(0, len(todo), batch), desc="cache init", leave=False, disable=not progress):
             part = todo[start:start + batch]
-            out = engine.generate([prompts[rows[k]["qid"]] for k in part], n=1,
-                                  max_new_tokens=cfg.rollout.max_response_len, temperature=cfg.rollout.temperature,
-                                  top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                  seed=[derive_seed(cfg.seed, "init", attempt, indices[k]) for k in part],
-                                  stop_token_ids=stop_ids)
-            for k, (comp,) in zip(part, out):
-                text = tokenizer.decode(comp.token_ids, skip_special_tokens=True)
-                res = reward_fn(rows[k], text)
+            params = cfg.rollout.sampling_params(
+                cfg.rollout.max_response_len, seed=[derive_seed(cfg.seed, "init", attempt, indices[k]) for k in part],
+                stop_token_ids=stop_ids)
+            out = sample_and_score(engine, [rows[k] for k in part], [prompts[rows[k]["qid"]] for k in part], params,
+                                   tokenizer, reward_fn)
+            for k, (s,) in zip(part, out):
+                comp = s.completion
                 spent = found[k].generated if k in found else 0
-                found[k] = InitResponse(list(comp.token_ids), res.reward, res.correct, list(comp.logprobs),
+                found[k] = InitResponse(list(comp.token_ids), s.reward, s.correct, list(comp.logprobs),
                                         spent + len(comp.token_ids))
-                if format_reward(rows[k], text).reward == 0:
+                if format_reward(rows[k], s.text).reward == 0:
                     retry.append(k)
         todo = retry
         if not todo:

@@ -16,6 +16,7 @@ import yaml
 from .cache import CacheConfig
 from .cuts import TruncationConfig
 from .objectives import ObjectiveConfig
+from .rollout.params import SamplingParams
 from .runtime.errors import UsageError, check_types
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -64,6 +65,11 @@ class RolloutConfig:
                  f"rollout.max_response_len must be an int >= 1, got {self.max_response_len!r}")
         _require(self.suffix_budget == "m" or (isinstance(self.suffix_budget, int) and self.suffix_budget >= 1),
                  f"rollout.suffix_budget must be 'm' or an int >= 1, got {self.suffix_budget!r}")
+
+    def sampling_params(self, max_new_tokens, *, seed, stop_token_ids) -> SamplingParams:
+        """This section's temperature, top_p and top_k with one call's budgets (an int, or one per prompt), seeds
+        (an int, one per prompt, or None) and stop token ids."""
+        return SamplingParams(max_new_tokens, self.temperature, self.top_p, self.top_k, stop_token_ids, seed)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .objectives import group_advantages
 from .rewards import RewardFn, length_aware, overlong_penalty
 from .runtime.distributed import DistContext
 from .runtime.seeding import derive_seed
+from .scoring import Scored, sample_and_score
 
 
 def build_engine(cfg: RunConfig, model, dtype: torch.dtype):
@@ -122,16 +123,12 @@ def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: Experi
     return plans
 
 
-def score(row: dict, prompt_ids: list[int], plan: GroupPlan, completions, tokenizer, reward_fn: RewardFn,
-          cfg: RunConfig) -> Group:
-    """Rewards of one group: correctness on the decoded full response, then length-aware and overlong shaping."""
+def shaped_group(row: dict, prompt_ids: list[int], plan: GroupPlan, scored: list[Scored], cfg: RunConfig) -> Group:
+    """One group from its scored samples (correctness on the decoded full response, ``rpo_train.scoring``), with
+    length-aware and overlong shaping applied to the rewards."""
     prefix = plan.prefix
-    suffixes = [list(c.token_ids) for c in completions]
-    rewards, correct = [], []
-    for s in suffixes:
-        result = reward_fn(row, tokenizer.decode(prefix + s, skip_special_tokens=True))
-        rewards.append(float(result.reward))
-        correct.append(bool(result.correct))
+    suffixes = [list(s.completion.token_ids) for s in scored]
+    rewards, correct = [s.reward for s in scored], [s.correct for s in scored]
     lengths = [len(prefix) + len(s) for s in suffixes]
     if cfg.objective.length_aware:
         rewards = length_aware(rewards, correct, lengths, cfg.objective.length_alpha)
@@ -141,7 +138,7 @@ def score(row: dict, prompt_ids: list[int], plan: GroupPlan, completions, tokeni
     if any(r != r for r in rewards):
         raise ValueError(f"question {row['id']!r}: a reward is NaN; check the reward function")
     return Group(row, row["qid"], prompt_ids, prefix, plan.cut, suffixes, rewards, correct,
-                 prefix_logprobs=plan.prefix_logprobs, suffix_logprobs=[list(c.logprobs) for c in completions],
+                 prefix_logprobs=plan.prefix_logprobs, suffix_logprobs=[list(s.completion.logprobs) for s in scored],
                  refresh=plan.refresh, drift=plan.drift, reuses=plan.reuses, cut_limit=plan.cut_limit)
 
 
@@ -158,11 +155,11 @@ def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cach
     if not rows:
         return []
     plans = plan_prefixes(rows, prompts, cache, cfg, seeds, probes, step)
-    out = engine.generate([prompts[r["qid"]] for r in rows], prefixes=[p.prefix for p in plans],
-                          n=cfg.rollout.group_size, max_new_tokens=[p.budget for p in plans],
-                          temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                          seed=[derive_seed(s, "sample") for s in seeds], stop_token_ids=stop_ids)
-    groups = [score(r, prompts[r["qid"]], p, comps, tokenizer, reward_fn, cfg) for r, p, comps in zip(rows, plans, out)]
+    params = cfg.rollout.sampling_params([p.budget for p in plans], seed=[derive_seed(s, "sample") for s in seeds],
+                                         stop_token_ids=stop_ids)
+    out = sample_and_score(engine, rows, [prompts[r["qid"]] for r in rows], params, tokenizer, reward_fn,
+                           prefixes=[p.prefix for p in plans], n=cfg.rollout.group_size)
+    groups = [shaped_group(r, prompts[r["qid"]], p, scored, cfg) for r, p, scored in zip(rows, plans, out)]
     for g, s in zip(groups, seeds):
         g.seed = s
     return groups

@@ -23,6 +23,7 @@ from .cache_init import LazyInit, eager_init, init_mode, store
 from .config import RunConfig
 from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
 from .model.policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
+from .rollout.params import SamplingParams
 from .runtime.checkpointing import resume_run, save_run
 from .runtime.distributed import DistContext
 from .runtime.metrics import MetricsLogger
@@ -34,6 +35,7 @@ from .runtime.sharding import (
     is_sharded_tensor,
     shard_layers,
 )
+from .scoring import sample_and_score
 
 
 class Trainer:
@@ -250,11 +252,10 @@ class Trainer:
         """Greedy accuracy on the held-out split (each rank answers its share)."""
         rows = rows or self.test_rows
         mine = self.dist.share(rows)
-        out = self.engine.generate([self.prompts[r["qid"]] for r in mine], n=1,
-                                   max_new_tokens=self.cfg.eval_max_new_tokens, temperature=0.0,
-                                   stop_token_ids=self.stop_ids) if mine else []
-        hits = [self.reward_fn(r, self.tokenizer.decode(c[0].token_ids, skip_special_tokens=True)).correct
-                for r, c in zip(mine, out)]
+        params = SamplingParams(self.cfg.eval_max_new_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
+        out = sample_and_score(self.engine, mine, [self.prompts[r["qid"]] for r in mine], params, self.tokenizer,
+                               self.reward_fn)
+        hits = [s.correct for (s,) in out]
         return self.dist.sum_floats([float(sum(hits))])[0] / len(rows)
 
     # -- persistence -------------------------------------------------------------------------------------------

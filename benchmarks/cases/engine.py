@@ -98,10 +98,12 @@ def make_engines(path: Path, device: str, dtype: torch.dtype, which: list[str]) 
 
 def run(engine, w: dict, mode: str, seed: int | None):
     """One rollout of the workload ``w`` on the full path or RPO's suffixes."""
+    from rpo_train.rollout import SamplingParams
+
     if mode == "full":
-        return engine.generate(w["prompts"], n=w["G"], max_new_tokens=w["C"], temperature=0.7, seed=seed)
-    return engine.generate(w["prompts"], prefixes=w["prefixes"], n=w["G"], max_new_tokens=w["budgets"],
-                           temperature=0.7, seed=seed)
+        return engine.generate(w["prompts"], n=w["G"], params=SamplingParams(w["C"], temperature=0.7, seed=seed))
+    return engine.generate(w["prompts"], prefixes=w["prefixes"], n=w["G"],
+                           params=SamplingParams(w["budgets"], temperature=0.7, seed=seed))
 
 
 def rollout_call(name: str, engine, w: dict, mode: str, out: dict | None = None):

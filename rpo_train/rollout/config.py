@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -11,44 +10,6 @@ def _positive_int(owner: str, name: str, value, *, allow_none: bool = False) -> 
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How the next token is drawn.
-
-    temperature: 0 = greedy (argmax), else logits / temperature. top_k: 0 = off, else keep the k most likely.
-    top_p: 1 = off, else keep the smallest set of most likely tokens whose probability reaches top_p (the most
-    likely token always kept). Applied in that order (the ecosystem's order). seed: None draws one from torch's
-    global RNG, so ``torch.manual_seed`` also makes a run reproducible; a list gives each prompt its own seed (see
-    ``rpo_train.rollout.interface.seed_streams``).
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | tuple[int, ...] | list[int] | None = None
-
-    def __post_init__(self):
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t < math.inf):
-            raise ValueError(f"argument 'temperature' must be a finite number >= 0, got {t!r}")
-        p = self.top_p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 1):
-            raise ValueError(f"argument 'top_p' must be in (0, 1], got {p!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"argument 'top_k' must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if isinstance(self.seed, (list, tuple)):
-            bad = [x for x in self.seed if isinstance(x, bool) or not isinstance(x, int)]
-            if bad:
-                raise ValueError(f"argument 'seed' as a list must hold ints (one per prompt), got {bad[0]!r}")
-        elif self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"argument 'seed' must be an int, a list of ints (one per prompt) or None, "
-                             f"got {self.seed!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass(frozen=True)

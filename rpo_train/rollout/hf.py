@@ -7,13 +7,13 @@ actually used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from .checkpoint import checkpoint_dir, eos_token_ids, load_model, load_tokenizer
-from .config import SamplingConfig
-from .interface import Completion, normalize_requests, seed_streams
+from .interface import Completion, normalize_requests
+from .params import SamplingParams
 
 
 class HFEngine:
@@ -46,14 +46,11 @@ class HFEngine:
         self.weight_version += 1
 
     @torch.no_grad()
-    def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
-                 stop_token_ids=None) -> list[list[Completion]]:
+    def generate(self, prompts, *, prefixes=None, n: int = 1, params: SamplingParams) -> list[list[Completion]]:
         """Same contract as ``NativeEngine.generate``; one list of ``n`` ``Completion`` per prompt."""
-        cfg = SamplingConfig(temperature, top_p, top_k, seed)
-        groups, stops = normalize_requests(prompts, prefixes, n, max_new_tokens, vocab_size=self.vocab_size,
-                                           max_model_len=self.max_model_len, stop_token_ids=stop_token_ids)
-        stop_ids = list(dict.fromkeys(self.eos_token_ids + stops))
+        groups = normalize_requests(prompts, prefixes, n, params, vocab_size=self.vocab_size,
+                                    max_model_len=self.max_model_len)
+        stop_ids = list(dict.fromkeys(self.eos_token_ids + params.stop_token_ids))
         results: list[list[Completion]] = [[Completion([], [], "length")] * g.n for g in groups]
         by_budget: dict[int, list] = {}
         for g in groups:
@@ -62,19 +59,20 @@ class HFEngine:
         dev = self.model.device
         fork_devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
+            seed = params.seed
             if seed is not None:  # HF samples a whole batch from one generator: a per-prompt list seeds the call
-                torch.manual_seed(seed if isinstance(seed, int) else seed_streams(seed, len(groups))[0][0])
+                torch.manual_seed(seed if isinstance(seed, int) else params.seed_streams(len(groups))[0][0])
             for budget, members in sorted(by_budget.items()):
                 batch: list = []
                 for g in members + [None]:
                     if g is None or (batch and sum(x.n for x in batch) + g.n > self.max_batch_seqs):
-                        self._run(batch, budget, cfg, stop_ids, results)
+                        self._run(batch, budget, params, stop_ids, results)
                         batch = []
                     if g is not None:
                         batch.append(g)
         return results
 
-    def _run(self, batch: list, budget: int, cfg: SamplingConfig, stop_ids: list[int], results: list) -> None:
+    def _run(self, batch: list, budget: int, params: SamplingParams, stop_ids: list[int], results: list) -> None:
         from transformers import GenerationConfig
 
         dev = self.model.device
@@ -87,8 +85,9 @@ class HFEngine:
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
-        sampling = {"do_sample": False} if cfg.greedy else {
-            "do_sample": True, "temperature": float(cfg.temperature), "top_p": float(cfg.top_p), "top_k": cfg.top_k}
+        sampling = {"do_sample": False} if params.greedy else {"do_sample": True, "top_k": params.top_k,
+                                                              "temperature": float(params.temperature),
+                                                              "top_p": float(params.top_p)}
         gen_cfg = GenerationConfig(max_new_tokens=budget, min_new_tokens=0, eos_token_id=stop_ids or None,
                                    pad_token_id=pad, output_scores=True, return_dict_in_generate=True, **sampling)
         out = self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg)

@@ -17,16 +17,17 @@ is always re-prefilled under new weights (``LaneKV`` raises if a stale entry wer
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from .checkpoint import check_supported, checkpoint_dir, eos_token_ids, load_model, load_tokenizer
-from .config import NativeEngineConfig, SamplingConfig
-from .interface import Completion, GroupRequest, normalize_requests, seed_streams
+from .config import NativeEngineConfig
+from .interface import Completion, GroupRequest, normalize_requests
 from .kv_lanes import LaneKV, LaneShape
 from .model import LaneDecoder
+from .params import SamplingParams
 from .sampling import NoiseStream, processed_logprobs, sample
 
 
@@ -143,17 +144,15 @@ class NativeEngine:
 
     # -- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
-                 stop_token_ids=None) -> list[list[Completion]]:
-        """Sample ``n`` continuations of each ``prompt + prefix`` (token-id lists); see ``RolloutEngine``.
+    def generate(self, prompts, *, prefixes=None, n: int = 1, params: SamplingParams) -> list[list[Completion]]:
+        """Sample ``n`` continuations of each ``prompt + prefix`` (token-id lists) under ``params``; see
+        ``RolloutEngine``.
 
         Returns one list of ``n`` ``Completion`` per prompt: token_ids (suffix only), fp32 logprobs under the
         sampling distribution used, finish_reason "stop" | "length".
         """
-        cfg = SamplingConfig(temperature, top_p, top_k, seed)
-        groups, stops = normalize_requests(prompts, prefixes, n, max_new_tokens, vocab_size=self.vocab_size,
-                                           max_model_len=self.max_model_len, stop_token_ids=stop_token_ids)
+        groups = normalize_requests(prompts, prefixes, n, params, vocab_size=self.vocab_size,
+                                    max_model_len=self.max_model_len)
         state = [_Group(g, [None] * g.n) for g in groups]
         for g in state:
             if g.req.budget == 0:
@@ -164,19 +163,19 @@ class NativeEngine:
         if self.kv.ensure(self._lane_shape(groups)):
             self._cached.clear()
             self._users.clear()
-        streams = seed_streams(seed, len(groups))
-        stop_set = set(self.eos_token_ids) | set(stops)
+        streams = params.seed_streams(len(groups))
+        stop_set = set(self.eos_token_ids) | set(params.stop_token_ids)
         self.kv.evict_stale(self.weight_version)
         ready: list[_Group] = []
         running: list[_Seq] = []
         try:
             while waiting or running or ready:
-                self._fork_ready(ready, running, cfg, streams, stop_set)
+                self._fork_ready(ready, running, params, streams, stop_set)
                 admitted = self._admit(waiting, running)
                 ready += admitted
-                self._fork_ready(ready, running, cfg, streams, stop_set)
+                self._fork_ready(ready, running, params, streams, stop_set)
                 if running:
-                    self._decode_step(running, cfg, stop_set)
+                    self._decode_step(running, params, stop_set)
                 elif not admitted:
                     raise RuntimeError("rollout scheduler made no progress (KV accounting error)")
         finally:  # an error (or an interrupt) leaves no sequence or pinned prefix behind
@@ -229,7 +228,7 @@ class NativeEngine:
         self.stats["prefill_tokens"] += sum(len(k) for k in keys)
         self.stats["prefill_calls"] += 1
 
-    def _fork_ready(self, ready: list[_Group], running: list[_Seq], cfg: SamplingConfig,
+    def _fork_ready(self, ready: list[_Group], running: list[_Seq], params: SamplingParams,
                     streams: list[tuple[int, int]], stop_set: set) -> None:
         """Start the next samples of ready groups, in order, while suffix lanes and max_num_seqs allow."""
         for g in list(ready):
@@ -238,23 +237,23 @@ class NativeEngine:
             if k <= 0:
                 break
             seqs = [_Seq(g, g.forked + j, self.kv.fork(g.key, self.weight_version),
-                         None if cfg.greedy else NoiseStream(*streams[g.req.index], g.forked + j))
+                         None if params.greedy else NoiseStream(*streams[g.req.index], g.forked + j))
                     for j in range(k)]
             g.forked += k
             logits = self._cached[g.key].expand(k, -1)
             running += seqs
-            self._advance(seqs, logits, running, cfg, stop_set)
+            self._advance(seqs, logits, running, params, stop_set)
             if g.forked == g.req.n:
                 ready.remove(g)
                 self._users[g.key] -= 1
                 if not self.config.reuse_prefix_kv and self._users[g.key] == 0:
                     self._drop(g.key)
 
-    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, running: list[_Seq], cfg: SamplingConfig,
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, running: list[_Seq], params: SamplingParams,
                  stop_set: set) -> None:
         """Sample one token for each of ``seqs`` from ``logits`` [len(seqs), V]; finish the ones that are done."""
-        lp = processed_logprobs(logits, cfg)
-        tok = sample(lp, None if cfg.greedy else [s.noise for s in seqs])
+        lp = processed_logprobs(logits, params)
+        tok = sample(lp, None if params.greedy else [s.noise for s in seqs])
         chosen = lp.gather(1, tok[:, None])[:, 0].tolist()
         self.stats["generated_tokens"] += len(seqs)
         done = set()
@@ -269,11 +268,11 @@ class NativeEngine:
         if done:
             running[:] = [s for s in running if id(s) not in done]
 
-    def _decode_step(self, running: list[_Seq], cfg: SamplingConfig, stop_set: set) -> None:
+    def _decode_step(self, running: list[_Seq], params: SamplingParams, stop_set: set) -> None:
         for s in running:
             s.length += 1
         logits = self.model.decode([s.tokens[-1] for s in running], [s.group.lane for s in running],
                                    [len(s.group.key) for s in running], [s.lane for s in running],
                                    [s.length for s in running], self.kv)
         self.stats["decode_steps"] += 1
-        self._advance(list(running), logits, running, cfg, stop_set)
+        self._advance(list(running), logits, running, params, stop_set)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..runtime.seeding import derive_seed
-from .config import SamplingConfig
+from .params import SamplingParams
 
 
 class NoiseStream:
@@ -37,29 +37,29 @@ class NoiseStream:
         return self.block[self.next_index - 1]
 
 
-def processed_logprobs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Log-probabilities of the sampling distribution.
 
     Args:
         logits: [N, V] any float dtype (raw model logits of the next token).
-        cfg: temperature, top_k, top_p (see ``SamplingConfig``).
+        params: temperature, top_k, top_p (see ``SamplingParams``).
 
     Returns:
         [N, V] fp32: ``log_softmax(logits / T)`` restricted to the top-k then top-p set (excluded tokens -inf, the
         rest renormalised). Greedy (T = 0): ``log_softmax(logits)``, the model's own distribution.
     """
     x = logits.float()
-    if cfg.greedy:
+    if params.greedy:
         return torch.log_softmax(x, dim=-1)
-    x = x / cfg.temperature
-    if 0 < cfg.top_k < x.shape[-1]:
-        kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
+    x = x / params.temperature
+    if 0 < params.top_k < x.shape[-1]:
+        kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
-    if cfg.top_p < 1.0:
+    if params.top_p < 1.0:
         sorted_x, order = torch.sort(x, dim=-1, descending=True)
         probs = torch.softmax(sorted_x, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # probability mass of the strictly more likely tokens
-        drop_sorted = before >= cfg.top_p
+        drop_sorted = before >= params.top_p
         drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         x = x.masked_fill(drop, float("-inf"))

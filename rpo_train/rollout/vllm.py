@@ -1,8 +1,9 @@
 """``VLLMEngine``: the same interface on vLLM's public offline API (``vllm.LLM``), imported only when used.
 
-Token-id prompts (prompt + prefix), ``SamplingParams(n=G, max_tokens=m, logprobs=0, seed=...)``, automatic prefix
-caching on, weights pushed through ``LLM.collective_rpc`` into the ``vllm_worker.WeightSync`` worker extension, and
-the prefix cache reset after every weight load so no KV computed under old weights is reused.
+Token-id prompts (prompt + prefix), our ``SamplingParams`` mapped onto one ``vllm.SamplingParams(n=G, max_tokens=m,
+logprobs=0, seed=...)`` per group (``VLLMEngine.vllm_params``), automatic prefix caching on, weights pushed through
+``LLM.collective_rpc`` into the ``vllm_worker.WeightSync`` worker extension, and the prefix cache reset after every
+weight load so no KV computed under old weights is reused.
 Logprobs are those of the sampling distribution where the installed vLLM offers ``logprobs_mode=
 "processed_logprobs"``; older versions report the model's raw log-softmax (``logprobs_processed`` says which).
 """
@@ -10,14 +11,14 @@ Logprobs are those of the sampling distribution where the installed vLLM offers 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from ..runtime.seeding import derive_seed
 from .checkpoint import checkpoint_dir, eos_token_ids, load_config
-from .config import SamplingConfig
-from .interface import Completion, normalize_requests, seed_streams
+from .interface import Completion, GroupRequest, normalize_requests
+from .params import SamplingParams
 from .vllm_worker import pack_state_dict
 
 
@@ -66,33 +67,33 @@ class VLLMEngine:
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight load")
         self.weight_version += 1
 
-    def generate(self, prompts, *, prefixes=None, n: int = 1, max_new_tokens=256, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
-                 stop_token_ids=None) -> list[list[Completion]]:
+    def vllm_params(self, g: GroupRequest, params: SamplingParams, stream: tuple[int, int] | None):
+        """``params`` for group ``g`` as a ``vllm.SamplingParams``: its budget, the engine's EOS ids + the stop ids,
+        logprobs of the sampled tokens, a seed derived from the group's stream (None: vLLM's own). Greedy asks for
+        one sample per request: vLLM refuses n > 1 with greedy sampling."""
+        return self._vllm.SamplingParams(
+            n=1 if params.greedy else g.n, max_tokens=g.budget, temperature=float(params.temperature),
+            top_p=float(params.top_p), top_k=params.top_k or self._no_top_k,
+            seed=None if stream is None else derive_seed(*stream),
+            stop_token_ids=list(dict.fromkeys(self.eos_token_ids + params.stop_token_ids)), ignore_eos=False,
+            logprobs=0, detokenize=False)
+
+    def generate(self, prompts, *, prefixes=None, n: int = 1, params: SamplingParams) -> list[list[Completion]]:
         """Same contract as ``NativeEngine.generate``; one list of ``n`` ``Completion`` per prompt."""
-        cfg = SamplingConfig(temperature, top_p, top_k, seed)
-        groups, stops = normalize_requests(prompts, prefixes, n, max_new_tokens, vocab_size=self.vocab_size,
-                                           max_model_len=self.max_model_len, stop_token_ids=stop_token_ids)
+        groups = normalize_requests(prompts, prefixes, n, params, vocab_size=self.vocab_size,
+                                    max_model_len=self.max_model_len)
         results: list[list[Completion]] = [[Completion([], [], "length")] * g.n for g in groups]
         todo = [g for g in groups if g.budget > 0]
         if not todo:
             return results
-        stop_ids = list(dict.fromkeys(self.eos_token_ids + stops))
-        streams = seed_streams(seed, len(groups)) if seed is not None else None
-        # vLLM refuses n > 1 with greedy sampling: send n requests of one sample (the prefix cache shares the prompt).
-        per_request = 1 if cfg.greedy else None
-        requests, params, owner = [], [], []
-        for g in todo:
-            for _ in range(g.n if per_request else 1):
+        streams = params.seed_streams(len(groups)) if params.seed is not None else None
+        requests, sampling, owner = [], [], []
+        for g in todo:  # greedy: n requests of one sample each (the prefix cache shares the prompt)
+            for _ in range(g.n if params.greedy else 1):
                 requests.append({"prompt_token_ids": list(g.tokens)})
-                params.append(self._vllm.SamplingParams(
-                    n=per_request or g.n, max_tokens=g.budget, temperature=float(cfg.temperature),
-                    top_p=float(cfg.top_p), top_k=cfg.top_k or self._no_top_k,
-                    seed=None if seed is None else derive_seed(*streams[g.index]), stop_token_ids=stop_ids,
-                    ignore_eos=False,
-                    logprobs=0, detokenize=False))
+                sampling.append(self.vllm_params(g, params, None if streams is None else streams[g.index]))
                 owner.append(g)
-        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling_params=sampling, use_tqdm=False)
         for g in todo:
             results[g.index] = []
         for g, out in zip(owner, outputs):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from rpo_train.rollout import Completion, HFEngine, NativeEngine, NativeEngineConfig, RolloutEngine
+from rpo_train.rollout import Completion, HFEngine, NativeEngine, NativeEngineConfig, RolloutEngine, SamplingParams
 from tests.helpers.rollout_models import EOS, hf_greedy, hf_model, hf_next_token_logits, make_checkpoint
 
 PROMPTS = [[1, 2, 3], [17, 42, 99, 100, 7, 8, 250, 3, 11, 12, 13], [60, 61, 62, 63, 64, 65, 66]]
@@ -47,7 +49,7 @@ def qwen2(tmp_path_factory):
 def test_greedy_matches_hf_generate(ckpt, n, with_prefix):
     path, model, engine = ckpt
     prefixes = PREFIXES if with_prefix else None
-    groups = engine.generate(PROMPTS, prefixes=prefixes, n=n, max_new_tokens=BUDGETS, temperature=0)
+    groups = engine.generate(PROMPTS, prefixes=prefixes, n=n, params=SamplingParams(BUDGETS, temperature=0))
     assert len(groups) == len(PROMPTS)
     for i, group in enumerate(groups):
         context = PROMPTS[i] + (PREFIXES[i] if with_prefix else [])
@@ -63,8 +65,8 @@ def test_greedy_matches_hf_generate(ckpt, n, with_prefix):
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.9)])
 def test_logprobs_match_plain_forward(ckpt, temperature, top_k, top_p):
     _, model, engine = ckpt
-    groups = engine.generate(PROMPTS, prefixes=PREFIXES, n=2, max_new_tokens=BUDGETS, temperature=temperature,
-                             top_k=top_k, top_p=top_p, seed=3)
+    params = SamplingParams(BUDGETS, temperature=temperature, top_k=top_k, top_p=top_p, seed=3)
+    groups = engine.generate(PROMPTS, prefixes=PREFIXES, n=2, params=params)
     for i, group in enumerate(groups):
         for c in group:
             logits = hf_next_token_logits(model, PROMPTS[i] + PREFIXES[i], c.token_ids) / temperature
@@ -81,7 +83,7 @@ def test_logprobs_match_plain_forward(ckpt, temperature, top_k, top_p):
 
 def test_greedy_logprobs_are_the_models(ckpt):
     _, model, engine = ckpt
-    c = engine.generate([PROMPTS[1]], n=1, max_new_tokens=8, temperature=0)[0][0]
+    c = engine.generate([PROMPTS[1]], n=1, params=SamplingParams(8, temperature=0))[0][0]
     logits = hf_next_token_logits(model, PROMPTS[1], c.token_ids)
     ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
@@ -90,11 +92,12 @@ def test_greedy_logprobs_are_the_models(ckpt):
 def test_seeded_sampling_is_reproducible_and_schedule_free(qwen2):
     path, _ = qwen2
     engine = NativeEngine.from_pretrained(path)
-    kwargs = dict(prefixes=PREFIXES, n=4, max_new_tokens=BUDGETS, temperature=1.0, seed=123)
+    params = SamplingParams(BUDGETS, temperature=1.0, seed=123)
+    kwargs = dict(prefixes=PREFIXES, n=4, params=params)
     a = engine.generate(PROMPTS, **kwargs)
     b = engine.generate(PROMPTS, **kwargs)
     assert a == b
-    c = engine.generate(PROMPTS, **{**kwargs, "seed": 124})
+    c = engine.generate(PROMPTS, **{**kwargs, "params": dataclasses.replace(params, seed=124)})
     assert _tokens(a) != _tokens(c)
     # A KV budget so small that groups wait and samples run a few at a time: the same tokens for the same seed
     # (logprobs equal up to float rounding of the different batch shapes).
@@ -111,24 +114,25 @@ def test_per_prompt_seeds_make_samples_independent_of_the_other_prompts(qwen2):
     """seed=[s_0, s_1, ...]: a prompt's samples are the same alone or beside others (data-parallel ranks rely on it)."""
     path, _ = qwen2
     engine = NativeEngine.from_pretrained(path)
-    kwargs = dict(n=3, temperature=1.0)
-    together = engine.generate(PROMPTS, prefixes=PREFIXES, max_new_tokens=BUDGETS, seed=[11, 22, 33], **kwargs)
+    together = engine.generate(PROMPTS, prefixes=PREFIXES, n=3,
+                               params=SamplingParams(BUDGETS, temperature=1.0, seed=[11, 22, 33]))
     for i in (2, 0):
-        alone = engine.generate([PROMPTS[i]], prefixes=[PREFIXES[i]], max_new_tokens=[BUDGETS[i]],
-                                seed=[[11, 22, 33][i]], **kwargs)
+        alone = engine.generate([PROMPTS[i]], prefixes=[PREFIXES[i]], n=3,
+                                params=SamplingParams([BUDGETS[i]], temperature=1.0, seed=[[11, 22, 33][i]]))
         assert _tokens(alone) == _tokens([together[i]])
-    shifted = engine.generate(PROMPTS, prefixes=PREFIXES, max_new_tokens=BUDGETS, seed=[11, 23, 33], **kwargs)
+    shifted = engine.generate(PROMPTS, prefixes=PREFIXES, n=3,
+                              params=SamplingParams(BUDGETS, temperature=1.0, seed=[11, 23, 33]))
     assert _tokens(shifted)[1] != _tokens(together)[1] and _tokens(shifted)[0] == _tokens(together)[0]
     with pytest.raises(ValueError, match="one seed per prompt"):
-        engine.generate(PROMPTS, max_new_tokens=4, seed=[1, 2], **kwargs)
+        engine.generate(PROMPTS, n=3, params=SamplingParams(4, temperature=1.0, seed=[1, 2]))
 
 
 def test_top_k_and_top_p_never_emit_excluded_tokens(qwen2):
     path, model = qwen2
     engine = NativeEngine.from_pretrained(path)
     for top_k, top_p in [(3, 1.0), (0, 0.3)]:
-        groups = engine.generate(PROMPTS[:2], n=6, max_new_tokens=10, temperature=1.5, top_k=top_k, top_p=top_p,
-                                 seed=7)
+        groups = engine.generate(PROMPTS[:2], n=6,
+                                 params=SamplingParams(10, temperature=1.5, top_k=top_k, top_p=top_p, seed=7))
         for i, group in enumerate(groups):
             for c in group:
                 probs = torch.softmax(hf_next_token_logits(model, PROMPTS[i], c.token_ids) / 1.5, -1)
@@ -146,10 +150,11 @@ def test_prefix_is_reprefilled_after_weight_change(qwen2, tmp_path):
     path, _ = qwen2
     engine = NativeEngine.from_pretrained(path)
     prompt, prefix = PROMPTS[1], PREFIXES[0]
-    first = engine.generate([prompt], prefixes=[prefix], n=2, max_new_tokens=6, temperature=0)
+    greedy = SamplingParams(6, temperature=0)
+    first = engine.generate([prompt], prefixes=[prefix], n=2, params=greedy)
     prefilled = engine.stats["prefill_tokens"]
     assert prefilled == len(prompt) + len(prefix)
-    assert engine.generate([prompt], prefixes=[prefix], n=2, max_new_tokens=6, temperature=0) == first
+    assert engine.generate([prompt], prefixes=[prefix], n=2, params=greedy) == first
     assert engine.stats["prefill_tokens"] == prefilled and engine.stats["prefix_hits"] == 1  # same weights: reused
 
     new_model = make_checkpoint(tmp_path / "other", "qwen2", seed=5)
@@ -158,7 +163,7 @@ def test_prefix_is_reprefilled_after_weight_change(qwen2, tmp_path):
     engine.load_state_dict(new_weights)
     assert engine.weight_version == version + 1
     assert engine.kv.stats().prefixes == 0
-    after = engine.generate([prompt], prefixes=[prefix], n=2, max_new_tokens=6, temperature=0)
+    after = engine.generate([prompt], prefixes=[prefix], n=2, params=greedy)
     assert engine.stats["prefill_tokens"] == 2 * prefilled  # prefilled again under the new weights
     ref = hf_greedy(hf_model(new_model), prompt + prefix, 6)
     assert [c.token_ids for c in after[0]] == [ref, ref]
@@ -169,8 +174,8 @@ def test_stop_tokens_budgets_and_kv_freed(qwen2):
     engine = NativeEngine.from_pretrained(path)
     ref = hf_greedy(model, PROMPTS[2], 10, eos=None)
     stop = ref[4]
-    groups = engine.generate([PROMPTS[2], PROMPTS[0]], n=3, max_new_tokens=[10, 0], temperature=0,
-                             stop_token_ids=[stop])
+    groups = engine.generate([PROMPTS[2], PROMPTS[0]], n=3,
+                             params=SamplingParams([10, 0], temperature=0, stop_token_ids=[stop]))
     cut = ref[:ref.index(stop) + 1]
     assert all(c.token_ids == cut and c.finish_reason == "stop" for c in groups[0])
     assert groups[1] == [Completion([], [], "length")] * 3
@@ -183,19 +188,20 @@ def test_group_larger_than_kv_budget_is_an_error(qwen2):
     path, _ = qwen2
     engine = NativeEngine.from_pretrained(path, config=NativeEngineConfig(kv_budget_tokens=16))
     with pytest.raises(ValueError, match="kv_budget_tokens"):
-        engine.generate([list(range(1, 20))], max_new_tokens=10)
+        engine.generate([list(range(1, 20))], params=SamplingParams(10))
 
 
 def test_hf_engine_same_interface(qwen2):
     path, _ = qwen2
     native, hf = NativeEngine.from_pretrained(path), HFEngine.from_pretrained(path)
     assert isinstance(native, RolloutEngine) and isinstance(hf, RolloutEngine)
-    kwargs = dict(prefixes=PREFIXES, n=2, max_new_tokens=BUDGETS, temperature=0)
+    kwargs = dict(prefixes=PREFIXES, n=2, params=SamplingParams(BUDGETS, temperature=0))
     a, b = native.generate(PROMPTS, **kwargs), hf.generate(PROMPTS, **kwargs)
     for ga, gb in zip(a, b):
         for ca, cb in zip(ga, gb):
             assert ca.token_ids == cb.token_ids and ca.finish_reason == cb.finish_reason
             torch.testing.assert_close(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4, rtol=0)
-    sampled = hf.generate(PROMPTS, n=3, max_new_tokens=5, temperature=0.8, top_k=5, seed=1)
-    assert sampled == hf.generate(PROMPTS, n=3, max_new_tokens=5, temperature=0.8, top_k=5, seed=1)
+    params = SamplingParams(5, temperature=0.8, top_k=5, seed=1)
+    sampled = hf.generate(PROMPTS, n=3, params=params)
+    assert sampled == hf.generate(PROMPTS, n=3, params=params)
     assert all(len(c.token_ids) == len(c.logprobs) <= 5 for g in sampled for c in g)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rpo_train.rollout import HFEngine, NativeEngine, NativeEngineConfig, SamplingConfig
+from rpo_train.rollout import HFEngine, NativeEngine, NativeEngineConfig, SamplingParams
 from tests.helpers.rollout_models import VOCAB, make_checkpoint
 
 
@@ -29,24 +29,23 @@ def engines(path):
     (dict(prompts=[[1, VOCAB]]), ValueError, r"prompts\[0\]\[1\] = 300 is outside the vocabulary \[0, 300\)"),
     (dict(prompts=[[-1]]), ValueError, r"outside the vocabulary"),
     (dict(prompts=[[1]], prefixes=[[2, 400]]), ValueError, r"prefixes\[0\]\[1\] = 400 is outside"),
-    (dict(prompts=[[1]], stop_token_ids=[999]), ValueError, r"stop_token_ids.*outside"),
+    (dict(prompts=[[1]], params=SamplingParams(4, stop_token_ids=[999])), ValueError,
+     r"SamplingParams.stop_token_ids\[0\] = 999 is outside"),
     (dict(prompts=[[1, 2.5]]), TypeError, r"prompts\[0\]\[1\] must be an int"),
     (dict(prompts="hello"), TypeError, r"'prompts' must be a list"),
     (dict(prompts=["hello"]), TypeError, r"prompts\[0\] must be a list of token ids"),
     (dict(prompts=[[1]], n=0), ValueError, r"'n' must be an int >= 1"),
-    (dict(prompts=[[1]], max_new_tokens=-1), ValueError, r"max_new_tokens\[0\] must be an int >= 0"),
-    (dict(prompts=[[1], [2]], max_new_tokens=[3]), ValueError, r"one per prompt \(2\)"),
+    (dict(prompts=[[1], [2]], params=SamplingParams([3])), ValueError,
+     r"SamplingParams.max_new_tokens must be an int or one per prompt \(2\), got 1 values"),
+    (dict(prompts=[[1]], params={"max_new_tokens": 4}), TypeError, r"'params' must be a .*SamplingParams, got dict"),
     (dict(prompts=[[1], [2]], prefixes=[[3]]), ValueError, r"'prefixes' must have one entry per prompt"),
-    (dict(prompts=[[1] * 100], prefixes=[[2] * 20], max_new_tokens=9), ValueError,
+    (dict(prompts=[[1] * 100], prefixes=[[2] * 20], params=SamplingParams(9)), ValueError,
      r"prompt \(100\) \+ prefix \(20\) \+ max_new_tokens \(9\) = 129 tokens exceeds the model's max length 128"),
-    (dict(prompts=[[1]], temperature=-0.5), ValueError, r"'temperature' must be a finite number >= 0"),
-    (dict(prompts=[[1]], top_p=0.0), ValueError, r"'top_p' must be in \(0, 1\]"),
-    (dict(prompts=[[1]], top_k=-2), ValueError, r"'top_k' must be an int >= 0"),
 ])
 @pytest.mark.parametrize("which", ["native", "hf"])
 def test_bad_generate_arguments(engines, which, kwargs, error, match):
     engine = engines[0] if which == "native" else engines[1]
-    kwargs = {"max_new_tokens": 4, **kwargs}
+    kwargs = {"params": SamplingParams(4), **kwargs}
     prompts = kwargs.pop("prompts")
     with pytest.raises(error, match=match):
         engine.generate(prompts, **kwargs)
@@ -54,10 +53,10 @@ def test_bad_generate_arguments(engines, which, kwargs, error, match):
 
 def test_edge_cases_that_are_valid(engines):
     native, _ = engines
-    assert native.generate([], n=2) == []
+    assert native.generate([], n=2, params=SamplingParams()) == []
     with pytest.raises(ValueError, match="exceeds the model's max length 128"):
-        native.generate([[1]])  # the default budget of 256 new tokens
-    out = native.generate([[1] * 100], prefixes=[[2] * 20], max_new_tokens=8, temperature=0)  # exactly 128
+        native.generate([[1]], params=SamplingParams())  # the default budget of 256 new tokens
+    out = native.generate([[1] * 100], prefixes=[[2] * 20], params=SamplingParams(8, temperature=0))  # exactly 128
     assert len(out[0][0].token_ids) <= 8
 
 
@@ -106,15 +105,57 @@ def test_bad_engine_config(kwargs, match):
         NativeEngineConfig(**kwargs)
 
 
-def test_sampling_config_greedy():
-    assert SamplingConfig(temperature=0).greedy and not SamplingConfig().greedy
-    with pytest.raises(ValueError, match="'seed' must be an int"):
-        SamplingConfig(seed="1")
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(max_new_tokens=-1), ValueError, r"^SamplingParams.max_new_tokens must be an int >= 0 or a list"),
+    (dict(max_new_tokens=2.5), ValueError, r"^SamplingParams.max_new_tokens must be an int >= 0"),
+    (dict(max_new_tokens=True), ValueError, r"^SamplingParams.max_new_tokens must be an int >= 0"),
+    (dict(max_new_tokens=[3, -1]), ValueError, r"^SamplingParams.max_new_tokens\[1\] must be an int >= 0, got -1"),
+    (dict(temperature=-0.5), ValueError, r"^SamplingParams.temperature must be a finite number >= 0"),
+    (dict(temperature=float("inf")), ValueError, r"^SamplingParams.temperature must be a finite number"),
+    (dict(temperature="hot"), ValueError, r"^SamplingParams.temperature must be a finite number"),
+    (dict(top_p=0.0), ValueError, r"^SamplingParams.top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), ValueError, r"^SamplingParams.top_p must be in \(0, 1\]"),
+    (dict(top_k=-2), ValueError, r"^SamplingParams.top_k must be an int >= 0 \(0 = off\), got -2"),
+    (dict(top_k=1.5), ValueError, r"^SamplingParams.top_k must be an int >= 0"),
+    (dict(stop_token_ids="2"), TypeError, r"^SamplingParams.stop_token_ids must be a list of token ids, got str"),
+    (dict(stop_token_ids=[2, 1.5]), TypeError, r"^SamplingParams.stop_token_ids\[1\] must be an int token id"),
+    (dict(stop_token_ids=[-1]), ValueError, r"^SamplingParams.stop_token_ids must be token ids >= 0"),
+    (dict(seed="1"), ValueError, r"^SamplingParams.seed must be an int, a list of ints \(one per prompt\) or None"),
+    (dict(seed=1.0), ValueError, r"^SamplingParams.seed must be an int"),
+    (dict(seed=[1, "2"]), ValueError, r"^SamplingParams.seed as a list must hold ints \(one per prompt\), got '2'"),
+])
+def test_bad_sampling_params_name_the_field(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_values():
+    params = SamplingParams([3, 0], temperature=0, stop_token_ids=torch.tensor([5, 7]), seed=[1, 2])
+    assert params.greedy and not SamplingParams().greedy
+    assert params.max_new_tokens == (3, 0) and params.stop_token_ids == (5, 7) and params.seed == (1, 2)
+    assert all(type(t) is int for t in params.stop_token_ids)
+    assert hash(params) == hash(SamplingParams((3, 0), 0, 1.0, 0, [5, 7], (1, 2)))  # frozen, lists held as tuples
+    assert params.budgets(2) == [3, 0] and SamplingParams(4).budgets(3) == [4, 4, 4]
+    assert params.seed_streams(2) == [(1, 0), (2, 0)] and SamplingParams(seed=9).seed_streams(2) == [(9, 0), (9, 1)]
+    with pytest.raises(ValueError, match=r"SamplingParams.seed as a list needs one seed per prompt \(3\), got 2"):
+        params.seed_streams(3)
+    torch.manual_seed(0)
+    drawn = SamplingParams().seed_streams(2)
+    torch.manual_seed(0)
+    assert SamplingParams().seed_streams(2) == drawn  # seed None: a call seed from torch's global RNG
+
+
+def test_run_config_builds_the_sampling_params():
+    from rpo_train.config import RolloutConfig
+
+    section = RolloutConfig(temperature=0.9, top_p=0.8, top_k=5)
+    assert section.sampling_params([4, 6], seed=[1, 2], stop_token_ids=[3]) == SamplingParams(
+        (4, 6), temperature=0.9, top_p=0.8, top_k=5, stop_token_ids=(3,), seed=(1, 2))
 
 
 def test_bad_state_dict(path):
     native = NativeEngine.from_pretrained(path)
-    native.generate([[1, 2, 3]], max_new_tokens=2)
+    native.generate([[1, 2, 3]], params=SamplingParams(2))
     version = native.weight_version
     with pytest.raises(RuntimeError, match="Missing key"):
         native.load_state_dict({"model.embed_tokens.weight": torch.zeros(VOCAB, 64)})

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rpo_train.analyze import AnalysisConfig, main, measure_share, recommend
+from rpo_train.config import RolloutConfig
 from rpo_train.rewards import RewardResult
 from rpo_train.runtime.errors import UsageError
 
@@ -18,8 +19,8 @@ class ScriptedEngine:
     def __init__(self, script):
         self.script, self.calls = script, []
 
-    def generate(self, prompts, *, prefixes, n, max_new_tokens, **kw):
-        self.calls.append((prefixes, max_new_tokens))
+    def generate(self, prompts, *, prefixes, n, params):
+        self.calls.append((prefixes, list(params.max_new_tokens)))
         return [[SimpleNamespace(token_ids=self.script(i, p, j)) for j in range(n)] for i, p in enumerate(prefixes)]
 
 
@@ -36,7 +37,7 @@ def test_a_share_counts_pass_open_flip_and_tokens():
     responses = [[0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # the first correct, the second wrong
     # question 0: continuations alternate right/wrong (open); question 1: always wrong (closed)
     engine = ScriptedEngine(lambda i, p, j: [0, 1] if i == 0 and j % 2 == 0 else [0, 0, 0])
-    cfg = SimpleNamespace(seed=0, rollout=SimpleNamespace(max_response_len=20, temperature=1.0, top_p=1.0, top_k=0))
+    cfg = SimpleNamespace(seed=0, rollout=RolloutConfig(max_response_len=20, temperature=1.0))
     row = measure_share(cfg, fake_inputs(engine), rows, responses, [True, False], 0.5, 4)
     assert engine.calls[0][0] == [[0, 0], [0, 0, 0, 0, 0]]  # round(0.5 x len) tokens kept
     assert engine.calls[0][1] == [18, 15]  # each continuation may run to the length limit

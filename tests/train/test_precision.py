@@ -12,7 +12,7 @@ import torch
 from rpo_train.model import precision
 from rpo_train.model.policy import build_batch, sequence_logprobs
 from rpo_train.model.precision import resolve_precision
-from rpo_train.rollout import NativeEngine
+from rpo_train.rollout import NativeEngine, SamplingParams
 from tests.helpers.rollout_models import hf_model, hf_next_token_logits, make_checkpoint, ragged_samples
 from tests.helpers.rules import assert_within_rule
 
@@ -54,7 +54,7 @@ def test_bf16_engine_logprobs_within_the_rule(model):
     torch.manual_seed(0)
     engine = NativeEngine(copy.deepcopy(model).eval().to(BF16))
     prompts, prefixes = [[1, 2, 3, 4], [17, 42, 99, 100, 7, 8, 250]], [[201, 202, 203], []]
-    groups = engine.generate(prompts, prefixes=prefixes, n=3, max_new_tokens=[10, 12], temperature=1.0, seed=5)
+    groups = engine.generate(prompts, prefixes=prefixes, n=3, params=SamplingParams([10, 12], temperature=1.0, seed=5))
     exact, low = copy.deepcopy(model).double(), copy.deepcopy(model).to(BF16)
     got, want, plain = [], [], []
     for prompt, prefix, group in zip(prompts, prefixes, groups):
