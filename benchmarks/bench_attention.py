@@ -1,8 +1,8 @@
 """Benchmark of one decode step with shared prefixes: B groups x G sequences, prefix P tokens, suffix S tokens.
 
 Providers, side by side on one device (on a CPU each provider and shape in its own process, providers interleaved):
-sdpa_dup (torch SDPA on the G-fold duplicated KV), reference, lane_reference and, on a GPU, triton, cuda, lane_triton,
-flash_attn and flashinfer_cascade where they run, as ``benchmarks.cases.attention`` defines them with the shapes and
+sdpa_dup (torch SDPA on the G-fold duplicated KV), lane_reference and, on a GPU, lane_triton, lane_cuda, flash_attn
+and flashinfer_cascade where they run, as ``benchmarks.cases.attention`` defines them with the shapes and
 inputs (the pytest benchmarks, ``benchmarks/test_bench_kernels.py``, measure the same cases).
 
 Grid P in {512, 2048, 8192}, G in {4, 8, 16}, S in {64, 256}; ``--quick``: P in {512, 2048}, G in {4, 16}, S = 64;
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suffix", type=int, nargs="+", help="suffix lengths S instead of the grid's")
     parser.add_argument("--rep", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads per provider (default: torch's choice)")
-    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, reference, triton, cuda, lane_reference, "
-                                                       "lane_triton, flash_attn, flashinfer_cascade")
+    parser.add_argument("--providers", nargs="*", help="subset of sdpa_dup, lane_reference, lane_triton, lane_cuda, "
+                                                       "flash_attn, flashinfer_cascade")
     parser.add_argument("--out", default=str(RESULTS_DIR / "attention.csv"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)

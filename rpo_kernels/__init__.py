@@ -6,9 +6,7 @@ package needs no GPU, no CUDA toolkit and no compiled extension.
 """
 
 from ._dispatch import backends
-from .kv_store import KVStoreConfig, KVStoreStats, OutOfBlocksError, PrefixKVStore, StalePrefixError
-from .ops.attention import merge_attention_states, shared_prefix_attention
-from .ops.kv_append import kv_append
+from .ops.attention import SharedPrefixPlan, merge_attention_states, plan_shared_prefix, shared_prefix_attention
 from .ops.lane_attention import LanePlan, lane_decode_attention, plan_lane_decode
 from .ops.policy_loss import fused_linear_policy_loss, policy_loss
 from .ops.token_logprobs import token_logprobs
@@ -16,6 +14,5 @@ from .ops.token_logprobs import token_logprobs
 __version__ = "0.1.0"
 
 __all__ = ["backends", "fused_linear_policy_loss", "policy_loss", "token_logprobs", "__version__",
-           "KVStoreConfig", "KVStoreStats", "OutOfBlocksError", "PrefixKVStore", "StalePrefixError", "kv_append",
-           "merge_attention_states", "shared_prefix_attention", "LanePlan", "lane_decode_attention",
-           "plan_lane_decode"]
+           "merge_attention_states", "shared_prefix_attention", "SharedPrefixPlan", "plan_shared_prefix",
+           "LanePlan", "lane_decode_attention", "plan_lane_decode"]

@@ -3,12 +3,11 @@ tokens, suffix S tokens, Hq/Hkv = 32/8, D = 128 (bf16 on a GPU, fp32 on a CPU).
 
 Providers:
   sdpa_dup            torch SDPA on the G-fold duplicated KV [prefix; suffix] per sequence (what a plain engine does)
-  reference           rpo_kernels.shared_prefix_attention(backend="reference"): prefix read once per group
-  triton              rpo_kernels.shared_prefix_attention(backend="triton") (a GPU, or the interpreter at tiny shapes)
-  cuda                rpo_kernels.shared_prefix_attention(backend="cuda") (GPU, with the CUDA extension built)
   lane_reference      rpo_kernels.lane_decode_attention(backend="reference"): the planned decode over KV lanes
-                      (each group's prefix in one lane, each sequence's suffix in its own), planned once per step
+                      (each group's prefix in one lane, read once per group; each sequence's suffix in its own),
+                      planned once per step
   lane_triton         the same with backend="triton" (a GPU, or the interpreter at tiny shapes)
+  lane_cuda           the same with backend="cuda" (GPU, with the CUDA extension built)
   flash_attn          flash_attn_with_kvcache on the duplicated cache (GPU, when flash-attn is installed)
   flashinfer_cascade  flashinfer.MultiLevelCascadeAttentionWrapper, 2 levels (GPU, when flashinfer is installed)
 """
@@ -34,9 +33,8 @@ TINY = dict(P=(64,), G=(2,), S=(16,))
 GPU = dict(P=(1024, 4096, 16384), G=(8, 16), S=(64,))
 GROUPS, TINY_GROUPS = 4, 2  # B: the scripts' default --groups, and the tiny grid's
 PAGE = 16
-PROVIDERS = ("sdpa_dup", "reference", "triton", "cuda", "lane_reference", "lane_triton", "flash_attn",
-             "flashinfer_cascade")
-GPU_ONLY = ("cuda", "flash_attn", "flashinfer_cascade")
+PROVIDERS = ("sdpa_dup", "lane_reference", "lane_triton", "lane_cuda", "flash_attn", "flashinfer_cascade")
+GPU_ONLY = ("lane_cuda", "flash_attn", "flashinfer_cascade")
 
 
 def shapes(grid: dict) -> list[tuple[int, int, int]]:
@@ -57,7 +55,8 @@ def grids(size: str, device: torch.device | str) -> list[tuple[dict, int]]:
 
 
 def make_inputs(b: int, g: int, p: int, s: int, dtype: torch.dtype, device: str) -> dict:
-    """Keyword arguments of ``shared_prefix_attention`` for the packed layout, drawn on ``device``."""
+    """The step's tensors in packed layout (q [N, Hq, D]; prefix_k/v [B*P, Hkv, D] and suffix_k/v [N*S, Hkv, D] with
+    their indptrs), drawn on ``device``; each provider lays them out its own way."""
     gen = torch.Generator(device=device).manual_seed(0)  # drawn where it is used: GPU shapes are large
     n = b * g
 
@@ -88,7 +87,7 @@ def duplicated(x: dict, b: int, g: int, p: int, s: int, heads_first: bool) -> tu
 def provider_reason(name: str, device: torch.device | str, *, interpreted: bool = False) -> str | None:
     """None when provider ``name`` runs on ``device``, else why not (``interpreted``: as in ``backend_reason``)."""
     device = torch.device(device)
-    if name in ("triton", "lane_triton", "cuda"):
+    if name in ("lane_triton", "lane_cuda"):
         return backend_reason(name.removeprefix("lane_"), device, interpreted=interpreted)
     module = {"flash_attn": "flash_attn", "flashinfer_cascade": "flashinfer"}.get(name)
     if module is None:
@@ -118,9 +117,7 @@ def build(name: str, x: dict, b: int, g: int, p: int, s: int):
     n = b * g
     elem = x["q"].element_size()
     shared_bytes = (b * p + n * s) * HKV * D * 2 * elem
-    if name in ("reference", "triton", "cuda"):
-        return (lambda: rpo_kernels.shared_prefix_attention(**x, backend=name)), shared_bytes
-    if name in ("lane_reference", "lane_triton"):
+    if name in ("lane_reference", "lane_triton", "lane_cuda"):
         lanes, plan = _lanes(x, b, g, p, s)
         backend = name.removeprefix("lane_")
         return (lambda: rpo_kernels.lane_decode_attention(x["q"], *lanes, plan, backend=backend)), shared_bytes

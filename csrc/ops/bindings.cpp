@@ -9,15 +9,13 @@
 TORCH_LIBRARY(rpo_kernels, m) {
   m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
   m.def(
-      "shared_prefix_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_indptr, Tensor suffix_k, "
-      "Tensor suffix_v, Tensor suffix_indptr, Tensor group_indptr, float softmax_scale) -> (Tensor, Tensor)");
-  m.def("kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor slots) -> ()");
+      "lane_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v, Tensor tables, "
+      "int num_groups, int prefix_tokens, float softmax_scale) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rpo_kernels, CUDA, m) {
   m.impl("merge_attention_states", &rpo_torch::merge_attention_states);
-  m.impl("shared_prefix_decode", &rpo_torch::shared_prefix_decode);
-  m.impl("kv_append", &rpo_torch::kv_append);
+  m.impl("lane_decode", &rpo_torch::lane_decode);
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -6,15 +6,7 @@ the ops; ``available()`` says whether that worked and why not. The wrappers take
 functions of ``rpo_kernels`` and load the extension on first use. Build it with CMake (see docs/kernels.md).
 """
 
-from .ops import (
-    available,
-    kv_append,
-    load,
-    merge_attention_states,
-    register_fakes,
-    shared_prefix_attention,
-    supports_shared_prefix_attention,
-)
+from .ops import available, lane_decode_attention, load, merge_attention_states, register_fakes, supports_lane_decode
 
-__all__ = ["available", "kv_append", "load", "merge_attention_states", "register_fakes",
-           "shared_prefix_attention", "supports_shared_prefix_attention"]
+__all__ = ["available", "lane_decode_attention", "load", "merge_attention_states", "register_fakes",
+           "supports_lane_decode"]

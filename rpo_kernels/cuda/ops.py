@@ -3,13 +3,11 @@
 Ops (schemas in ``csrc/ops/bindings.cpp``)::
 
     rpo_kernels::merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)
-    rpo_kernels::shared_prefix_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_indptr,
-        Tensor suffix_k, Tensor suffix_v, Tensor suffix_indptr, Tensor group_indptr, float softmax_scale)
-        -> (Tensor, Tensor)
-    rpo_kernels::kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor slots) -> ()
+    rpo_kernels::lane_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v,
+        Tensor tables, int num_groups, int prefix_tokens, float softmax_scale) -> (Tensor, Tensor)
 
-The wrappers make inputs acceptable to the launchers (contiguous rows where needed, fp32 LSEs) and leave value
-checks of index tensors to the public functions (they need a device sync); the launchers check shapes, dtypes,
+The wrappers make inputs acceptable to the launchers (contiguous rows where needed, fp32 LSEs); index values are
+validated by the public functions from host integers (``plan_lane_decode``), the launchers check shapes, dtypes,
 devices and strides and name the argument in their errors.
 """
 
@@ -18,6 +16,8 @@ from __future__ import annotations
 import importlib
 
 import torch
+
+from ..reference.lane_decode_attention import lane_groups
 
 DECODE_DTYPES = (torch.float16, torch.bfloat16)
 DECODE_HEAD_DIMS = (64, 128)
@@ -47,13 +47,12 @@ def available() -> tuple[bool, str]:
 
 def register_fakes() -> None:
     """Register the fake partners of the ``rpo_kernels::`` ops, and the backward of merge_attention_states (once;
-    the ops must already be defined). shared_prefix_decode and kv_append are inference-only (no backward)."""
+    the ops must already be defined). lane_decode is inference-only (no backward)."""
     global _fakes_registered
     if _fakes_registered:
         return
     torch.library.register_fake("rpo_kernels::merge_attention_states")(_merge_attention_states_fake)
-    torch.library.register_fake("rpo_kernels::shared_prefix_decode")(_shared_prefix_decode_fake)
-    torch.library.register_fake("rpo_kernels::kv_append")(_kv_append_fake)
+    torch.library.register_fake("rpo_kernels::lane_decode")(_lane_decode_fake)
     torch.library.register_autograd("rpo_kernels::merge_attention_states", _merge_backward,
                                     setup_context=_merge_setup_context)
     _fakes_registered = True
@@ -83,13 +82,8 @@ def _merge_backward(ctx, grad_out, grad_lse):
     return (wa[..., None] * g).to(out_a.dtype), d_lse_a, (wb[..., None] * g).to(out_b.dtype), d_lse_b
 
 
-def _shared_prefix_decode_fake(q, prefix_k, prefix_v, prefix_indptr, suffix_k, suffix_v, suffix_indptr,
-                               group_indptr, softmax_scale):
+def _lane_decode_fake(q, prefix_k, prefix_v, suffix_k, suffix_v, tables, num_groups, prefix_tokens, softmax_scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
-
-
-def _kv_append_fake(k_cache, v_cache, k_new, v_new, slots):
-    return None
 
 
 def _vector_rows(t: torch.Tensor) -> torch.Tensor:
@@ -100,15 +94,16 @@ def _vector_rows(t: torch.Tensor) -> torch.Tensor:
     return t if ok else t.contiguous()
 
 
-def supports_shared_prefix_attention(q: torch.Tensor, *, q_indptr: torch.Tensor | None = None) -> tuple[bool, str]:
-    """Whether the CUDA kernel covers this call (decode form, fp16/bf16, head dim 64 or 128) and, if not, why."""
-    if q_indptr is not None:
-        return False, "the CUDA kernel is decode-only (one query per sequence); q_indptr must be None"
+def supports_lane_decode(q: torch.Tensor, *tensors: torch.Tensor) -> tuple[bool, str]:
+    """Whether the CUDA kernel covers this decode call (fp16/bf16, head dim 64 or 128, no gradient asked of
+    ``q`` or ``tensors``) and, if not, why."""
     if q.dtype not in DECODE_DTYPES:
         return False, f"the CUDA kernel takes float16 or bfloat16, got {q.dtype}"
     if q.shape[-1] not in DECODE_HEAD_DIMS:
         return False, f"the CUDA kernel takes head dim 64 or 128, got {q.shape[-1]}"
-    return True, "decode, supported dtype and head dim"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, *tensors)):
+        return False, "the CUDA decode kernel has no backward; inputs require grad"
+    return True, "supported dtype and head dim, no gradient"
 
 
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
@@ -118,32 +113,31 @@ def merge_attention_states(out_a, lse_a, out_b, lse_b):
                                                         out_b.contiguous(), lse_b.float().contiguous())
 
 
-def shared_prefix_attention(q, prefix_k, prefix_v, prefix_indptr, suffix_k, suffix_v, suffix_indptr, group_indptr,
-                            *, q_indptr=None, softmax_scale=None, return_lse=False):
-    """CUDA ``rpo_kernels.shared_prefix_attention``, decode form: out [N, Hq, D] (and lse [N, Hq] fp32).
+def lane_tables(plan, device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """(int32 tables [3B+1+3N] on ``device``, B, prefix tokens read) of ``plan``, built once per plan and device from
+    its host integers (one transfer): group_indptr over the grouped order, group_lane, group_len, order, suffix_lane,
+    suffix_len (the layout of ``rpo::LaneDecodeParams``)."""
+    key = ("cuda", str(device))
+    cached = plan.backend_cache.get(key)
+    if cached is None:
+        order, groups = lane_groups(plan)
+        _, _, s_lane, s_len = plan.host
+        indptr = [first for _, _, first, _ in groups] + [plan.num_queries]
+        flat = (indptr + [lane for lane, _, _, _ in groups] + [length for _, length, _, _ in groups] + order
+                + list(s_lane) + list(s_len))
+        cached = (torch.tensor(flat, dtype=torch.int32).to(device), len(groups),
+                  sum(length for _, length, _, _ in groups))
+        plan.backend_cache[key] = cached
+    return cached
 
-    Raises NotImplementedError for what the kernel does not cover (see ``supports_shared_prefix_attention``).
+
+def lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale: float):
+    """CUDA ``rpo_kernels.lane_decode_attention``: (out [N, Hq, D] in q's dtype, lse [N, Hq] fp32), forward only.
+
+    Lanes [lanes, Hkv, capacity, D] are read in place (K and V of a side with equal strides, 16-byte aligned rows);
+    ``plan`` is a ``rpo_kernels.LanePlan`` (validated); see ``supports_lane_decode`` for what the kernel covers.
     """
-    ok, why = supports_shared_prefix_attention(q, q_indptr=q_indptr)
-    if not ok:
-        raise NotImplementedError(f"shared_prefix_attention (cuda backend): {why}; use backend='triton' or "
-                                  "'reference'")
     load()
-    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    out, lse = torch.ops.rpo_kernels.shared_prefix_decode(
-        _vector_rows(q), _vector_rows(prefix_k), _vector_rows(prefix_v), prefix_indptr, _vector_rows(suffix_k),
-        _vector_rows(suffix_v), suffix_indptr, group_indptr, scale)
-    return (out, lse) if return_lse else out
-
-
-def kv_append(k_cache, v_cache, k_new, v_new, slots) -> None:
-    """CUDA ``rpo_kernels.kv_append``, in place: ``k_cache[slots[t]] = k_new[t]``, ``v_cache[slots[t]] = v_new[t]``.
-
-    k_cache/v_cache [num_slots, Hkv, D] (or [..., Hkv, D], contiguous: a paged cache [blocks, block_size, Hkv, D] is
-    addressed as ``block * block_size + offset``); k_new/v_new [T, Hkv, D]; slots [T] int32/int64. Slot values are
-    validated by the public function; the kernel skips a negative slot (padding) and never writes past the cache.
-    """
-    load()
-    k_new = k_new if k_new.stride(-1) == 1 and k_new.stride(-2) == k_new.shape[-1] else k_new.contiguous()
-    v_new = v_new if v_new.stride(-1) == 1 and v_new.stride(-2) == v_new.shape[-1] else v_new.contiguous()
-    torch.ops.rpo_kernels.kv_append(k_cache, v_cache, k_new, v_new, slots)
+    tables, groups, prefix_tokens = lane_tables(plan, q.device)
+    return torch.ops.rpo_kernels.lane_decode(_vector_rows(q), prefix_k, prefix_v, suffix_k, suffix_v, tables,
+                                             groups, prefix_tokens, float(scale))

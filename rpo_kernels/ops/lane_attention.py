@@ -1,10 +1,11 @@
-"""Public ``plan_lane_decode`` and ``lane_decode_attention``: the planned decode path of shared-prefix attention.
+"""Public ``plan_lane_decode`` and ``lane_decode_attention``: the decode op of shared-prefix attention.
 
 A decode step attends every running sequence to its group's prefix and to its own suffix, in every layer, with the
 same layout. The plan/run split makes that layout a ``LanePlan`` built ONCE per step from host integers (validated
 there, copied to the device in one transfer); each layer then runs ``lane_decode_attention`` on the KV lanes where
 they are stored, with no host synchronisation and no gather of KV. The math: ``rpo_kernels.reference.
-lane_decode_attention`` (same result as ``shared_prefix_attention`` on the packed form of the same KV).
+lane_decode_attention``; its backends: the CUDA kernel (``csrc/kernels/lane_decode.cuh``), Triton and the reference,
+chosen in that order.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import cuda
 from .._checks import FLOAT_DTYPES, check_softmax_scale, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.lane_decode_attention import lane_decode_attention_ref
@@ -158,12 +160,14 @@ def lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: LaneP
         prefix_k, prefix_v: [Lp, Hkv, Pcap, D] prefix lanes (q's dtype and device); suffix_k, suffix_v:
             [Ls, Hkv, Scap, D] suffix lanes. Hq must be a multiple of Hkv (GQA: head h reads KV head h // (Hq/Hkv)).
         plan: ``plan_lane_decode`` of this step (shared by all layers). softmax_scale: default 1/sqrt(D).
-        backend: None (auto: Triton on a GPU, else the reference), "triton" (forward only; reads the lanes in place
-            through strided views) or "reference" (torch ops, any device).
+        backend: None (auto: CUDA -> Triton -> reference, see ``rpo_kernels.backends()``), "cuda" (the compiled
+            kernel: fp16/bf16, head dim 64 or 128, forward only), "triton" (forward only) or "reference" (torch
+            ops, any device). Every backend reads the lanes in place.
 
     Returns:
         out [N, Hq, D] in q's dtype (and lse [N, Hq] fp32 when ``return_lse``): softmax attention of each query over
-        [its group's prefix keys ; its own suffix keys], as ``shared_prefix_attention`` in decode form.
+        [its group's prefix keys ; its own suffix keys] (``shared_prefix_attention`` for one query per sequence, the
+        last of its suffix).
     """
     check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
     if q.shape[0] != plan.num_queries:
@@ -179,11 +183,18 @@ def lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: LaneP
     if plan.suffix_bias.device != q.device:
         raise ValueError(f"argument 'plan' was made for {plan.suffix_bias.device}, 'q' is on {q.device}")
     scale = check_softmax_scale(softmax_scale, q.shape[2])
-    chosen = resolve_backend("lane_decode_attention", q.device, backend, IMPLEMENTED)
+    cuda_ok, why_not_cuda = (cuda.supports_lane_decode(q, prefix_k, prefix_v, suffix_k, suffix_v)
+                             if q.is_cuda or backend == "cuda" else (False, "not a CUDA tensor"))
+    if backend == "cuda" and not cuda_ok:
+        raise ValueError(f"lane_decode_attention: backend 'cuda' cannot run this call: {why_not_cuda}")
+    implemented = ("cuda",) + IMPLEMENTED if cuda_ok else IMPLEMENTED
+    chosen = resolve_backend("lane_decode_attention", q.device, backend, implemented)
     if chosen == "triton" and q.shape[2] > TRITON_MAX_HEAD_DIM:
         raise ValueError(f"argument 'q': the Triton kernels take head dims up to {TRITON_MAX_HEAD_DIM}, "
                          f"got D = {q.shape[2]}; use backend='reference'")
-    if chosen == "triton":
+    if chosen == "cuda":
+        out, lse = cuda.lane_decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale)
+    elif chosen == "triton":
         from ..triton.lane_decode_attention import lane_decode_triton
 
         out, lse = lane_decode_triton(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale)

@@ -28,6 +28,28 @@ import torch
 _FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+def lane_groups(plan) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """The queries of ``plan`` grouped by prefix lane, from its host integers (no device sync), once per plan.
+
+    Returns (order, groups): order [N], the query indices sorted by prefix lane (stable); groups, one per prefix
+    lane read, (lane, prefix length, first position in ``order``, query count), in lane order. The CUDA and Triton
+    backends build their tables from it.
+    """
+    cached = plan.backend_cache.get("groups")
+    if cached is None:
+        p_lane, p_len, _, _ = plan.host
+        order = sorted(range(plan.num_queries), key=lambda i: p_lane[i])
+        groups: list[tuple[int, int, int, int]] = []
+        for j, i in enumerate(order):
+            if groups and groups[-1][0] == p_lane[i]:
+                lane, length, first, count = groups[-1]
+                groups[-1] = (lane, length, first, count + 1)
+            else:
+                groups.append((p_lane[i], p_len[i], j, 1))
+        cached = plan.backend_cache["groups"] = (order, groups)
+    return cached
+
+
 def _part(rows, k, v, bias, has_keys, scale: float, fused: bool):
     """rows [lanes, Hkv, M, D] against k/v [lanes, Hkv, L, D] (views) with bias [lanes, 1, 1, L] (0 / -inf).
 

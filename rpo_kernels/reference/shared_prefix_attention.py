@@ -1,10 +1,10 @@
-"""Reference for ``shared_prefix_attention`` (cascade attention): G sequences of a group share one prefix KV.
+"""Reference for ``shared_prefix_attention`` (cascade attention, extend form): G sequences of a group share a prefix.
 
 Layout (packed/varlen): B groups, N sequences; group b owns sequences ``group[b]:group[b+1]`` and prefix KV rows
 ``prefix[b]:prefix[b+1]``; sequence i owns suffix KV rows ``suffix[i]:suffix[i+1]`` and query rows
-``query[i]:query[i+1]`` (decode: one query per sequence, ``query = 0..N``). Query t of sequence i (of n_i queries,
-suffix length S_i) is suffix position ``S_i - n_i + t``; it attends to the whole prefix of its group and causally to
-its suffix, keys ``j <= S_i - n_i + t``. With scores ``s_j = scale * q . k_j``::
+``query[i]:query[i+1]``, its last suffix tokens. Query t of sequence i (of n_i queries, suffix length S_i) is suffix
+position ``S_i - n_i + t``; it attends to the whole prefix of its group and causally to its suffix, keys
+``j <= S_i - n_i + t``. With scores ``s_j = scale * q . k_j``::
 
     out = sum_j softmax(s)_j v_j   over [prefix of the group ; suffix of the sequence],   lse = log sum_j exp(s_j)
 
@@ -12,11 +12,10 @@ Computed as two partial attentions merged exactly by their log-sum-exp (``merge_
 - prefix part: per group ONE batched matmul of all its queries (x the heads sharing a KV head, GQA) against the prefix,
   so the prefix is read once per group and never copied per sequence;
 - suffix part: per sequence (causal), on views of its rows.
-In the decode form (no causal mask) each part is instead ONE padded batched matmul over all groups / sequences when
-the padded score block fits the budget: the Python loop over segments costs more than the padding on a CPU.
-Queries are taken in chunks so a score block stays within ``CHUNK_ELEMENTS``. Plain torch ops, so autograd flows into
-q and both K/V sets: this is the CPU training path and the test oracle. Differentiated, autograd keeps each chunk's
-probabilities (memory O(queries x keys)); the Triton backward recomputes them instead.
+Queries are taken in chunks so a score block stays within ``CHUNK_ELEMENTS``. Plain torch ops on host integers (no
+device synchronisation), so autograd flows into q and both K/V sets: this is the CPU training path and the test
+oracle. Differentiated, autograd keeps each chunk's probabilities (memory O(queries x keys)); the Triton backward
+recomputes them instead. (Decode, one query per sequence over KV lanes: ``lane_decode_attention``.)
 """
 
 from __future__ import annotations
@@ -37,21 +36,12 @@ Segment = tuple[int, int, int, int, int]
 
 @dataclass(frozen=True)
 class RaggedLayout:
-    """Host copy of the index pointers of one call (validated by ``rpo_kernels.ops.attention``)."""
+    """Host copy of the index pointers of one extend batch (validated by ``rpo_kernels.plan_shared_prefix``)."""
 
     group: tuple[int, ...]
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
     query: tuple[int, ...]
-    decode: bool
-
-    @classmethod
-    def from_tensors(cls, prefix_indptr, suffix_indptr, group_indptr, q_indptr=None) -> RaggedLayout:
-        suffix = tuple(int(x) for x in suffix_indptr.tolist())
-        decode = q_indptr is None
-        query = tuple(range(len(suffix))) if decode else tuple(int(x) for x in q_indptr.tolist())
-        return cls(tuple(int(x) for x in group_indptr.tolist()), tuple(int(x) for x in prefix_indptr.tolist()),
-                   suffix, query, decode)
 
     @property
     def num_groups(self) -> int:
@@ -107,7 +97,7 @@ def _segments(q, k, v, segments: list[Segment], scale: float, dtype: torch.dtype
     """Partial attention of every segment; segments cover the query rows in order.
 
     A segment's queries are taken in chunks so that one [Hkv, rows, keys] score block stays within
-    ``CHUNK_ELEMENTS`` (a decode group is one chunk: its prefix is read once).
+    ``CHUNK_ELEMENTS`` (a group whose queries fit is one chunk: its prefix is read once).
     """
     outs, lses = [], []
     per_query = q.shape[1] * max(1, max((s[3] for s in segments), default=1))
@@ -123,71 +113,17 @@ def _segments(q, k, v, segments: list[Segment], scale: float, dtype: torch.dtype
     return torch.cat(outs), torch.cat(lses)
 
 
-def _segments_padded(q, k, v, segments: list[Segment], scale: float, dtype: torch.dtype):
-    """The same as ``_segments`` for segments without a causal mask (decode), all in ONE padded batched matmul.
-
-    Rows of KV are gathered with ``index_select`` into [segments, max_len, Hkv, D] (a segment's prefix rows appear
-    once, in that segment only); padded keys are masked. Used when the padded score block fits ``CHUNK_ELEMENTS``.
-    """
-    if k.shape[0] == 0:
-        return _empty(q, q.shape[0], dtype)
-    nseg = len(segments)
-    hq, d = q.shape[1], q.shape[2]
-    hkv = k.shape[1]
-    rep = hq // hkv
-    seg = torch.tensor(segments, dtype=torch.long, device=q.device)  # [nseg, 5]
-    q0, q_len, kv0, kv_len = seg[:, 0:1], seg[:, 1:2], seg[:, 2:3], seg[:, 3:4]
-    m_max, l_max = int(q_len.max()), int(kv_len.max())
-    j = torch.arange(m_max, device=q.device)[None]
-    q_idx = q0 + torch.minimum(j, (q_len - 1).clamp(min=0))
-    q_ok = j < q_len
-    j = torch.arange(l_max, device=q.device)[None]
-    k_idx = (kv0 + torch.minimum(j, (kv_len - 1).clamp(min=0))).clamp(max=k.shape[0] - 1)
-    k_ok = j < kv_len
-    qs = q.to(dtype).index_select(0, q_idx.flatten()).view(nseg, m_max, hkv, rep, d)
-    qs = qs.permute(0, 2, 1, 3, 4).reshape(nseg, hkv, m_max * rep, d)
-    ks = k.to(dtype).index_select(0, k_idx.flatten()).view(nseg, l_max, hkv, d).permute(0, 2, 3, 1)
-    vs = v.to(dtype).index_select(0, k_idx.flatten()).view(nseg, l_max, hkv, d).permute(0, 2, 1, 3)
-    scores = torch.matmul(qs, ks).float() * scale  # [nseg, Hkv, M*rep, L]
-    scores = scores.masked_fill(~k_ok[:, None, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    has_keys = k_ok.any(1)[:, None, None, None]
-    probs = torch.where(has_keys, torch.softmax(scores, dim=-1), 0.0)
-    out = torch.matmul(probs.to(dtype), vs)  # [nseg, Hkv, M*rep, D]
-    out = out.reshape(nseg, hkv, m_max, rep, d).permute(0, 2, 1, 3, 4).reshape(nseg * m_max, hq, d)
-    lse = lse.reshape(nseg, hkv, m_max, rep).permute(0, 2, 1, 3).reshape(nseg * m_max, hq)
-    keep = q_ok.flatten()
-    rows = q_idx.flatten()[keep]
-    out_full, lse_full = _empty(q, q.shape[0], dtype)
-    return out_full.index_copy(0, rows, out[keep]), lse_full.index_copy(0, rows, lse[keep])
-
-
-def _padded_fits(q, segments: list[Segment]) -> bool:
-    if not segments:
-        return False
-    m_max = max(s[1] for s in segments)
-    l_max = max(s[3] for s in segments)
-    return len(segments) * q.shape[1] * max(m_max, 1) * max(l_max, 1) <= CHUNK_ELEMENTS
-
-
-def shared_prefix_attention_ref(q, prefix_k, prefix_v, prefix_indptr, suffix_k, suffix_v, suffix_indptr,
-                                group_indptr, *, q_indptr=None, softmax_scale=None, upcast=True, layout=None):
+def shared_prefix_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, layout: RaggedLayout, *,
+                                softmax_scale=None, upcast=True):
     """Reference of ``rpo_kernels.shared_prefix_attention`` on validated inputs.
 
     q [total_q, Hq, D]; prefix_k/v [total_prefix, Hkv, D]; suffix_k/v [total_suffix, Hkv, D], one float dtype;
-    indptrs as documented in the module. ``upcast`` computes in fp32 (else matmuls in the inputs' dtype, softmax in
-    fp32). ``layout`` is the host copy of the indptrs when the caller already has it.
-    Returns (out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] fp32 natural log).
+    ``layout`` the host index pointers (see the module). ``upcast`` computes in fp32 (else matmuls in the inputs'
+    dtype, softmax in fp32). Returns (out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] fp32 natural log).
     """
-    if layout is None:
-        layout = RaggedLayout.from_tensors(prefix_indptr, suffix_indptr, group_indptr, q_indptr)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     dtype = torch.float32 if upcast else q.dtype
-    parts = []
-    for k, v, segments in ((prefix_k, prefix_v, layout.prefix_segments()),
-                           (suffix_k, suffix_v, layout.suffix_segments())):
-        padded = layout.decode and _padded_fits(q, segments)
-        parts.append((_segments_padded if padded else _segments)(q, k, v, segments, scale, dtype))
-    (out_p, lse_p), (out_s, lse_s) = parts
+    out_p, lse_p = _segments(q, prefix_k, prefix_v, layout.prefix_segments(), scale, dtype)
+    out_s, lse_s = _segments(q, suffix_k, suffix_v, layout.suffix_segments(), scale, dtype)
     out, lse = merge_attention_states_ref(out_p, lse_p, out_s, lse_s)
     return out.to(q.dtype), lse

@@ -6,4 +6,4 @@ all of its ``@triton.jit`` kernels, lowered ahead of time for sm_80 and sm_90 by
 
 KERNEL_MODULES = ("rpo_kernels.triton.token_logprobs",
                   "rpo_kernels.triton.shared_prefix_attention", "rpo_kernels.triton.shared_prefix_attention_bwd",
-                  "rpo_kernels.triton.merge_attention_states", "rpo_kernels.triton.kv_append")
+                  "rpo_kernels.triton.merge_attention_states")

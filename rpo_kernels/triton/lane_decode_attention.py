@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reference.lane_decode_attention import lane_groups
 from .shared_prefix_attention import plan_segments, shared_prefix_forward
 
 
@@ -32,13 +33,9 @@ def _tables(plan, rep: int, per_lane_p: int, per_lane_s: int, device, dtype):
     cached = plan.backend_cache.get(key)
     if cached is not None:
         return cached
-    p_lane, p_len, s_lane, s_len = plan.host  # host integers: no device synchronisation
-    order = sorted(range(plan.num_queries), key=lambda i: p_lane[i])
-    pseg, start = [], 0
-    for j, i in enumerate(order):
-        if j + 1 == len(order) or p_lane[order[j + 1]] != p_lane[i]:
-            pseg.append((start, j + 1 - start, p_lane[i] * per_lane_p, p_len[i], p_len[i]))
-            start = j + 1
+    order, groups = lane_groups(plan)  # host integers: no device synchronisation
+    _, _, s_lane, s_len = plan.host
+    pseg = [(first, count, lane * per_lane_p, length, length) for lane, length, first, count in groups]
     sseg = [(j, 1, s_lane[i] * per_lane_s, s_len[i], s_len[i] - 1) for j, i in enumerate(order)]
     tables = (plan_segments(pseg, sseg, rep, device, dtype, decode=True),
               torch.tensor(order, dtype=torch.long).to(device))

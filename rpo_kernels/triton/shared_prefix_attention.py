@@ -33,6 +33,7 @@ from .common import LOG2E, grid_splits, launch_options, precision
 from .merge_attention_states import merge_states
 from .segments import (
     LAUNCH_OPTIONS,
+    MIN_KEYS_PER_SPLIT,
     SPEC_HEAD_DIMS,
     Tiles,
     _segment_rows,
@@ -40,9 +41,6 @@ from .segments import (
     tiles_for,
 )
 from .shared_prefix_attention_bwd import shared_prefix_backward
-
-# A prefix split covers at least this many keys.
-MIN_KEYS_PER_SPLIT = 256
 
 
 @triton.jit
@@ -127,17 +125,13 @@ class Plan:
     suffix_block_m: int
 
 
-def make_plan(layout, rep: int, device: torch.device, dtype: torch.dtype) -> Plan:
-    """Tables of one call from a ``RaggedLayout``, copied to ``device`` in one transfer."""
-    return plan_segments(layout.prefix_segments(), layout.suffix_segments(), rep, device, dtype,
-                         decode=layout.decode)
-
-
 def plan_segments(pseg: list, sseg: list, rep: int, device: torch.device, dtype: torch.dtype, *,
                   decode: bool) -> Plan:
-    """Tables from explicit segments (q_start, q_len, kv_start, kv_len, off), one transfer to ``device``.
+    """Tables from explicit segments (q_start, q_len, kv_start, kv_len, off), one transfer to ``device`` (from pinned
+    memory, non-blocking: a plan built inside a layer loop does not synchronise the host with the GPU).
 
     kv_start may point anywhere in the K/V rows given to the kernels, so segments can read KV in place (lanes).
+    ``decode``: one query per suffix segment (its Hq/Hkv rows fill a smaller M tile).
     """
     tiles = tiles_for(dtype)
     # a group with few (query, head) rows gets a smaller M tile (at least 16, the smallest tl.dot)
@@ -153,7 +147,8 @@ def plan_segments(pseg: list, sseg: list, rep: int, device: torch.device, dtype:
     ]
     widths = (5, 5, 2, 2, 2, 2)
     flat = [x for table in tables for row in table for x in row]
-    packed = torch.tensor(flat, dtype=torch.int32).to(device)
+    pinned = device.type == "cuda"
+    packed = torch.tensor(flat, dtype=torch.int32, pin_memory=pinned).to(device, non_blocking=pinned)
     views, start = [], 0
     for table, w in zip(tables, widths):
         views.append(packed[start:start + len(table) * w].view(len(table), w))

@@ -3,8 +3,9 @@
 Samples that share (prompt, prefix) form a group. Every layer runs on packed rows ``[contexts ; suffixes]``:
 - the contexts (prompt + prefix, one per group) attend causally to themselves;
 - the suffixes attend to their group's context K/V (one copy) and causally to their own rows, at positions that
-  continue the context's: the extend form of ``rpo_kernels.shared_prefix_attention`` on a GPU, one masked SDPA per
-  group over [context ; the group's suffixes] on a CPU.
+  continue the context's: ``rpo_kernels.shared_prefix_attention`` (the extend op, planned once per forward from the
+  host index pointers and reused by every layer and recomputation) on a GPU, one masked SDPA per group over
+  [context ; the group's suffixes] on a CPU.
 Gradients from all G suffixes flow into the single context computation. Log-probabilities are then taken once per
 distinct (hidden row, target) pair: with ``loss_tokens="full"`` the prefix tokens' log-probs come from the context
 pass once and are shared by the G samples (gathered, so their gradients add up), exactly as the per-sample forward
@@ -33,15 +34,16 @@ class PackedGroups:
 
     ids/positions [Tc + Ts] int64: the contexts (Tc rows, group after group) then the suffixes (sample after sample,
     groups adjacent). context_indptr [C+1], group_indptr [C+1] (samples of group c), suffix_indptr [B+1] (in packed
-    order). row_hidden/row_targets [R]: the distinct (final hidden row, target) pairs whose log-prob is taken;
-    token_rows [A]: for each set entry of ``loss_mask`` [B, T] (row-major) its pair in R.
+    order): host ints, so planning the attention needs no device synchronisation. row_hidden/row_targets [R]: the
+    distinct (final hidden row, target) pairs whose log-prob is taken; token_rows [A]: for each set entry of
+    ``loss_mask`` [B, T] (row-major) its pair in R.
     """
 
     ids: torch.Tensor
     positions: torch.Tensor
-    context_indptr: torch.Tensor
-    suffix_indptr: torch.Tensor
-    group_indptr: torch.Tensor
+    context_indptr: tuple[int, ...]
+    suffix_indptr: tuple[int, ...]
+    group_indptr: tuple[int, ...]
     row_hidden: torch.Tensor
     row_targets: torch.Tensor
     token_rows: torch.Tensor
@@ -101,7 +103,7 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
     def lt(x):
         return torch.tensor(x, dtype=torch.long)
 
-    return PackedGroups(lt(ids), lt(pos), lt(ctx_indptr), lt(suf_indptr), lt(group_indptr), lt(row_hidden),
+    return PackedGroups(lt(ids), lt(pos), tuple(ctx_indptr), tuple(suf_indptr), tuple(group_indptr), lt(row_hidden),
                         lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
 
 
@@ -118,23 +120,24 @@ def _sdpa(q, k, v, scale: float, *, causal: bool = False, mask: torch.Tensor | N
 
 class _PackedAttention:
     """Attention of one packed forward. Contexts: causal SDPA, one call per context. Suffixes, per group:
-    ``kernel`` = the extend form of ``rpo_kernels.shared_prefix_attention`` (all groups in one call; its Triton
-    forward/backward on a GPU); ``sdpa`` = one SDPA call over keys [context ; the group's suffixes] with a mask
-    letting each suffix see the context and, causally, its own rows (fastest on a CPU, where the kernel's reference
-    runs eagerly). Either way a group's context K/V exists once."""
+    ``kernel`` = ``rpo_kernels.shared_prefix_attention`` (all groups in one call, with one plan made here from host
+    ints for every layer and recomputation; its Triton forward/backward on a GPU); ``sdpa`` = one SDPA call over keys
+    [context ; the group's suffixes] with a mask letting each suffix see the context and, causally, its own rows
+    (fastest on a CPU, where the kernel's reference runs eagerly). Either way a group's context K/V exists once."""
 
     def __init__(self, packed: PackedGroups, scale: float, mode: str):
         if mode not in ATTENTIONS:
             raise ValueError(f"argument 'attention' must be one of {ATTENTIONS}, got {mode!r}")
-        self.packed, self.scale = packed, scale
         self.mode = ("kernel" if packed.ids.is_cuda else "sdpa") if mode == "auto" else mode
-        self.tc = packed.num_context_rows
-        self.ctx = packed.context_indptr.tolist()
+        self.scale, self.tc, self.ctx = scale, packed.num_context_rows, packed.context_indptr
         self.groups = []  # (context rows, suffix rows, mask) per group with at least one suffix token
-        suf, grp = packed.suffix_indptr.tolist(), packed.group_indptr.tolist()
+        suf, grp = packed.suffix_indptr, packed.group_indptr
+        if self.mode == "kernel":  # every suffix token is a query
+            self.plan = rpo_kernels.plan_shared_prefix(self.ctx, suf, grp, suf, device=packed.ids.device)
+            return
         for c in range(len(self.ctx) - 1):
             s0, s1 = suf[grp[c]], suf[grp[c + 1]]
-            if s1 == s0 or self.mode != "sdpa":
+            if s1 == s0:
                 continue
             n_ctx = self.ctx[c + 1] - self.ctx[c]
             seq = torch.repeat_interleave(torch.arange(grp[c + 1] - grp[c]),
@@ -150,10 +153,8 @@ class _PackedAttention:
         if q.shape[0] == tc:
             return torch.cat(out)
         if self.mode == "kernel":
-            p = self.packed
-            out.append(rpo_kernels.shared_prefix_attention(
-                q[tc:], k[:tc], v[:tc], p.context_indptr, k[tc:], v[tc:], p.suffix_indptr, p.group_indptr,
-                q_indptr=p.suffix_indptr, softmax_scale=self.scale))
+            out.append(rpo_kernels.shared_prefix_attention(q[tc:], k[:tc], v[:tc], k[tc:], v[tc:], self.plan,
+                                                           softmax_scale=self.scale))
             return torch.cat(out)
         for (c0, c1), (s0, s1), mask in self.groups:  # the groups' suffix rows follow one another in order
             keys = torch.cat([k[c0:c1], k[tc + s0:tc + s1]])

@@ -24,8 +24,9 @@ class NativeEngineConfig:
     max_num_seqs: sequences decoded together at most. max_prefill_tokens: prompt tokens prefilled in one forward (a
         longer single group is still prefilled alone). reuse_prefix_kv: keep a prefix's KV after its group finishes
         and reuse it for the same tokens under the SAME weights (never across a weight change). max_model_len:
-        None = the checkpoint's max_position_embeddings. attention_backend: None (rpo_kernels' choice: Triton on a
-        GPU, the reference on a CPU), "reference" or "triton".
+        None = the checkpoint's max_position_embeddings. attention_backend: None (rpo_kernels' choice: the CUDA
+        kernel on a GPU when the extension is built and the model is fp16/bf16 with head dim 64 or 128, else
+        Triton; the reference on a CPU), "cuda", "triton" or "reference".
     """
 
     kv_budget_tokens: int | None = None
@@ -44,6 +45,6 @@ class NativeEngineConfig:
         _positive_int(owner, "max_model_len", self.max_model_len, allow_none=True)
         if not isinstance(self.reuse_prefix_kv, bool):
             raise ValueError(f"{owner}.reuse_prefix_kv must be a bool, got {self.reuse_prefix_kv!r}")
-        if self.attention_backend not in (None, "auto", "reference", "triton"):
-            raise ValueError(f"{owner}.attention_backend must be None, 'auto', 'reference' or 'triton', "
+        if self.attention_backend not in (None, "auto", "cuda", "triton", "reference"):
+            raise ValueError(f"{owner}.attention_backend must be None, 'auto', 'cuda', 'triton' or 'reference', "
                              f"got {self.attention_backend!r}")

@@ -10,7 +10,7 @@ copied per step; the cost is padding: a lane has the capacity of the longest ent
 drops the cached prefixes).
 
 Prefix entries are keyed (the prompt + prefix tokens) and tagged with the weight version that computed them; asking
-under another version raises ``rpo_kernels.StalePrefixError``, so KV never outlives a weight update. A prefix lane
+under another version raises ``StalePrefixError``, so KV never outlives a weight update. A prefix lane
 is held by its entry and by every sequence forked from it; it is free again when none is left.
 """
 
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rpo_kernels import StalePrefixError
+
+class StalePrefixError(RuntimeError):
+    """A stored prefix was asked for under a weight version other than the one that computed its KV."""
 
 
 @dataclass(frozen=True)

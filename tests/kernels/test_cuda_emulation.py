@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from rpo_kernels import plan_lane_decode
+from rpo_kernels.cuda.ops import lane_tables
 from tests.helpers.cuda_toolchain import cuda_home
-from tests.helpers.decode_oracle import decode_attention, indptr
+from tests.helpers.lane_oracle import lane_attention, lane_case
 from tests.helpers.rules import assert_within_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def lib(tmp_path_factory):
     libdir = next((home / d for d in ("lib64", "lib") if (home / d).exists()), home / "lib64")
     cmd = [gxx, "-std=c++20", "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-Werror", "-Wno-unknown-pragmas",
            "-include", str(EMU / "emu.h"), f"-I{EMU}", f"-I{KERNELS}", f"-I{home / 'include'}", "-x", "c++",
-           *(str(KERNELS / f) for f in ("merge_states.cu", "kv_append.cu", "shared_prefix_decode.cu")),
+           *(str(KERNELS / f) for f in ("merge_states.cu", "lane_decode.cu")),
            "-x", "none", str(EMU / "harness.cpp"), f"-L{libdir}", "-lcudart", f"-Wl,-rpath,{libdir}", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -80,41 +82,27 @@ def test_merge_attention_states(lib, dtype, n, h, d):
     assert_within_rule(out[finite], ref_o[finite], lowp.nan_to_num()[finite], atol=ATOL[dtype], name="out")
 
 
-# ---- kv_append -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("hkv,d", [(2, 64), (1, 3)])
-def test_kv_append_paged_cache(lib, dtype, hkv, d):
-    blocks, block_size, t = 5, 4, 7
-    k_cache = torch.zeros(blocks, block_size, hkv, d, dtype=dtype)
-    v_cache = torch.zeros_like(k_cache)
-    fused = torch.randn(t, 3, hkv, d).to(dtype)  # k and v are strided views of one [T, 3, Hkv, D] buffer
-    k_new, v_new = fused[:, 1], fused[:, 2]
-    slots = torch.tensor([3, 19, -1, 0, 8, 12, 7], dtype=torch.int64)
-    rc = lib.emu_kv_append(_p(k_new), ctypes.c_int64(k_new.stride(0)), _p(v_new), ctypes.c_int64(v_new.stride(0)),
-                           _p(slots), ctypes.c_int64(t), ctypes.c_int64(hkv * d), _p(k_cache), _p(v_cache),
-                           ctypes.c_int64(blocks * block_size), CODES[dtype])
-    assert rc == 0
-    keep = slots >= 0
-    want_k = torch.zeros(blocks * block_size, hkv, d, dtype=dtype).index_copy_(0, slots[keep], k_new[keep])
-    want_v = torch.zeros(blocks * block_size, hkv, d, dtype=dtype).index_copy_(0, slots[keep], v_new[keep])
-    assert torch.equal(k_cache.view(-1, hkv, d), want_k) and torch.equal(v_cache.view(-1, hkv, d), want_v)
-
-
-# ---- shared-prefix decode --------------------------------------------------------------------------------------------
-def run_decode(lib, q, pk, pv, pind, sk, sv, sind, gind, scale, max_splits):
+# ---- lane decode -----------------------------------------------------------------------------------------------------
+def run_lane_decode(lib, case, scale, max_splits):
+    """The CUDA kernel on ``case`` (tests/helpers/lane_oracle.lane_case), with the tables the Python layer builds."""
+    q = case["q"]
     n, hq, d = q.shape
+    plan = plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"], suffix_shape=case["suffix_shape"])
+    tables, groups, _ = lane_tables(plan, q.device)
     out, lse = torch.empty(n, hq, d, dtype=q.dtype), torch.empty(n, hq)
     workspace = torch.empty(lib.emu_workspace_floats(n, hq, d, max_splits))
-    strides = torch.tensor([s for t in (q, pk, pv, sk, sv) for s in t.stride()[:2]], dtype=torch.int64)
-    sizes = torch.tensor([len(gind) - 1, n, hq, pk.shape[1], d, max_splits], dtype=torch.int32)
-    ptrs = [torch.tensor(x, dtype=torch.int32) for x in (pind, sind, gind)]
-    rc = lib.emu_shared_prefix_decode(_p(q), _p(pk), _p(pv), _p(sk), _p(sv), _p(strides), *map(_p, ptrs), _p(out),
-                                      _p(lse), _p(workspace), _p(sizes), ctypes.c_float(scale), CODES[q.dtype])
+    pk, sk = case["pk"], case["sk"]
+    assert pk.stride() == case["pv"].stride() and sk.stride() == case["sv"].stride()
+    strides = torch.tensor([*q.stride()[:2], *pk.stride()[:3], *sk.stride()[:3]], dtype=torch.int64)
+    sizes = torch.tensor([groups, n, hq, pk.shape[1], d, max_splits], dtype=torch.int32)
+    rc = lib.emu_lane_decode(_p(q), _p(pk), _p(case["pv"]), _p(sk), _p(case["sv"]), _p(strides), _p(tables),
+                             _p(out), _p(lse), _p(workspace), _p(sizes), ctypes.c_float(scale), CODES[q.dtype])
     assert rc == 0
     return out, lse
 
 
-# (group sizes, prefix lengths, suffix lengths or None for ragged 1..129, Hq, Hkv, D, max_splits or None = heuristic)
+# (queries per group, prefix lengths, suffix lengths or None for ragged 1..129, Hq, Hkv, D, max_splits or None =
+# heuristic). Queries arrive shuffled across groups; lanes are shuffled with spare ones and garbage past each length.
 CASES = [
     ([1], [1], [1], 8, 8, 64, None),
     ([5, 1, 16], [37, 0, 100], None, 8, 2, 128, None),
@@ -127,21 +115,14 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("groups,plens,slens,hq,hkv,d,splits", CASES)
-def test_shared_prefix_decode(lib, dtype, groups, plens, slens, hq, hkv, d, splits):
-    gind, pind = indptr(groups), indptr(plens)
-    n = gind[-1]
-    slens = slens or [int(x) for x in torch.randint(1, 130, (n,))]
-    sind = indptr(slens)
-    q = torch.randn(hq, n, d).to(dtype).transpose(0, 1)  # non-contiguous: heads outermost
-    prefix = torch.randn(pind[-1], 2, hkv, d).to(dtype)  # K and V interleaved: strided views
-    pk, pv = prefix[:, 0], prefix[:, 1]
-    sk, sv = torch.randn(sind[-1], hkv, d).to(dtype), torch.randn(sind[-1], hkv, d).to(dtype)
+def test_lane_decode(lib, dtype, groups, plens, slens, hq, hkv, d, splits):
+    case = lane_case(groups, plens, slens, hq, hkv, d, dtype, seed=len(groups) + d)
     scale = 1 / math.sqrt(d)
     if splits is None:
-        splits = lib.emu_num_splits(len(groups), hkv, ctypes.c_int64(pind[-1]), 132)
-    out, lse = run_decode(lib, q, pk, pv, pind, sk, sv, sind, gind, scale, splits)
-    ref_o, ref_l = decode_attention(q, pk, pv, pind, sk, sv, sind, gind, scale, torch.float64)
-    low_o, _ = decode_attention(q, pk, pv, pind, sk, sv, sind, gind, scale, dtype)
+        splits = lib.emu_num_splits(len(groups), hkv, ctypes.c_int64(sum(plens)), 132)
+    out, lse = run_lane_decode(lib, case, scale, splits)
+    ref_o, ref_l = lane_attention(case, scale, torch.float64)
+    low_o, _ = lane_attention(case, scale, dtype)
     assert_within_rule(out, ref_o, low_o, atol=ATOL[dtype], name="out")
     assert_within_rule(lse, ref_l, ref_l.float(), atol=1e-5, name="lse")
 

@@ -1,7 +1,7 @@
 """The CUDA backend (rpo_kernels.cuda, extension rpo_kernels._C): without the extension, the Python layer imports,
 reports why it is absent and its fake partners trace under torch.export; with it on a GPU, parity against the
-reference backend (16-bit under the 2x rule of tests/helpers/rules.py) on the irregular cases of the shared-prefix
-issue, torch.compile, and argument errors."""
+fp64 oracle (16-bit under the 2x rule of tests/helpers/rules.py) on irregular lane cases, the engine's auto choice,
+torch.compile, and argument errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 import rpo_kernels
 import rpo_kernels.cuda as cuda_ops
-from tests.helpers.decode_oracle import decode_attention, indptr
+from tests.helpers.lane_oracle import lane_attention, lane_case
 from tests.helpers.rules import assert_within_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +41,16 @@ def test_import_needs_no_extension_and_says_why():
 
 def test_unsupported_decode_inputs_are_refused_before_loading():
     q = torch.zeros(2, 4, 64)
-    assert cuda_ops.supports_shared_prefix_attention(q)[0] is False
-    assert cuda_ops.supports_shared_prefix_attention(q.half(), q_indptr=torch.arange(3))[0] is False
-    assert cuda_ops.supports_shared_prefix_attention(torch.zeros(2, 4, 96, dtype=torch.bfloat16))[0] is False
-    assert cuda_ops.supports_shared_prefix_attention(q.bfloat16())[0] is True
-    with pytest.raises(NotImplementedError, match="float16 or bfloat16"):
-        cuda_ops.shared_prefix_attention(q, q, q, None, q, q, None, None)
+    assert cuda_ops.supports_lane_decode(q)[0] is False
+    assert cuda_ops.supports_lane_decode(torch.zeros(2, 4, 96, dtype=torch.bfloat16))[0] is False
+    assert cuda_ops.supports_lane_decode(q.bfloat16())[0] is True
+    assert cuda_ops.supports_lane_decode(q.bfloat16(), q.bfloat16().requires_grad_())[0] is False
+    case = lane_case([2], [5], [1, 2], 4, 2, 64, torch.float32)
+    plan = rpo_kernels.plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"],
+                                        suffix_shape=case["suffix_shape"])
+    with pytest.raises(ValueError, match="backend 'cuda' cannot run this call: .*float16 or bfloat16"):
+        rpo_kernels.lane_decode_attention(case["q"], case["pk"], case["pv"], case["sk"], case["sv"], plan,
+                                          backend="cuda")
 
 
 SCHEMAS_WITHOUT_EXTENSION = textwrap.dedent("""
@@ -72,26 +76,25 @@ def run_without_extension(body: str) -> None:
 
 
 def test_fake_partners_trace_under_export():
-    """torch.export of a function calling every wrapper: the graph holds the three ops with the right metadata."""
+    """torch.export of a function calling every wrapper: the graph holds both ops with the right metadata."""
     run_without_extension("""
+        import rpo_kernels
+        case = dict(prefix_lane=[0, 0, 1], prefix_length=[20, 20, 30], suffix_lane=[2, 0, 1], suffix_length=[3, 1, 2])
+        plan = rpo_kernels.plan_lane_decode(**case, prefix_shape=(2, 32), suffix_shape=(3, 8))
         class M(torch.nn.Module):
-            def forward(self, q, pk, pv, pind, sk, sv, sind, gind, oa, la, kc, vc, slots):
-                out, lse = ops.shared_prefix_attention(q, pk, pv, pind, sk, sv, sind, gind, return_lse=True)
-                merged, mlse = ops.merge_attention_states(out, lse, oa, la)
-                ops.kv_append(kc, vc, pk[:3], pv[:3], slots)
-                return merged, mlse, kc + 0
+            def forward(self, q, pk, pv, sk, sv, oa, la):
+                out, lse = ops.lane_decode_attention(q, pk, pv, sk, sv, plan, 0.125)
+                return ops.merge_attention_states(out, lse, oa, la)
         bf = torch.bfloat16
-        args = (torch.randn(6, 8, 64, dtype=bf), torch.randn(50, 2, 64, dtype=bf), torch.randn(50, 2, 64, dtype=bf),
-                torch.tensor([0, 20, 50]), torch.randn(12, 2, 64, dtype=bf), torch.randn(12, 2, 64, dtype=bf),
-                torch.arange(0, 14, 2), torch.tensor([0, 2, 6]), torch.randn(6, 8, 64, dtype=bf), torch.randn(6, 8),
-                torch.zeros(4, 4, 2, 64, dtype=bf), torch.zeros(4, 4, 2, 64, dtype=bf), torch.tensor([0, 5, 7]))
+        lanes = [torch.randn(*shape, dtype=bf) for shape in ((2, 2, 32, 64),) * 2 + ((3, 2, 8, 64),) * 2]
+        args = (torch.randn(3, 8, 64, dtype=bf), *lanes, torch.randn(3, 8, 64, dtype=bf), torch.randn(3, 8))
         ep = torch.export.export(M(), args)
         targets = {str(n.target) for n in ep.graph.nodes}
-        for op in ("shared_prefix_decode", "merge_attention_states", "kv_append"):
+        for op in ("lane_decode", "merge_attention_states"):
             assert f"rpo_kernels.{op}.default" in targets, (op, targets)
-        merged, mlse, _ = [node.meta["val"] for node in ep.graph.output_node().args[0]]
-        assert merged.shape == (6, 8, 64) and merged.dtype == bf
-        assert mlse.shape == (6, 8) and mlse.dtype == torch.float32
+        merged, mlse = [node.meta["val"] for node in ep.graph.output_node().args[0]]
+        assert merged.shape == (3, 8, 64) and merged.dtype == bf
+        assert mlse.shape == (3, 8) and mlse.dtype == torch.float32
     """)
 
 
@@ -116,30 +119,19 @@ def test_merge_backward_formula():
 
 
 # ---- GPU + extension -------------------------------------------------------------------------------------------------
-def make_decode(groups, plens, hq, hkv, d, dtype, slens=None, device="cuda"):
-    gind, pind = indptr(groups), indptr(plens)
-    n = gind[-1]
-    slens = slens if slens is not None else torch.randint(1, 130, (n,)).tolist()
-    sind = indptr(slens)
-    q = torch.randn(hq, n, d, device=device).to(dtype).transpose(0, 1)  # non-contiguous
-    prefix = torch.randn(pind[-1], 2, hkv, d, device=device).to(dtype)
-    suffix = torch.randn(sind[-1], 2, hkv, d, device=device).to(dtype)
-    index = [torch.tensor(x, dtype=torch.int32, device=device) for x in (pind, sind, gind)]
-    return dict(q=q, prefix_k=prefix[:, 0], prefix_v=prefix[:, 1], prefix_indptr=index[0], suffix_k=suffix[:, 0],
-                suffix_v=suffix[:, 1], suffix_indptr=index[1], group_indptr=index[2]), (pind, sind, gind)
-
-
-def check_decode(args, host, dtype):
-    shared_prefix_attention = rpo_kernels.shared_prefix_attention
-    out, lse = cuda_ops.shared_prefix_attention(**args, return_lse=True)
-    f32 = {k: (v.float() if v.is_floating_point() else v) for k, v in args.items()}
-    ref_o, ref_l = shared_prefix_attention(**f32, return_lse=True, backend="reference")
-    pind, sind, gind = host
-    low_o, _ = decode_attention(args["q"], args["prefix_k"], args["prefix_v"], pind, args["suffix_k"],
-                                args["suffix_v"], sind, gind, 1 / math.sqrt(args["q"].shape[-1]), dtype)
+def check_lane_decode(case, dtype, backend="cuda"):
+    """The CUDA kernel through the public op against the fp64 oracle under the 2x rule; returns (out, lse)."""
+    plan = rpo_kernels.plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"],
+                                        suffix_shape=case["suffix_shape"], device="cuda")
+    out, lse = rpo_kernels.lane_decode_attention(case["q"], case["pk"], case["pv"], case["sk"], case["sv"], plan,
+                                                 return_lse=True, backend=backend)
+    scale = 1 / math.sqrt(case["q"].shape[-1])
+    ref_o, ref_l = lane_attention(case, scale, torch.float64)
+    low_o, _ = lane_attention(case, scale, dtype)
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert_within_rule(out, ref_o, low_o, atol=ATOL[dtype], name="out")
-    assert_within_rule(lse, ref_l, ref_l, atol=1e-4, name="lse")
+    assert_within_rule(lse, ref_l, ref_l.float(), atol=1e-4, name="lse")
+    return out, lse
 
 
 HEADS = [(8, 8), (8, 2), (4, 1)]
@@ -153,28 +145,32 @@ PREFIX_LENGTHS = [0, 1, 37, 1000]
 @pytest.mark.parametrize("hq,hkv", HEADS)
 @pytest.mark.parametrize("b,g", BG)
 @pytest.mark.parametrize("case", range(2))
-def test_shared_prefix_decode_matches_reference(case, b, g, hq, hkv, d, dtype):
-    torch.manual_seed(case)
+def test_lane_decode_matches_oracle(case, b, g, hq, hkv, d, dtype):
+    gen = torch.Generator().manual_seed(case)
     plens = [PREFIX_LENGTHS[(case + i) % len(PREFIX_LENGTHS)] for i in range(b)]
-    groups = [g] * b if case == 0 else torch.randint(1, g + 1, (b,)).tolist()
-    args, host = make_decode(groups, plens, hq, hkv, d, dtype)
-    check_decode(args, host, dtype)
+    groups = [g] * b if case == 0 else torch.randint(1, g + 1, (b,), generator=gen).tolist()
+    check_lane_decode(lane_case(groups, plens, None, hq, hkv, d, dtype, seed=case, device="cuda"), dtype)
 
 
 @on_gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16])
-def test_shared_prefix_decode_long_prefix(dtype):
-    args, host = make_decode([16], [4096], 32, 8, 128, dtype, slens=[150] * 16)
-    check_decode(args, host, dtype)
+def test_lane_decode_long_prefix_and_auto_choice():
+    """P = 4096, G = 16: split-KV over the prefix; the auto choice on a GPU is the CUDA kernel (same bits)."""
+    case = lane_case([16], [4096], [150] * 16, 32, 8, 128, torch.bfloat16, device="cuda")
+    out, lse = check_lane_decode(case, torch.bfloat16)
+    auto = check_lane_decode(case, torch.bfloat16, backend=None)
+    assert torch.equal(out, auto[0]) and torch.equal(lse, auto[1])
 
 
 @on_gpu
-def test_shared_prefix_decode_under_torch_compile():
-    args, _ = make_decode([5, 3], [300, 37], 8, 2, 128, torch.bfloat16)
+def test_lane_decode_under_torch_compile():
+    case = lane_case([5, 3], [300, 37], None, 8, 2, 128, torch.bfloat16, device="cuda")
+    plan = rpo_kernels.plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"],
+                                        suffix_shape=case["suffix_shape"], device="cuda")
+    args = (case["q"], case["pk"], case["pv"], case["sk"], case["sv"], plan, 0.1)
     cuda_ops.load()
-    compiled = torch.compile(lambda **kw: cuda_ops.shared_prefix_attention(**kw, return_lse=True), fullgraph=True)
-    out, lse = compiled(**args)
-    eager_o, eager_l = cuda_ops.shared_prefix_attention(**args, return_lse=True)
+    compiled = torch.compile(lambda *a: cuda_ops.lane_decode_attention(*a), fullgraph=True)
+    out, lse = compiled(*args)
+    eager_o, eager_l = cuda_ops.lane_decode_attention(*args)
     assert torch.equal(out, eager_o) and torch.equal(lse, eager_l)
 
 
@@ -211,36 +207,24 @@ def test_merge_gradients_match_reference():
 
 
 @on_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kv_append_matches_reference(dtype):
-    kv_append = rpo_kernels.kv_append
-    blocks, block_size, hkv, d = 6, 16, 2, 128
-    k_cache = torch.randn(blocks * block_size, hkv, d, device="cuda").to(dtype)
-    v_cache = torch.randn_like(k_cache)
-    fused = torch.randn(37, 3, hkv, d, device="cuda").to(dtype)
-    slots = torch.randperm(blocks * block_size, device="cuda")[:37]
-    want_k, want_v = k_cache.clone(), v_cache.clone()
-    kv_append(want_k, want_v, fused[:, 1], fused[:, 2], slots, backend="reference")
-    cuda_ops.kv_append(k_cache.view(blocks, block_size, hkv, d), v_cache.view(blocks, block_size, hkv, d),
-                       fused[:, 1], fused[:, 2], slots.int())
-    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
-
-
-@on_gpu
 def test_launchers_name_the_argument():
-    args, _ = make_decode([2], [40], 4, 2, 64, torch.bfloat16)
-    ops = torch.ops.rpo_kernels
+    case = lane_case([2], [40], [3, 5], 4, 2, 64, torch.bfloat16, device="cuda")
+    plan = rpo_kernels.plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"],
+                                        suffix_shape=case["suffix_shape"], device="cuda")
+    tables, groups, tokens = cuda_ops.ops.lane_tables(plan, torch.device("cuda"))
+    q, pk, pv, sk, sv = (case[k].contiguous() for k in ("q", "pk", "pv", "sk", "sv"))
+    op = torch.ops.rpo_kernels.lane_decode
     cuda_ops.load()
     with pytest.raises(RuntimeError, match="'q' must be a CUDA tensor"):
-        ops.shared_prefix_decode(args["q"].cpu(), *list(args.values())[1:], 0.125)
+        op(q.cpu(), pk, pv, sk, sv, tables, groups, tokens, 0.125)
     with pytest.raises(RuntimeError, match="'q' must have head dim 64 or 128"):
-        ops.shared_prefix_decode(torch.zeros(2, 4, 96, dtype=torch.bfloat16, device="cuda"),
-                                 *list(args.values())[1:], 0.125)
+        op(torch.zeros(2, 4, 96, dtype=torch.bfloat16, device="cuda"), pk, pv, sk, sv, tables, groups, tokens, 0.1)
     with pytest.raises(RuntimeError, match="'prefix_v' must have dtype"):
-        ops.shared_prefix_decode(args["q"], args["prefix_k"], args["prefix_v"].half(), *list(args.values())[3:], 0.1)
-    with pytest.raises(RuntimeError, match="'suffix_indptr' must have shape"):
-        ops.shared_prefix_decode(*list(args.values())[:6], args["suffix_indptr"][:-1], args["group_indptr"], 0.1)
+        op(q, pk, pv.half(), sk, sv, tables, groups, tokens, 0.1)
+    with pytest.raises(RuntimeError, match="'tables' must have shape"):
+        op(q, pk, pv, sk, sv, tables[:-1], groups, tokens, 0.1)
+    with pytest.raises(RuntimeError, match="V lanes must have the shape and strides of 'suffix_k'"):
+        op(q, pk, pv, sk, case["sv"], tables, groups, tokens, 0.1)
     with pytest.raises(RuntimeError, match="'lse_b' must have dtype"):
-        ops.merge_attention_states(args["q"], torch.zeros(2, 4, device="cuda"), args["q"],
-                                   torch.zeros(2, 4, device="cuda", dtype=torch.float64))
-
+        torch.ops.rpo_kernels.merge_attention_states(q, torch.zeros(2, 4, device="cuda"), q,
+                                                     torch.zeros(2, 4, device="cuda", dtype=torch.float64))

@@ -16,7 +16,7 @@ import torch
 
 import rpo_kernels
 from rpo_kernels._dispatch import backend_status
-from tests.helpers.attention_cases import DIFF_NAMES, make_case, sdpa_oracle
+from tests.helpers.attention_cases import DIFF_NAMES, attend, make_case, on, sdpa_oracle
 from tests.helpers.kernel_cases import grads_of, halves, logprobs_case, loss_case, loss_run, naive, unfused
 from tests.helpers.rules import assert_within_rule
 
@@ -37,10 +37,6 @@ def need(backend: str, dtype: torch.dtype, device: torch.device) -> None:
 
 def gpu(device: torch.device) -> bool:
     return device.type == "cuda"
-
-
-def on(device: torch.device, case: dict) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}
 
 
 # ---- token_logprobs ----------------------------------------------------------------------------------------------
@@ -79,26 +75,13 @@ def test_fused_linear_policy_loss(device, backend, dtype, loss_type):
 
 
 # ---- shared_prefix_attention -------------------------------------------------------------------------------------
-def decode_cases(device):
-    """(glens, plens, Hq, Hkv, D, noncontig): ragged groups, an empty prefix, GQA 4:1 and 8:1."""
+def extend_cases(device):
+    """(glens, plens, Hq, Hkv, D, max_q, noncontig): ragged groups, an empty prefix, GQA 4:1 and 8:1, from the last
+    token only (max_q = 1) to 40 queries per sequence."""
     if gpu(device):
-        return [([16, 5, 1, 7], [4096, 37, 0, 1000], 32, 8, 128, False), ([3, 16], [1, 2000], 8, 1, 64, True)]
-    return [([3, 1], [37, 0], 4, 2, 64, False), ([2], [5], 8, 1, 64, True)]
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
-@pytest.mark.parametrize("dtype", LOWP)
-@pytest.mark.parametrize("which", [0, 1])
-def test_shared_prefix_decode(device, backend, dtype, which):
-    need(backend, dtype, device)
-    glens, plens, hq, hkv, d, noncontig = decode_cases(device)[which]
-    case = make_case(glens, plens, hq, hkv, d, dtype=dtype, noncontig=noncontig, seed=30 + which)
-    here = on(device, case)
-    with torch.no_grad():  # the CUDA kernel is inference-only
-        out = rpo_kernels.shared_prefix_attention(**here, backend=backend)
-    assert out.dtype == dtype
-    assert_within_rule(out.cpu(), sdpa_oracle(case), sdpa_oracle(here, dtype=dtype).cpu(), atol=ATOL[dtype],
-                       name=f"{backend} out")
+        return [([5, 1, 3], [1000, 0, 37], 8, 2, 128, 40, False), ([16, 5, 1, 7], [4096, 37, 0, 1000], 32, 8, 128, 1,
+                False), ([3, 16], [1, 2000], 8, 1, 64, 8, True)]
+    return [([2, 1], [37, 0], 4, 2, 64, 4, False), ([3, 1], [37, 0], 4, 2, 64, 1, False), ([2], [5], 8, 1, 64, 3, True)]
 
 
 def _attention_grads(fn, case, leaf_dtype, weights):
@@ -110,20 +93,19 @@ def _attention_grads(fn, case, leaf_dtype, weights):
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("dtype", LOWP)
-def test_shared_prefix_extend_forward_backward(device, backend, dtype):
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_shared_prefix_forward_backward(device, backend, dtype, which):
     need(backend, dtype, device)
-    if gpu(device):
-        case = make_case([5, 1, 3], [1000, 0, 37], 8, 2, 128, extend=True, max_q=40, dtype=dtype, seed=40)
-    else:
-        case = make_case([2, 1], [37, 0], 4, 2, 64, extend=True, max_q=4, dtype=dtype, seed=40)
+    glens, plens, hq, hkv, d, max_q, noncontig = extend_cases(device)[which]
+    case = make_case(glens, plens, hq, hkv, d, extend=True, max_q=max_q, dtype=dtype, noncontig=noncontig,
+                     seed=40 + which)
     here = on(device, case)
     weights = torch.randn(sdpa_oracle(case).shape, dtype=torch.float64)
-    out, mine = _attention_grads(
-        lambda x: rpo_kernels.shared_prefix_attention(**dict(here, **x), backend=backend), here, dtype,
-        weights.to(device))
+    out, mine = _attention_grads(lambda x: attend(here, backend, tensors=x), here, dtype, weights.to(device))
     ref_out, want = _attention_grads(lambda x: sdpa_oracle(case, tensors=x), case, torch.float64, weights)
     low_out, low = _attention_grads(lambda x: sdpa_oracle(here, dtype=dtype, tensors=x), here, dtype,
                                     weights.to(device))
+    assert out.dtype == dtype
     assert_within_rule(out, ref_out, low_out, atol=ATOL[dtype], name=f"{backend} out")
     for name in DIFF_NAMES:
         assert_within_rule(mine[name], want[name], low[name], atol=10 * ATOL[dtype], name=f"{backend} grad {name}")
@@ -162,19 +144,3 @@ def test_merge_attention_states(device, backend, dtype):
                                   oracle, lowp):
         assert_within_rule(a, want, low, atol=ATOL[dtype] * (1 + float(want[torch.isfinite(want)].abs().max())),
                            name=f"{backend} {name}")
-
-
-# ---- kv_append ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
-@pytest.mark.parametrize("dtype", LOWP)
-def test_kv_append_is_an_exact_copy(device, backend, dtype):
-    need(backend, dtype, device)
-    slots_total, rows, hkv, d = (64 * 16, 700, 8, 128) if gpu(device) else (6 * 16, 37, 2, 64)
-    k_cache = torch.randn(slots_total, hkv, d, device=device).to(dtype)
-    v_cache = torch.randn_like(k_cache)
-    k_new, v_new = (torch.randn(rows, hkv, d, device=device).to(dtype) for _ in range(2))
-    slots = torch.randperm(slots_total, device=device)[:rows]
-    want_k, want_v = k_cache.clone(), v_cache.clone()
-    want_k[slots], want_v[slots] = k_new, v_new
-    rpo_kernels.kv_append(k_cache, v_cache, k_new, v_new, slots.int(), backend=backend)
-    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)

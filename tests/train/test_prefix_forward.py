@@ -33,7 +33,7 @@ def test_packing_matches_the_padded_batch(loss_tokens):
     assert torch.equal(plain.targets[plain.loss_mask], packed.row_targets[packed.token_rows])
     # each group's context is packed once: 4 contexts, not 12
     assert packed.num_context_rows == sum(p + x for p, x in ((5, 9), (3, 0), (8, 17), (1, 4)))
-    assert packed.context_indptr.numel() == 5 and packed.group_indptr.tolist() == [0, 3, 6, 9, 12]
+    assert len(packed.context_indptr) == 5 and packed.group_indptr == (0, 3, 6, 9, 12)
     if loss_tokens == "full":  # the prefix tokens' log-probs are taken once per group
         assert packed.row_hidden.numel() < int(plain.loss_mask.sum())
     with pytest.raises(ValueError, match="forward"):
@@ -126,8 +126,8 @@ def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
     real_sdpa, real_kernel = prefix_forward._sdpa, rpo_kernels.shared_prefix_attention
     monkeypatch.setattr(prefix_forward, "_sdpa", lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype))
                         or real_sdpa(q, k, v, *a, **kw))
-    monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", lambda q, pk, pv, pi, sk, sv, *a, **kw:
-                        seen.append((q.dtype, pk.dtype, sv.dtype)) or real_kernel(q, pk, pv, pi, sk, sv, *a, **kw))
+    monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", lambda q, pk, pv, sk, sv, *a, **kw:
+                        seen.append((q.dtype, pk.dtype, sv.dtype)) or real_kernel(q, pk, pv, sk, sv, *a, **kw))
     samples = ragged_samples(4)
     batch = build_batch(samples, 0, "full", "prefix_once")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -136,6 +136,69 @@ def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
     exact = sequence_logprobs(model, build_batch(samples, 0, "full"))
     mask = batch.loss_mask
     assert float((mixed[mask] - exact[mask]).detach().abs().max()) < 0.1  # bf16 activations, fp32 weights
+
+
+def _layer_syncs(tmp_path, layers: int, backend: str, monkeypatch) -> tuple[int, list[int], set[int]]:
+    """Host syncs of one kernel-mode prefix-once forward + backward with checkpointed layers: (all of them, those
+    inside each attention call, ids of the plans the calls got)."""
+    import rpo_kernels
+    from rpo_kernels.ops.attention import shared_prefix_attention
+    from tests.helpers.host_syncs import HostSyncs
+    from tests.helpers.rollout_models import hf_model
+
+    model = hf_model(make_checkpoint(tmp_path / f"l{layers}", "qwen2", num_hidden_layers=layers))
+    packed = pack_groups(ragged_samples(2, group_size=2))
+    real, inside, plans = shared_prefix_attention, [], set()
+
+    def counted(*args, **kw):
+        before = syncs.count
+        plans.add(id(args[5]))
+        out = real(*args, **dict(kw, backend=backend))
+        inside.append(syncs.count - before)
+        return out
+
+    monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", counted)
+    with HostSyncs() as syncs:
+        prefix_once_logprobs(model, packed, attention="kernel", checkpoint_layers=True).sum().backward()
+    return syncs.count, inside, plans
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_kernel_forward_has_no_host_sync_in_the_layer_loop(tmp_path, backend, monkeypatch):
+    """Planned once from host ints: the attention calls of every layer, forward and checkpoint recomputation, reuse
+    one plan with no host sync, so the syncs of a forward + backward do not grow with the number of layers."""
+    one, inside_one, plans_one = _layer_syncs(tmp_path, 1, backend, monkeypatch)
+    three, inside_three, plans_three = _layer_syncs(tmp_path, 3, backend, monkeypatch)
+    assert len(inside_one) == 2 and len(inside_three) == 6  # forward + recomputation per layer
+    assert inside_one == [0] * 2 and inside_three == [0] * 6
+    assert len(plans_one) == len(plans_three) == 1
+    assert three == one
+
+
+@pytest.mark.gpu
+def test_kernel_layers_do_not_synchronise_on_gpu(model, monkeypatch):
+    """CUDA's sync debug mode raises on any host synchronisation inside the decoder layers (forward and checkpoint
+    recomputation) or in their backward."""
+    from rpo_train.model.decoder import Decoder
+    from rpo_train.model.prefix_forward import packed_hidden
+
+    def strict(fn):
+        def run(*args, **kw):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*args, **kw)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return run
+
+    m = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    packed = pack_groups(ragged_samples(5, group_size=4)).to("cuda")
+    monkeypatch.setattr(Decoder, "layer", strict(Decoder.layer))
+    torch.cuda.synchronize()
+    hidden = packed_hidden(m, packed, checkpoint_layers=True, attention="kernel")
+    params = [p for n, p in m.named_parameters() if ".layers." in n]
+    grads = strict(torch.autograd.grad)(hidden.float().square().sum(), params)
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 @pytest.mark.gpu

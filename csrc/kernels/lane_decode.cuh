@@ -1,6 +1,7 @@
-// Shared-prefix ("cascade") decode attention on tensor cores: one query token per sequence.
+// Lane decode attention (shared-prefix, "cascade") on tensor cores: one query token per sequence, KV read in place
+// from its lanes (api.h: LaneDecodeParams).
 //
-// A group of G sequences continues ONE prefix. For KV head h, the G sequences x R query heads that read h
+// A group of G sequences continues ONE prefix lane. For KV head h, the G sequences x R query heads that read h
 // (R = num_q_heads / num_kv_heads) are stacked into M = G * R query rows and processed together by one CTA, so each
 // prefix K/V tile is staged through shared memory once and used by all M rows (for M > kRows the CTA loops over
 // row blocks of kRows and re-reads the tiles, then from L2). Long prefixes are split into chunks (split-KV) so
@@ -58,15 +59,17 @@ struct KvSource {
   int len;
 };
 
-// Where query row `row` (0 <= row < M) of a work item lives: sequence seq0 + row / R, head hkv * R + row % R.
+// Where query row `row` (0 <= row < M) of a work item lives: query order[seq0 + row / R] (seq0 + row / R when order
+// is null), head hkv * R + row % R.
 struct RowMap {
+  const int32_t* order;
   int seq0;
   int rows;
   int group;  // R
   int hkv;
   int num_q_heads;
 
-  __device__ __forceinline__ int seq(int row) const { return seq0 + row / group; }
+  __device__ __forceinline__ int seq(int row) const { return order ? order[seq0 + row / group] : seq0 + row / group; }
   __device__ __forceinline__ int head(int row) const { return hkv * group + row % group; }
   __device__ __forceinline__ int64_t flat(int row) const { return int64_t(seq(row)) * num_q_heads + head(row); }
 };
@@ -89,7 +92,7 @@ __device__ __forceinline__ void load_kv_tile(T* ks, T* vs, const KvSource<T>& kv
 // Attention of query rows [row0, row0 + kRows) of `map` over `kv`, written as partial `split`.
 // Called by all threads of the CTA (it synchronises the CTA).
 template <typename T, int D>
-__device__ void attend_rows(const SharedPrefixDecodeParams& p, unsigned char* smem, const KvSource<T>& kv,
+__device__ void attend_rows(const LaneDecodeParams& p, unsigned char* smem, const KvSource<T>& kv,
                             const RowMap& map, int row0, int split) {
   using Cfg = DecodeConfig<T, D>;
   namespace wmma = nvcuda::wmma;
@@ -235,39 +238,40 @@ __device__ void attend_rows(const SharedPrefixDecodeParams& p, unsigned char* sm
   }
 }
 
+// The KV of `len` tokens from `first` in lane `lane`, KV head `hkv`, of one side.
+template <typename T>
+__device__ __forceinline__ KvSource<T> lane_source(const LaneKv& side, int lane, int hkv, int first, int len) {
+  const int64_t offset = lane * side.stride_lane + hkv * side.stride_head + first * side.stride_token;
+  return {static_cast<const T*>(side.k) + offset, static_cast<const T*>(side.v) + offset, side.stride_token,
+          side.stride_token, len};
+}
+
 // Grid: x = num_groups * max_splits prefix chunks, then num_seqs suffixes; y = KV head. Block: kThreads.
 template <typename T, int D>
-__global__ void __launch_bounds__(DecodeConfig<T, D>::kThreads)
-    shared_prefix_decode_kernel(const SharedPrefixDecodeParams p) {
+__global__ void __launch_bounds__(DecodeConfig<T, D>::kThreads) lane_decode_kernel(const LaneDecodeParams p) {
   using Cfg = DecodeConfig<T, D>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int hkv = blockIdx.y;
   const int prefix_items = p.num_groups * p.max_splits;
-  RowMap map{0, 0, p.num_q_heads / p.num_kv_heads, hkv, p.num_q_heads};
+  RowMap map{nullptr, 0, 0, p.num_q_heads / p.num_kv_heads, hkv, p.num_q_heads};
   KvSource<T> kv;
   int split;
-  int64_t kv0;
   if (static_cast<int>(blockIdx.x) < prefix_items) {
     const int b = blockIdx.x / p.max_splits;
     split = blockIdx.x % p.max_splits;
+    map.order = p.order;
     map.seq0 = p.group_indptr[b];
     map.rows = (p.group_indptr[b + 1] - map.seq0) * map.group;
-    const int plen = p.prefix_indptr[b + 1] - p.prefix_indptr[b];
+    const int plen = p.group_len[b];
     const int chunk = static_cast<int>(ceil_div(ceil_div(plen, p.max_splits), Cfg::kTokens) * Cfg::kTokens);
     const int start = min(split * chunk, plen);
-    kv0 = int64_t(p.prefix_indptr[b]) + start;
-    kv = {static_cast<const T*>(p.prefix_k) + kv0 * p.prefix_k_stride_t + hkv * p.prefix_k_stride_h,
-          static_cast<const T*>(p.prefix_v) + kv0 * p.prefix_v_stride_t + hkv * p.prefix_v_stride_h,
-          p.prefix_k_stride_t, p.prefix_v_stride_t, min(chunk, plen - start)};
+    kv = lane_source<T>(p.prefix, p.group_lane[b], hkv, start, min(chunk, plen - start));
   } else {
     const int n = blockIdx.x - prefix_items;
     split = p.max_splits;
     map.seq0 = n;
     map.rows = map.group;
-    kv0 = p.suffix_indptr[n];
-    kv = {static_cast<const T*>(p.suffix_k) + kv0 * p.suffix_k_stride_t + hkv * p.suffix_k_stride_h,
-          static_cast<const T*>(p.suffix_v) + kv0 * p.suffix_v_stride_t + hkv * p.suffix_v_stride_h,
-          p.suffix_k_stride_t, p.suffix_v_stride_t, p.suffix_indptr[n + 1] - p.suffix_indptr[n]};
+    kv = lane_source<T>(p.suffix, p.suffix_lane[n], hkv, 0, p.suffix_len[n]);
   }
   for (int row0 = 0; row0 < map.rows; row0 += Cfg::kRows) attend_rows<T, D>(p, smem, kv, map, row0, split);
 }

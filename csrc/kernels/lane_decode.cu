@@ -1,9 +1,9 @@
-// Torch-free entry points of the shared-prefix decode attention (see api.h).
+// Torch-free entry points of the lane decode attention (see api.h).
 #include <algorithm>
 #include <atomic>
 
 #include "launch.cuh"
-#include "shared_prefix_decode.cuh"
+#include "lane_decode.cuh"
 
 namespace rpo {
 
@@ -15,13 +15,13 @@ std::atomic<int> sm_count_cache[kMaxDevices];
 
 // Partials of every prefix chunk and suffix (one kernel), then their exact merge (a second one).
 template <typename T, int D>
-cudaError_t launch_decode(const SharedPrefixDecodeParams& p, cudaStream_t stream) {
+cudaError_t launch_decode(const LaneDecodeParams& p, cudaStream_t stream) {
   using Cfg = DecodeConfig<T, D>;
   const int64_t rows = int64_t(p.num_seqs) * p.num_q_heads;
   if (rows == 0) return cudaSuccess;
   const dim3 grid(p.num_groups * p.max_splits + p.num_seqs, p.num_kv_heads);
   cudaError_t err =
-      launch_kernel(shared_prefix_decode_kernel<T, D>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+      launch_kernel(lane_decode_kernel<T, D>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   if (err != cudaSuccess) return err;
   constexpr int kRowsPerBlock = 4;
   return launch_kernel(combine_splits_kernel<T, D>, static_cast<unsigned>(ceil_div(rows, kRowsPerBlock)),
@@ -31,7 +31,7 @@ cudaError_t launch_decode(const SharedPrefixDecodeParams& p, cudaStream_t stream
 }
 }  // namespace
 
-int shared_prefix_decode_num_splits(int num_groups, int num_kv_heads, int64_t total_prefix_tokens, int num_sms) {
+int lane_decode_num_splits(int num_groups, int num_kv_heads, int64_t total_prefix_tokens, int num_sms) {
   if (num_groups <= 0 || num_kv_heads <= 0 || total_prefix_tokens <= 0) return 1;
   const int64_t ctas = int64_t(num_groups) * num_kv_heads;
   const int64_t to_fill = ceil_div(2 * int64_t(std::max(num_sms, 1)), ctas);
@@ -39,16 +39,16 @@ int shared_prefix_decode_num_splits(int num_groups, int num_kv_heads, int64_t to
   return static_cast<int>(std::clamp<int64_t>(std::min(to_fill, by_length), 1, kMaxSplits));
 }
 
-int64_t shared_prefix_decode_workspace_floats(int num_seqs, int num_q_heads, int head_dim, int max_splits) {
+int64_t lane_decode_workspace_floats(int num_seqs, int num_q_heads, int head_dim, int max_splits) {
   return int64_t(max_splits + 1) * num_seqs * num_q_heads * (head_dim + 1);
 }
 
-bool shared_prefix_decode_supports(int head_dim, DType dtype) {
+bool lane_decode_supports(int head_dim, DType dtype) {
   return (head_dim == 64 || head_dim == 128) && (dtype == DType::kFloat16 || dtype == DType::kBFloat16);
 }
 
-cudaError_t shared_prefix_decode(const SharedPrefixDecodeParams& params, cudaStream_t stream) {
-  if (!shared_prefix_decode_supports(params.head_dim, params.dtype) || params.max_splits < 1 ||
+cudaError_t lane_decode(const LaneDecodeParams& params, cudaStream_t stream) {
+  if (!lane_decode_supports(params.head_dim, params.dtype) || params.max_splits < 1 ||
       params.num_kv_heads < 1 || params.num_q_heads % params.num_kv_heads != 0)
     return cudaErrorInvalidValue;
   const bool bf16 = params.dtype == DType::kBFloat16;
