@@ -39,7 +39,9 @@ class RolloutConfig:
     """engine: native | hf | vllm. suffix_budget: "m" (each suffix gets at most m new tokens, the paper's setting)
     or a fixed number of tokens. max_response_len bounds prefix + suffix. dtype: the engine's copy of the weights;
     "auto" = the run's compute dtype (bf16 for fp32 master weights on a GPU or, with ``dtype: auto``, on a CPU with
-    bf16 instructions; see ``rpo_train.model.precision``)."""
+    bf16 instructions; see ``rpo_train.model.precision``). kv_budget_gib: the native engine's KV memory (its lanes,
+    ``rpo_train.rollout.config.NativeEngineConfig``); what does not fit waits for a free lane, so a GPU run with
+    long responses wants more than the 1 GiB default (docs/rollout.md, "How much KV memory")."""
 
     engine: str = "native"
     group_size: int = 6
@@ -49,9 +51,11 @@ class RolloutConfig:
     max_response_len: int = 4096
     suffix_budget: str | int = "m"
     dtype: str = "auto"
+    kv_budget_gib: float = 1.0
 
     def __post_init__(self):
         check_types(self, "rollout")
+        _require(self.kv_budget_gib > 0, f"rollout.kv_budget_gib must be > 0, got {self.kv_budget_gib}")
         _require(self.engine in ENGINES, f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
         _require(self.dtype in ("auto",) + DTYPES, f"rollout.dtype must be one of {('auto',) + DTYPES}, "
                                                    f"got {self.dtype!r}")

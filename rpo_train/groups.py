@@ -28,14 +28,17 @@ from .scoring import Scored, sample_and_score
 def build_engine(cfg: RunConfig, model, dtype: torch.dtype):
     """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model in ``dtype`` (the run's
     ``rpo_train.model.precision.Precision.engine``; weights pushed every step, cast to it)."""
-    from .rollout import HFEngine, NativeEngine, VLLMEngine
+    from .rollout import HFEngine, NativeEngine, NativeEngineConfig, VLLMEngine
     from .rollout.checkpoint import eos_token_ids
 
     eos = eos_token_ids(Path(cfg.model), model.config)
     if cfg.rollout.engine == "vllm":
         return VLLMEngine.from_pretrained(cfg.model, dtype=dtype)
-    cls = NativeEngine if cfg.rollout.engine == "native" else HFEngine
-    return cls(copy.deepcopy(model).eval().to(dtype), eos_token_ids=eos)
+    copied = copy.deepcopy(model).eval().to(dtype)
+    if cfg.rollout.engine == "hf":
+        return HFEngine(copied, eos_token_ids=eos)
+    budget = NativeEngineConfig(kv_budget_bytes=max(1, round(cfg.rollout.kv_budget_gib * 2**30)))
+    return NativeEngine(copied, eos_token_ids=eos, config=budget)
 
 
 @dataclass

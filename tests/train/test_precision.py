@@ -103,3 +103,18 @@ def test_a_run_with_dtype_auto_trains_under_autocast_and_samples_from_a_bf16_cop
     assert {name for name, _ in seen} == {"policy_loss", "sequence_logprobs"} and all(on for _, on in seen)
     assert all(p.dtype == F32 for p in trainer.model.parameters())
     assert all(p.dtype == BF16 for p in trainer.engine.model.hf.parameters())
+
+
+@pytest.mark.parametrize("gib", [0.25, 3])
+def test_the_rollout_section_sets_the_native_engine_kv_budget(tmp_path, gib):
+    """``rollout.kv_budget_gib`` reaches the native engine (the GPU recipes raise it: lanes pad to the longest)."""
+    from dataclasses import replace
+
+    from rpo_train.groups import build_engine
+    from tests.helpers.train_configs import config
+
+    ckpt = make_checkpoint(tmp_path / "m", "qwen2")
+    cfg = config(ckpt, tmp_path / "run")
+    cfg = replace(cfg, rollout=replace(cfg.rollout, kv_budget_gib=gib))
+    engine = build_engine(cfg, hf_model(ckpt), torch.float32)
+    assert engine.config.kv_budget_bytes == round(gib * 2**30)
