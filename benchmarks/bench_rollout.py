@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _bench_model(path: Path, model_desc: str, s: dict, args, dtype: torch.dtype) -> list[dict]:
-    from rpo_train.rollout.checkpoint import load_config
+    from rpo_train.rollout.model_folder import load_config
 
     config = load_config(path)
     w = workload(**s, vocab=config.vocab_size)

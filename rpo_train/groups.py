@@ -29,7 +29,7 @@ def build_engine(cfg: RunConfig, model, dtype: torch.dtype):
     """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model in ``dtype`` (the run's
     ``rpo_train.model.precision.Precision.engine``; weights pushed every step, cast to it)."""
     from .rollout import HFEngine, NativeEngine, NativeEngineConfig, VLLMEngine
-    from .rollout.checkpoint import eos_token_ids
+    from .rollout.model_folder import eos_token_ids
 
     eos = eos_token_ids(Path(cfg.model), model.config)
     if cfg.rollout.engine == "vllm":

@@ -22,7 +22,7 @@ from .cache import ExperienceCache
 from .cache_init import LazyInit, eager_init, init_mode, store
 from .config import RunConfig
 from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
-from .model.policy import PolicySample, build_batch, micro_batches, policy_loss, response_logprobs, sequence_logprobs
+from .model.policy import PolicySample, build_batch, forward_loss, micro_batches, response_logprobs, sequence_logprobs
 from .rollout.params import SamplingParams
 from .runtime.checkpointing import resume_run, save_run
 from .runtime.distributed import DistContext
@@ -201,7 +201,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for b, idx, size, o, r in zip(batches, micro, sizes, old, ref):
                 with self._autocast():
-                    loss, metrics = policy_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
+                    loss, metrics = forward_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
                                                 ref_logprobs=r, temperature=cfg.rollout.temperature,
                                                 max_response_len=cfg.rollout.max_response_len,
                                                 checkpoint_layers=cfg.optim.gradient_checkpointing)

@@ -136,7 +136,7 @@ def make_samples(p: int, s: int, g: int, vocab: int, seed: int = 0):
 def forward_step(name: str, arch: str, shape: tuple[int, int, int], device: str, checkpoint_layers: bool = False):
     """(step, shape label): one forward + backward of the policy loss on a random model of ``arch``, ``plain`` or
     ``prefix_once``."""
-    from rpo_train.model.policy import build_batch, policy_loss
+    from rpo_train.model.policy import build_batch, forward_loss
     from rpo_train.objectives import ObjectiveConfig
 
     from ..models import ARCHS, random_qwen2
@@ -152,7 +152,7 @@ def forward_step(name: str, arch: str, shape: tuple[int, int, int], device: str,
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss, _ = policy_loss(model, batch, adv, objective, checkpoint_layers=checkpoint_layers)
+        loss, _ = forward_loss(model, batch, adv, objective, checkpoint_layers=checkpoint_layers)
         loss.backward()
 
     p, s, g = shape

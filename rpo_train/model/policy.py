@@ -112,11 +112,12 @@ def response_logprobs(model: torch.nn.Module, prompts: list[list[int]], response
     return [(a.tolist(), b.tolist()) for a, b in zip(logp, entropy)]
 
 
-def policy_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advantages: torch.Tensor,
-                objective: ObjectiveConfig, *, old_logprobs: torch.Tensor | None = None,
-                ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0, max_response_len: int | None = None,
-                checkpoint_layers: bool = False):
-    """(loss, metrics) of one micro-batch: the HF model's hidden states -> fused lm_head + clipped-ratio loss.
+def forward_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advantages: torch.Tensor,
+                 objective: ObjectiveConfig, *, old_logprobs: torch.Tensor | None = None,
+                 ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0,
+                 max_response_len: int | None = None, checkpoint_layers: bool = False):
+    """(loss, metrics) of one micro-batch: the HF model's hidden states -> fused lm_head + clipped-ratio loss (the
+    model's forward around ``rpo_kernels.fused_linear_policy_loss``).
 
     advantages [B] (one per sample); old/ref log-probs [B, L-1] or None (old None: r = 1, the mu = 1 case).
     ``checkpoint_layers`` recomputes each decoder layer in the backward (prefix-once forward; the plain forward

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
-from .checkpoint import checkpoint_dir, eos_token_ids, load_model, load_tokenizer
 from .interface import Completion, normalize_requests
+from .model_folder import eos_token_ids, load_model, load_tokenizer, model_dir
 from .params import SamplingParams
 
 
@@ -34,7 +34,7 @@ class HFEngine:
     def from_pretrained(cls, path, *, device="cpu", dtype: torch.dtype = torch.float32,
                         max_batch_seqs: int = 256) -> HFEngine:
         """Load a local HF-format checkpoint (config.json + safetensors); nothing is downloaded."""
-        p = checkpoint_dir(path)
+        p = model_dir(path)
         model = load_model(p, dtype=dtype, device=device)
         return cls(model, eos_token_ids=eos_token_ids(p, model.config), max_batch_seqs=max_batch_seqs,
                    tokenizer=load_tokenizer(p))

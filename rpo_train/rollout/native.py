@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import check_supported, checkpoint_dir, eos_token_ids, load_model, load_tokenizer
 from .config import NativeEngineConfig
 from .interface import Completion, GroupRequest, normalize_requests
 from .kv_lanes import LaneKV, LaneShape
 from .model import LaneDecoder
+from .model_folder import check_supported, eos_token_ids, load_model, load_tokenizer, model_dir
 from .params import SamplingParams
 from .sampling import NoiseStream, processed_logprobs, sample
 
@@ -83,7 +83,7 @@ class NativeEngine:
     def from_pretrained(cls, path, *, device="cpu", dtype: torch.dtype = torch.float32,
                         config: NativeEngineConfig | None = None) -> NativeEngine:
         """Load a local HF-format checkpoint (config.json + safetensors); nothing is downloaded."""
-        p = checkpoint_dir(path)
+        p = model_dir(path)
         model = load_model(p, dtype=dtype, device=device)
         return cls(model, eos_token_ids=eos_token_ids(p, model.config), config=config, tokenizer=load_tokenizer(p))
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import torch
 
 from ..runtime.seeding import derive_seed
-from .checkpoint import checkpoint_dir, eos_token_ids, load_config
 from .interface import Completion, GroupRequest, normalize_requests
+from .model_folder import eos_token_ids, load_config, model_dir
 from .params import SamplingParams
 from .vllm_worker import pack_state_dict
 
@@ -35,7 +35,7 @@ class VLLMEngine:
 
     def __init__(self, path, *, dtype: torch.dtype | str = "auto", seed: int = 0, **llm_kwargs):
         vllm = _import_vllm()
-        p = checkpoint_dir(path)
+        p = model_dir(path)
         config = load_config(p)
         self._vllm = vllm
         self.eos_token_ids = eos_token_ids(p, config)

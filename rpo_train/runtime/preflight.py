@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..rollout.checkpoint import checkpoint_dir
+from ..rollout.model_folder import model_dir
 from .errors import MissingPathError, UsageError, one_line
 
 
@@ -38,7 +38,7 @@ def load_policy(path: str, dtype: torch.dtype, device: str):
     """(HF causal LM on ``device`` in ``dtype``, its tokenizer) from the local checkpoint folder ``path``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = checkpoint_dir(path)
+    folder = model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to load the user's folder is reported with its path

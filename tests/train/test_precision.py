@@ -91,7 +91,7 @@ def test_a_run_with_dtype_auto_trains_under_autocast_and_samples_from_a_bf16_cop
 
     monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: True)
     seen = []
-    for name in ("policy_loss", "sequence_logprobs"):
+    for name in ("forward_loss", "sequence_logprobs"):
         real = getattr(trainer_module, name)
         monkeypatch.setattr(trainer_module, name, lambda *a, _real=real, _name=name, **kw:
                             seen.append((_name, torch.is_autocast_enabled("cpu"))) or _real(*a, **kw))
@@ -100,7 +100,7 @@ def test_a_run_with_dtype_auto_trains_under_autocast_and_samples_from_a_bf16_cop
     trainer = trainer_module.Trainer(cfg, reward_fn=ones_reward)
     assert trainer.precision.autocast == BF16 and trainer.precision.why.startswith("dtype auto: this CPU has")
     trainer.train()
-    assert {name for name, _ in seen} == {"policy_loss", "sequence_logprobs"} and all(on for _, on in seen)
+    assert {name for name, _ in seen} == {"forward_loss", "sequence_logprobs"} and all(on for _, on in seen)
     assert all(p.dtype == F32 for p in trainer.model.parameters())
     assert all(p.dtype == BF16 for p in trainer.engine.model.hf.parameters())
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rpo_train.model.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
+from rpo_train.model.policy import PolicySample, build_batch, forward_loss, sequence_logprobs
 from rpo_train.model.prefix_forward import pack_groups, prefix_once_logprobs
 from rpo_train.objectives import ObjectiveConfig
 from tests.helpers.rollout_models import make_checkpoint, ragged_samples
@@ -50,7 +50,7 @@ def test_logprobs_equal_plain_forward(model, loss_tokens):
 
 def loss_and_grads(model, batch, adv, objective, old, ref, **kw):
     model.zero_grad(set_to_none=True)
-    loss, metrics = policy_loss(model, batch, adv, objective, old_logprobs=old, ref_logprobs=ref, **kw)
+    loss, metrics = forward_loss(model, batch, adv, objective, old_logprobs=old, ref_logprobs=ref, **kw)
     loss.backward()
     return loss.detach(), metrics, {n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
                                     for n, p in model.named_parameters()}

@@ -299,14 +299,14 @@ def test_mu_above_one_takes_old_logprobs_from_the_policy_before_the_update(check
     cfg = config(checkpoint, tmp_path, steps=1)
     cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, mu=3, beta=0.0))
     calls = []
-    real = trainer_module.policy_loss
+    real = trainer_module.forward_loss
 
     def recording(model, batch, adv, objective, **kw):
         loss, metrics = real(model, batch, adv, objective, **kw)
         calls.append((kw["old_logprobs"] is not None, float(metrics["ratio_mean"]), float(metrics["clip_frac"])))
         return loss, metrics
 
-    monkeypatch.setattr(trainer_module, "policy_loss", recording)
+    monkeypatch.setattr(trainer_module, "forward_loss", recording)
     trainer = Trainer(cfg, reward_fn=ones_reward)
     trainer.init_cache()
     trainer.train_step()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rpo_kernels.reference import policy_loss_ref
-from rpo_train.model.policy import PolicySample, build_batch, policy_loss, sequence_logprobs
+from rpo_train.model.policy import PolicySample, build_batch, forward_loss, sequence_logprobs
 from rpo_train.objectives import ObjectiveConfig
 
 
@@ -47,7 +47,7 @@ def test_fused_policy_loss_equals_logits_path(model, loss_tokens):
     old = sequence_logprobs(model, batch) + 0.05 * torch.randn(batch.targets.shape) * batch.loss_mask
     ref = sequence_logprobs(model, batch)
     model.zero_grad()
-    loss, metrics = policy_loss(model, batch, adv, objective, old_logprobs=old, ref_logprobs=ref)
+    loss, metrics = forward_loss(model, batch, adv, objective, old_logprobs=old, ref_logprobs=ref)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()

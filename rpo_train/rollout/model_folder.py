@@ -1,4 +1,5 @@
-"""Load an HF-format checkpoint directory (config.json + safetensors) of a supported architecture, offline.
+"""Load an HF-format model folder (config.json + safetensors) of a supported architecture, offline: the model a run
+starts from (what HF calls a checkpoint; a run's own training state is ``rpo_train.runtime.checkpointing``'s).
 
 Only local directories are accepted: nothing is fetched from a hub. Errors name the missing file or the unsupported
 setting.
@@ -16,7 +17,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-def checkpoint_dir(path) -> Path:
+def model_dir(path) -> Path:
     """The checkpoint directory, checked: it exists and holds config.json and safetensors weights."""
     p = Path(path)
     if not p.exists():
@@ -35,7 +36,7 @@ def load_config(path):
     """``transformers.AutoConfig`` of a local checkpoint, checked to be a supported architecture."""
     from transformers import AutoConfig
 
-    p = checkpoint_dir(path)
+    p = model_dir(path)
     try:
         config = AutoConfig.from_pretrained(p, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to parse the user's config.json names the file
@@ -61,7 +62,7 @@ def load_model(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
     from transformers import AutoModelForCausalLM
 
     config = load_config(path)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir(path), config=config, dtype=dtype,
+    model = AutoModelForCausalLM.from_pretrained(model_dir(path), config=config, dtype=dtype,
                                                  local_files_only=True)
     return model.to(device).eval()
 
