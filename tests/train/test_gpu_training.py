@@ -1,8 +1,8 @@
 """End-to-end training smokes of the GPU recipes' code paths, run by the GPU suite (scripts/gpu_suite.sh).
 
 - The embedded task on a GPU: recipe ``tiny-cpu`` (the recurrence task) with ``device=cuda dtype=bfloat16``, a few
-  RPO-GRPO steps with the native engine, which must decode on the GPU kernel (Triton, reading the KV lanes), and the
-  plain policy forward, whose fused lm_head + loss must run in Triton.
+  RPO-GRPO steps with the native engine, which must decode on a GPU kernel reading the KV lanes (CUDA when the
+  extension is built, else Triton), and the plain policy forward, whose fused lm_head + loss must run in Triton.
 - The paper's GPU recipe (``r1-distill-qwen-1.5b-gpu``) on a random model of the R1-Distill-Qwen-1.5B shape (28
   layers, vocab 151936): 2 RPO-GRPO steps with its settings (fp32 master weights with the forward under bf16
   autocast and a bf16 engine copy, the prefix-once forward with its fused lm_head log-probs, KL to a frozen
@@ -22,6 +22,7 @@ import time
 import pytest
 import torch
 
+import rpo_kernels
 from rpo_train.config import load_recipe
 from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
@@ -52,13 +53,15 @@ def chosen_backends(monkeypatch):
 
 def check_backends(seen: dict, device: str, loss_op: str) -> None:
     """On a CPU everything runs the reference. On a GPU nothing falls back to it: the engine's decode attention
-    reads its KV lanes with the Triton kernel, the training forward's kernels are Triton's."""
+    reads its KV lanes with the CUDA kernel when the extension is built (else Triton), the training forward's kernels
+    are Triton's."""
     assert {"lane_decode_attention", loss_op} <= set(seen), seen
     if device == "cpu":
         assert all(s == {"reference"} for s in seen.values()), seen
         return
     assert all("reference" not in s for s in seen.values()), f"a kernel fell back to the reference on the GPU: {seen}"
-    assert seen["lane_decode_attention"] == {"triton"}, seen
+    decode = "cuda" if rpo_kernels.backends(device)["cuda"]["available"] else "triton"
+    assert seen["lane_decode_attention"] == {decode}, seen
     assert seen[loss_op] == {"triton"}, seen
 
 
