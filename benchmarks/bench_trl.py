@@ -38,15 +38,19 @@ RPO_TRAIN_ARMS = {"rpo-train-full": "grpo", "rpo-train-rpo": "grpo+rpo"}
 RECIPE = "tiny-cpu"
 
 
-def _rows_and_model(steps: int):
-    """The default recipe (its warm model resolved to a folder) and its train/test rows."""
+def _questions_and_model(steps: int):
+    """The default recipe (its warm model resolved to a folder), its tokenizer and its train/test questions (BOS +
+    question: the prompt ids rpo-train feeds)."""
+    from transformers import AutoTokenizer
+
     from rpo_train.cli import resolve_model
     from rpo_train.config import load_recipe
-    from rpo_train.data import load_rows
+    from rpo_train.data import load_questions
 
     cfg = resolve_model(load_recipe(RECIPE, [f"steps={steps}"]))
-    train, test = load_rows(cfg.data)
-    return cfg, train, test
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    train, test = load_questions(cfg.data, tok)
+    return cfg, tok, train, test
 
 
 def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: dict) -> dict:
@@ -56,19 +60,15 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
 
+    from rpo_train.groups import sample_and_score
     from rpo_train.integrations.trl import GRPOTrainer, RPOConfig, RPOTrainer
     from rpo_train.rewards import exact_answer_reward
     from rpo_train.rollout import NativeEngine, SamplingParams
-    from rpo_train.scoring import sample_and_score
 
-    cfg, train_rows, test_rows = _rows_and_model(steps)
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    prompts = {r["id"]: [tok.bos_token_id] + tok.encode(r["question"], add_special_tokens=False)
-               for r in train_rows + test_rows}
-    data = Dataset.from_list([{"prompt": tok.bos_token + r["question"], "answer": r["answer"], "id": r["id"]}
-                              for r in train_rows])
+    cfg, tok, train, test = _questions_and_model(steps)
+    data = Dataset.from_list([{"prompt": tok.bos_token + q.prompt, "answer": q.answer, "id": q.id} for q in train])
 
     def correct(completions, answer, **_):
         return [exact_answer_reward({"answer": a}, c).reward for c, a in zip(completions, answer)]
@@ -76,8 +76,7 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     def accuracy(model) -> float:
         engine = NativeEngine(copy.deepcopy(model).eval(), eos_token_ids=[tok.eos_token_id])
         params = SamplingParams(cfg.eval_max_new_tokens, temperature=0.0, stop_token_ids=[tok.eos_token_id])
-        out = sample_and_score(engine, test_rows, [prompts[r["id"]] for r in test_rows], params, tok,
-                               exact_answer_reward)
+        out = sample_and_score(engine, test, params, tok, exact_answer_reward)
         return sum(s.correct for (s,) in out) / len(out)
 
     curve: list[dict] = []

@@ -31,14 +31,14 @@ def run(arm: str, model_path: str, steps: int, questions: int, out: Path) -> dic
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rpo_train.config import DataConfig
     from rpo_train.data import load_rows
+    from rpo_train.data.config import GymData
     from rpo_train.integrations.trl import GRPOTrainer, RPOConfig, RPOTrainer
     from rpo_train.rewards import math_verify_reward
 
-    data_cfg = DataConfig(task="reasoning_gym", name="basic_arithmetic", n_train=questions, n_test=8,
-                          options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-                          prompt_template="{question}")
+    data_cfg = GymData(name="basic_arithmetic", n_train=questions, n_test=8,
+                       options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+                       prompt_template="{question}")
     rows, _ = load_rows(data_cfg)
     tok = AutoTokenizer.from_pretrained(model_path)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], "answer": r["answer"],

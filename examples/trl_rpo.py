@@ -17,8 +17,8 @@ import argparse
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rpo_train.config import DataConfig
 from rpo_train.data import load_rows
+from rpo_train.data.config import BundledData, GymData
 from rpo_train.integrations.trl import RPOConfig, RPOTrainer
 from rpo_train.rewards import exact_answer_reward, math_verify_reward
 
@@ -39,12 +39,12 @@ def main() -> None:
     if args.model == "builtin":
         from rpo_train.task.warmstart import ensure_warm_model
 
-        data_cfg = DataConfig(task="recurrence", n_train=400, n_test=200)
+        data_cfg = BundledData(task="recurrence", n_train=400, n_test=200)
         model_path, max_len, cut, verify = ensure_warm_model("tiny-recurrence", data_cfg), 280, 30, exact_answer_reward
     else:
-        data_cfg = DataConfig(task="reasoning_gym", name="basic_arithmetic", n_train=400, n_test=64,
-                              options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-                              prompt_template="{question}")
+        data_cfg = GymData(name="basic_arithmetic", n_train=400, n_test=64,
+                           options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+                           prompt_template="{question}")
         model_path, max_len, cut, verify = args.model, 128, 100, math_verify_reward
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_rows, _ = load_rows(data_cfg)

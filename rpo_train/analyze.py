@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_recipe
+from .data import Question
+from .groups import sample_and_score
 from .runtime.atomic import atomic_savefig, atomic_write, atomic_write_json
 from .runtime.errors import ArgumentParser, UsageError, add_debug_flag, report_usage_errors
 from .runtime.seeding import derive_seed
-from .scoring import sample_and_score
 
 # 0, 0.1, ..., 1.0 and two finer cuts near the end, where a task like the paper's decides its outcome
 DEFAULT_SHARES = tuple(sorted({round(0.1 * i, 1) for i in range(11)} | {0.95, 0.975}))
@@ -67,25 +68,26 @@ class AnalysisConfig:
             raise UsageError(f"--keep-open must be in (0, 1], got {self.keep_open}")
 
 
-def original_responses(cfg, inputs, rows: list[dict], cache_path: str | None) -> list[list[int]]:
-    """One response per row: from the experience cache at ``cache_path``, or sampled from the policy."""
+def original_responses(cfg, inputs, questions: list[Question], cache_path: str | None) -> list[list[int]]:
+    """One response per question: from the experience cache at ``cache_path``, or sampled from the policy."""
     if cache_path:
         from .cache import ExperienceCache
 
         cache = ExperienceCache.load(cache_path)
-        missing = [r["id"] for r in rows if r["qid"] not in cache]
+        missing = [q.id for q in questions if q.qid not in cache]
         if missing:
             raise UsageError(f"--cache {cache_path}: no entry for question {missing[0]!r} ({len(missing)} of "
-                             f"{len(rows)} missing); the cache was written for other data or model settings")
-        return [list(cache.get(r["qid"], inputs.prompts[r["qid"]]).response_ids) for r in rows]
+                             f"{len(questions)} missing); the cache was written for other data or model settings")
+        return [list(cache.get(q.qid, q.prompt_ids).response_ids) for q in questions]
     params = cfg.rollout.sampling_params(
-        cfg.rollout.max_response_len, seed=[derive_seed(cfg.seed, "analyze", "response", i) for i in range(len(rows))],
+        cfg.rollout.max_response_len,
+        seed=[derive_seed(cfg.seed, "analyze", "response", i) for i in range(len(questions))],
         stop_token_ids=inputs.stop_ids)
-    out = inputs.engine.generate([inputs.prompts[r["qid"]] for r in rows], n=1, params=params)
+    out = inputs.engine.generate([q.prompt_ids for q in questions], n=1, params=params)
     return [list(group[0].token_ids) for group in out]
 
 
-def measure_share(cfg, inputs, rows, responses, originals, share: float, group_size: int) -> dict:
+def measure_share(cfg, inputs, questions, responses, originals, share: float, group_size: int) -> dict:
     """Cut every response to ``share`` of its tokens, sample ``group_size`` continuations each; the share's row.
     ``share`` 1 keeps the whole response: its own outcome, nothing generated."""
     if share == 1.0:
@@ -95,15 +97,16 @@ def measure_share(cfg, inputs, rows, responses, originals, share: float, group_s
     prefixes = [r[:k] for r, k in zip(responses, kept)]
     budgets = [max(1, cfg.rollout.max_response_len - k) for k in kept]
     params = cfg.rollout.sampling_params(budgets, seed=[derive_seed(cfg.seed, "analyze", share, i)
-                                                        for i in range(len(rows))], stop_token_ids=inputs.stop_ids)
-    out = sample_and_score(inputs.engine, rows, [inputs.prompts[r["qid"]] for r in rows], params, inputs.tokenizer,
-                           inputs.reward_fn, prefixes=prefixes, n=group_size)
+                                                        for i in range(len(questions))],
+                                         stop_token_ids=inputs.stop_ids)
+    out = sample_and_score(inputs.engine, questions, params, inputs.tokenizer, inputs.reward_fn, prefixes=prefixes,
+                           n=group_size)
     correct = [[s.correct for s in group] for group in out]
     samples = sum(len(c) for c in correct)
     return {"kept_share": share,
-            "cut_tokens": sum(len(r) - k for r, k in zip(responses, kept)) / len(rows),
+            "cut_tokens": sum(len(r) - k for r, k in zip(responses, kept)) / len(questions),
             "pass_rate": sum(map(sum, correct)) / samples,
-            "open_share": sum(0 < sum(c) < len(c) for c in correct) / len(rows),
+            "open_share": sum(0 < sum(c) < len(c) for c in correct) / len(questions),
             "flip_rate": sum(x != o for c, o in zip(correct, originals) for x in c) / samples,
             "tokens_per_continuation": sum(len(s.completion.token_ids) for group in out for s in group) / samples}
 
@@ -173,16 +176,16 @@ def run(cfg, settings: AnalysisConfig, out: Path, cache: str | None = None) -> t
     """Measure every kept share (reusing those a previous run with the same settings finished); (rows, advice)."""
     from tqdm.auto import tqdm
 
-    from .runtime.run_inputs import load_run_inputs
+    from .run_inputs import load_run_inputs
 
     inputs = load_run_inputs(cfg, cfg.device)
     rng = random.Random(derive_seed(cfg.seed, "analyze", "questions"))
-    rows = rng.sample(inputs.train_rows, min(settings.questions, len(inputs.train_rows)))
-    responses = original_responses(cfg, inputs, rows, cache)
+    questions = rng.sample(inputs.train_questions, min(settings.questions, len(inputs.train_questions)))
+    responses = original_responses(cfg, inputs, questions, cache)
     if any(not r for r in responses):
         raise UsageError("some responses are empty: nothing to cut; raise rollout.max_response_len or check the model")
-    originals = [bool(inputs.reward_fn(row, inputs.tokenizer.decode(r, skip_special_tokens=True)).correct)
-                 for row, r in zip(rows, responses)]
+    originals = [bool(inputs.reward_fn(q, inputs.tokenizer.decode(r, skip_special_tokens=True)).correct)
+                 for q, r in zip(questions, responses)]
     fingerprint = _fingerprint(cfg, settings, cache)
     meta_path, csv_path = out / "segments.json", out / "segments.csv"
     done = {}
@@ -192,7 +195,8 @@ def run(cfg, settings: AnalysisConfig, out: Path, cache: str | None = None) -> t
     group_size = settings.group_size or cfg.rollout.group_size
     results = []
     for share in tqdm(sorted(settings.shares), desc="kept shares"):
-        results.append(done.get(share) or measure_share(cfg, inputs, rows, responses, originals, share, group_size))
+        results.append(done.get(share) or measure_share(cfg, inputs, questions, responses, originals, share,
+                                                        group_size))
 
         def write(tmp: str, rows_so_far=tuple(results)) -> None:
             with open(tmp, "w", newline="") as f:

@@ -1,8 +1,9 @@
 """The experience cache of RPO: one response per training question, truncated from the end to make the prefix.
 
-One entry per question id (a hash of the prompt's token ids; the prompt is stored and checked on every hit). Token ids
-are stored, never text, so the cut never changes token boundaries. The cache is saved as one safetensors file
-(flat token arrays + offsets, per-entry scalars; question ids in the metadata), written atomically.
+One entry per question id (``rpo_train.data.question_id``: a hash of the prompt's token ids; the prompt is stored
+and checked on every hit). Token ids are stored, never text, so the cut never changes token boundaries. The cache is
+saved as one safetensors file (flat token arrays + offsets, per-entry scalars; question ids in the metadata), written
+atomically.
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from .runtime.errors import UsageError, check_types, one_line
 
 FORMAT = "rpo-experience-cache/2"
 OLD_FORMATS = ("rpo-experience-cache/1",)  # read with unknown writer log-probs (NaN) and no reuses
-
-
-def question_id(prompt_ids: list[int]) -> str:
-    """Stable id of a question: sha1 of its prompt token ids."""
-    return hashlib.sha1(json.dumps(list(map(int, prompt_ids))).encode()).hexdigest()[:20]
 
 
 @dataclass

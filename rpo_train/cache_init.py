@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from .cache import ExperienceCache
 from .config import RunConfig
+from .data import Question
+from .groups import sample_and_score
 from .rewards import RewardFn, format_reward
 from .runtime.distributed import DistContext
 from .runtime.seeding import derive_seed
-from .scoring import sample_and_score
 
 
 def init_mode(setting: str, steps: int, batch_questions: int, n_train: int) -> str:
@@ -49,15 +50,15 @@ class InitResponse:
     generated: int
 
 
-def sample_init(engine, rows: list[dict], indices: list[int], prompts: dict[str, list[int]], cfg: RunConfig,
-                tokenizer, reward_fn: RewardFn, stop_ids: list[int], *, batch: int = 64,
+def sample_init(engine, questions: list[Question], indices: list[int], cfg: RunConfig, tokenizer,
+                reward_fn: RewardFn, stop_ids: list[int], *, batch: int = 64,
                 progress: bool = False) -> list[InitResponse]:
-    """The init response of each row, row ``rows[k]`` seeded from (run seed, attempt, ``indices[k]``), its place in
-    the training data. With ``cache.resample_no_answer = k`` a response that states no final answer is sampled
+    """The init response of each question, ``questions[k]`` seeded from (run seed, attempt, ``indices[k]``), its
+    place in the training data. With ``cache.resample_no_answer = k`` a response that states no final answer is sampled
     again, up to k more times (the last one is kept)."""
     from tqdm.auto import tqdm
 
-    todo = list(range(len(rows)))
+    todo = list(range(len(questions)))
     found: dict[int, InitResponse] = {}
     for attempt in range(cfg.cache.resample_no_answer + 1):
         retry = []
@@ -66,63 +67,61 @@ def sample_init(engine, rows: list[dict], indices: list[int], prompts: dict[str,
             params = cfg.rollout.sampling_params(
                 cfg.rollout.max_response_len, seed=[derive_seed(cfg.seed, "init", attempt, indices[k]) for k in part],
                 stop_token_ids=stop_ids)
-            out = sample_and_score(engine, [rows[k] for k in part], [prompts[rows[k]["qid"]] for k in part], params,
-                                   tokenizer, reward_fn)
+            out = sample_and_score(engine, [questions[k] for k in part], params, tokenizer, reward_fn)
             for k, (s,) in zip(part, out):
                 comp = s.completion
                 spent = found[k].generated if k in found else 0
                 found[k] = InitResponse(list(comp.token_ids), s.reward, s.correct, list(comp.logprobs),
                                         spent + len(comp.token_ids))
-                if format_reward(rows[k], s.text).reward == 0:
+                if format_reward(questions[k], s.text).reward == 0:
                     retry.append(k)
         todo = retry
         if not todo:
             break
-    return [found[k] for k in range(len(rows))]
+    return [found[k] for k in range(len(questions))]
 
 
-def store(cache: ExperienceCache, rows: list[dict], found: list[InitResponse], prompts: dict[str, list[int]],
-          cut_limit: float) -> None:
-    """Put each row's init response in ``cache`` as written at step 0."""
-    for row, f in zip(rows, found):
-        cache.put(row["qid"], prompts[row["qid"]], f.ids, reward=f.reward, correct=f.correct, step=0,
+def store(cache: ExperienceCache, questions: list[Question], found: list[InitResponse], cut_limit: float) -> None:
+    """Put each question's init response in ``cache`` as written at step 0."""
+    for q, f in zip(questions, found):
+        cache.put(q.qid, q.prompt_ids, f.ids, reward=f.reward, correct=f.correct, step=0,
                   logprobs=f.logprobs, cut_limit=cut_limit)
 
 
-def eager_init(engine, rows: list[dict], prompts: dict[str, list[int]], cfg: RunConfig, tokenizer,
-               reward_fn: RewardFn, stop_ids: list[int], dist: DistContext) -> list[InitResponse]:
-    """Every row's init response, each rank sampling its share; the same list on every rank."""
-    mine = dist.share(list(range(len(rows))))
-    found = sample_init(engine, [rows[i] for i in mine], mine, prompts, cfg, tokenizer, reward_fn, stop_ids,
+def eager_init(engine, questions: list[Question], cfg: RunConfig, tokenizer, reward_fn: RewardFn,
+               stop_ids: list[int], dist: DistContext) -> list[InitResponse]:
+    """Every question's init response, each rank sampling its share; the same list on every rank."""
+    mine = dist.share(list(range(len(questions))))
+    found = sample_init(engine, [questions[i] for i in mine], mine, cfg, tokenizer, reward_fn, stop_ids,
                         progress=dist.is_main)
     merged = {i: f for part in dist.gather(dict(zip(mine, found))) for i, f in part.items()}
-    return [merged[i] for i in range(len(rows))]
+    return [merged[i] for i in range(len(questions))]
 
 
 class LazyInit:
-    """Writes the init entry of each drawn row that has none, on this rank, just before its group is planned.
+    """Writes the init entry of each drawn question that has none, on this rank, just before its group is planned.
 
     ``index`` maps a question id to its place in the training data (its init seed). What was sampled travels with
     the question's group (``Group.init``), so that every rank counts the same totals.
     """
 
-    def __init__(self, train_rows: list[dict]):
-        self.index = {row["qid"]: i for i, row in enumerate(train_rows)}
+    def __init__(self, train: list[Question]):
+        self.index = {q.qid: i for i, q in enumerate(train)}
 
-    def fill(self, cache: ExperienceCache, rows: list[dict], engine, prompts: dict[str, list[int]], cfg: RunConfig,
-             tokenizer, reward_fn: RewardFn, stop_ids: list[int]) -> tuple[dict[str, tuple[int, int]], float]:
-        """Sample and store the init of ``rows`` missing from ``cache``: ({question id: (tokens sampled, length of
-        the stored response)}, seconds)."""
+    def fill(self, cache: ExperienceCache, questions: list[Question], engine, cfg: RunConfig, tokenizer,
+             reward_fn: RewardFn, stop_ids: list[int]) -> tuple[dict[str, tuple[int, int]], float]:
+        """Sample and store the init of ``questions`` missing from ``cache``: ({question id: (tokens sampled, length
+        of the stored response)}, seconds)."""
         start = time.perf_counter()
         missing, seen = [], set()
-        for row in rows:
-            if row["qid"] not in cache and row["qid"] not in seen:
-                missing.append(row)
-                seen.add(row["qid"])
+        for q in questions:
+            if q.qid not in cache and q.qid not in seen:
+                missing.append(q)
+                seen.add(q.qid)
         if not missing:
             return {}, 0.0
-        found = sample_init(engine, missing, [self.index[r["qid"]] for r in missing], prompts, cfg, tokenizer,
-                            reward_fn, stop_ids)
-        store(cache, missing, found, prompts, cfg.truncation.initial_limit())
-        return ({r["qid"]: (f.generated, len(f.ids)) for r, f in zip(missing, found)},
+        found = sample_init(engine, missing, [self.index[q.qid] for q in missing], cfg, tokenizer, reward_fn,
+                            stop_ids)
+        store(cache, missing, found, cfg.truncation.initial_limit())
+        return ({q.qid: (f.generated, len(f.ids)) for q, f in zip(missing, found)},
                 time.perf_counter() - start)

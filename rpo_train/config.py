@@ -1,7 +1,13 @@
 """Run configuration: dataclasses validated on construction, loaded from YAML recipes with ``yaml.safe_load``.
 
 A recipe is a YAML mapping whose sections match ``RunConfig``'s fields; unknown keys are errors. Overrides use dotted
-keys (``objective.beta=0.0``, ``steps=20``) and are parsed as YAML scalars.
+keys (``objective.beta=0.0``, ``steps=20``) and are parsed as YAML scalars. The ``data:`` section is the type its
+``task`` names (``rpo_train.data.config``: bundled task, local files or reasoning-gym), each with its own keys.
+
+Everything is checked when the config is built, except the ``"auto"`` values that depend on the machine or the data,
+which only the run's start can know: ``dtype`` / ``rollout.dtype`` (``rpo_train.model.precision.resolve_precision``),
+``optim.policy_forward`` (the trainer, by ``objective.rollout`` and the parallelism) and ``cache.init`` (by the
+number of training questions, ``rpo_train.cache_init.init_mode``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import yaml
 
 from .cache import CacheConfig
 from .cuts import TruncationConfig
+from .data.config import BundledData, DataSection, GymData, build_data_section, saved_data_section, switch_source
 from .objectives import ObjectiveConfig
 from .rollout.params import SamplingParams
 from .runtime.errors import UsageError, check_types
@@ -108,57 +115,6 @@ class OptimConfig:
                  f"optim.micro_batch must be an int >= 1, got {self.micro_batch!r}")
 
 
-DATA_TASKS = ("recurrence", "recurrence_sum", "addition", "hf", "reasoning_gym")
-ANSWER_FORMATS = ("tag", "line")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the questions come from (``task``):
-
-    - "recurrence" (long reasoning decided at its end, ``terms`` steps) or "addition" (column addition decided early,
-      ``digits`` per operand): the bundled tasks, ``n_train`` / ``n_test`` questions from ``seed``;
-    - "hf": local files through 🤗 datasets (``rpo_train.data.files``): ``path`` and its ``split``, held out from
-      ``test_path`` or ``test_split``; ``prompt_field``, ``answer_field``, ``id_field`` name (dotted) columns;
-    - "reasoning_gym": reasoning-gym's generators (``rpo_train.data.gym``): ``name`` with ``options``, or ``mix``
-      ({name: weight}); ``prompt_template`` asks for the answer as ``answer_format`` says ("tag" or "line").
-    """
-
-    task: str = "addition"
-    path: str | None = None
-    test_path: str | None = None
-    split: str = "train"
-    test_split: str | None = None
-    prompt_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str | None = None
-    name: str | None = None
-    mix: dict | None = None
-    options: dict = field(default_factory=dict)
-    prompt_template: str = "{question}\nGive your final answer between <answer> and </answer>."
-    answer_format: str = "tag"
-    n_train: int = 2000
-    n_test: int = 200
-    digits: int = 5
-    terms: int = 17
-    seed: int = 1234
-
-    def __post_init__(self):
-        check_types(self, "data")
-        _require(self.task != "jsonl", "data.task 'jsonl' is now 'hf', which reads .json/.jsonl/.csv/.parquet files "
-                                       "and save_to_disk folders (set data.task=hf)")
-        _require(self.task in DATA_TASKS, f"data.task must be one of {DATA_TASKS}, got {self.task!r}")
-        _require(self.task != "hf" or bool(self.path), "data.path is required when data.task is 'hf'")
-        _require(self.task != "reasoning_gym" or (bool(self.name) != bool(self.mix)),
-                 "data.task reasoning_gym needs exactly one of data.name (a dataset) and data.mix ({name: weight})")
-        _require(self.answer_format in ANSWER_FORMATS,
-                 f"data.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
-        _require("{question}" in self.prompt_template,
-                 f"data.prompt_template must contain {{question}}, got {self.prompt_template!r}")
-        _require(isinstance(self.n_train, int) and self.n_train >= 1 and isinstance(self.n_test, int)
-                 and self.n_test >= 1, f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
-
-
 @dataclass(frozen=True)
 class RunConfig:
     model: str = ""
@@ -172,7 +128,7 @@ class RunConfig:
     eval_max_new_tokens: int = 128
     save_every: int = 20
     reward: str = "exact"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSection = field(default_factory=BundledData)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -186,7 +142,7 @@ class RunConfig:
                  f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.dtype in ("auto",) + DTYPES, f"dtype must be one of {('auto',) + DTYPES}, got {self.dtype!r}")
         _require(self.reward in REWARD_NAMES, f"reward must be one of {REWARD_NAMES}, got {self.reward!r}")
-        _require(self.reward != "task" or self.data.task == "reasoning_gym",
+        _require(self.reward != "task" or isinstance(self.data, GymData),
                  "reward 'task' (the dataset's own scorer) needs data.task reasoning_gym")
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
             value = getattr(self, name)
@@ -194,6 +150,18 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def saved_section(self, key: str, saved: dict):
+        """Section (or top-level setting) ``key`` of a config an earlier run saved (``to_dict``), as this version
+        writes it: settings added since at their defaults, and a data section saved in the old flat form mapped to
+        its source's section (``rpo_train.data.config.saved_data_section``)."""
+        value = saved.get(key)
+        if key == "data" and isinstance(value, dict):
+            return saved_data_section(value)
+        default = dataclasses.asdict(type(self)(model="-"))[key]
+        if isinstance(value, dict) and isinstance(default, dict):
+            return {**default, **value}
+        return value
 
     def notes(self) -> list[str]:
         """Valid settings known to cost accuracy, one line each: why, and what to change."""
@@ -208,15 +176,24 @@ class RunConfig:
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-SECTIONS = {"data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig, "objective": ObjectiveConfig,
+SECTIONS = {"data": DataSection, "rollout": RolloutConfig, "optim": OptimConfig, "objective": ObjectiveConfig,
             "truncation": TruncationConfig, "cache": CacheConfig}
 MOVED = {"cache_epsilon": "cache.epsilon", "cache_init_path": "cache.init_path",
          "cache_resample_no_answer": "cache.resample_no_answer"}
 
 
+def _number(value):
+    """``value``, or the float it spells when YAML 1.1 read it as a string (``1e-6``, with no dot)."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise UsageError(f"{where} must be a mapping of keys to values, got {type(values).__name__}")
+    if cls is DataSection:
+        return build_data_section({k: _number(v) for k, v in values.items()})
     known = {f.name: f for f in dataclasses.fields(cls)}
     moved = sorted(k for k in values if cls is RunConfig and k in MOVED)
     if moved:
@@ -228,9 +205,7 @@ def _build(cls, values: dict, where: str):
     for key, value in values.items():
         if key in SECTIONS and cls is RunConfig:
             value = _build(SECTIONS[key], value, key)
-        elif isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
-        kwargs[key] = value
+        kwargs[key] = _number(value)
     if cls is ObjectiveConfig and "algorithm" in kwargs:
         algorithm = kwargs.pop("algorithm")
         return ObjectiveConfig.preset(algorithm, **kwargs)
@@ -241,7 +216,8 @@ def _build(cls, values: dict, where: str):
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw recipe mapping."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw recipe mapping. ``data.task`` set to
+    another source drops the recipe's data keys that source does not take (``rpo_train.data.config.switch_source``)."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
@@ -256,9 +232,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(target, dict):
                 raise UsageError(f"override {item!r}: {part!r} is not a section")
         try:
-            target[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise UsageError(f"override {item!r}: the value is not a YAML scalar ({_yaml_problem(exc)})") from exc
+        if parts == ["data", "task"]:  # another source: the recipe's keys of the one it replaces go
+            target = raw["data"] = switch_source(target, parsed)
+        target[parts[-1]] = parsed
     return raw
 
 

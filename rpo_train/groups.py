@@ -4,41 +4,68 @@
 group's randomness (its cut, its G samples, its cache update) comes from its own seed, derived from the run seed, the
 step, the dynamic-sampling round and the question's place in the global batch, so a group is the same whichever
 rank samples it and whatever else shares the engine call.
+
+``sample_and_score`` is the one "decode, then score" path from an engine call to rewards, shared by the groups, the
+cache init (``rpo_train.cache_init``), evaluation (``rpo_train.trainer``) and the segment analysis
+(``rpo_train.analyze``).
 """
 
 from __future__ import annotations
 
-import copy
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .cache import ExperienceCache
 from .config import RunConfig
+from .data import Question
 from .drift import Drift, drift_metrics, measure, refresh_reason
 from .objectives import group_advantages
 from .rewards import RewardFn, length_aware, overlong_penalty
+from .rollout.interface import Completion, RolloutEngine
+from .rollout.params import SamplingParams
 from .runtime.distributed import DistContext
 from .runtime.seeding import derive_seed
-from .scoring import Scored, sample_and_score
 
 
-def build_engine(cfg: RunConfig, model, dtype: torch.dtype):
-    """The rollout engine of ``cfg.rollout.engine`` serving the trainer's model in ``dtype`` (the run's
-    ``rpo_train.model.precision.Precision.engine``; weights pushed every step, cast to it)."""
-    from .rollout import HFEngine, NativeEngine, NativeEngineConfig, VLLMEngine
-    from .rollout.model_folder import eos_token_ids
+@dataclass(frozen=True)
+class Scored:
+    """One sampled completion and its verdict.
 
-    eos = eos_token_ids(Path(cfg.model), model.config)
-    if cfg.rollout.engine == "vllm":
-        return VLLMEngine.from_pretrained(cfg.model, dtype=dtype)
-    copied = copy.deepcopy(model).eval().to(dtype)
-    if cfg.rollout.engine == "hf":
-        return HFEngine(copied, eos_token_ids=eos)
-    budget = NativeEngineConfig(kv_budget_bytes=max(1, round(cfg.rollout.kv_budget_gib * 2**30)))
-    return NativeEngine(copied, eos_token_ids=eos, config=budget)
+    completion: the engine's ``Completion`` (suffix token ids, the sampler's fp32 log-probs, finish reason). text:
+    prefix + completion decoded with special tokens skipped. reward, correct: ``reward_fn(question, text)``.
+    """
+
+    completion: Completion
+    text: str
+    reward: float
+    correct: bool
+
+
+def sample_and_score(engine: RolloutEngine, questions: Sequence[Question], params: SamplingParams, tokenizer,
+                     reward_fn: RewardFn, *, prefixes: Sequence[Sequence[int]] | None = None,
+                     n: int = 1) -> list[list[Scored]]:
+    """Sample ``n`` completions of each ``questions[i].prompt_ids + prefixes[i]`` under ``params`` in one
+    ``engine.generate`` call, decode each with its prefix and score it with ``reward_fn(questions[i], text)``.
+
+    Returns one list of ``n`` ``Scored`` per question, in the engine's order (the same tokens as
+    ``engine.generate`` with the same arguments). No questions: no engine call, an empty list.
+    """
+    if not questions:
+        return []
+    out = engine.generate([q.prompt_ids for q in questions], prefixes=prefixes, n=n, params=params)
+    heads = [[]] * len(questions) if prefixes is None else [list(p) for p in prefixes]
+    scored = []
+    for q, head, comps in zip(questions, heads, out):
+        group = []
+        for c in comps:
+            text = tokenizer.decode(head + list(c.token_ids), skip_special_tokens=True)
+            result = reward_fn(q, text)
+            group.append(Scored(c, text, float(result.reward), bool(result.correct)))
+        scored.append(group)
+    return scored
 
 
 @dataclass
@@ -51,9 +78,7 @@ class Group:
     sampled, response length) of its question's lazy cache init at this step (``rpo_train.cache_init``), else
     None."""
 
-    row: dict
-    qid: str
-    prompt_ids: list[int]
+    question: Question
     prefix_ids: list[int]
     cut: int
     suffixes: list[list[int]]
@@ -67,6 +92,14 @@ class Group:
     reuses: int = 0
     cut_limit: float = 0.0
     init: tuple[int, int] | None = None
+
+    @property
+    def qid(self) -> str:
+        return self.question.qid
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.question.prompt_ids
 
     @property
     def responses(self) -> list[list[int]]:
@@ -96,20 +129,20 @@ class GroupPlan:
     cut_limit: float = 0.0
 
 
-def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                  seeds: list[int], probes: list[tuple[list[float], list[float]]] | None = None,
-                  step: int = 1) -> list[GroupPlan]:
-    """The plan of each row at ``step`` (1-based), row i cut with its seed ``seeds[i]``. ``probes[i]``: the current
-    policy's (log-probs, entropies) of row i's cached response (``rpo_train.model.policy.response_logprobs``), which
-    measure its drift and place entropy cuts. A refreshed entry's group runs the full path. m = 0 is raised to 1:
-    with nothing cut, every sample would repeat the cached response and the group would carry no signal."""
+def plan_prefixes(questions: list[Question], cache: ExperienceCache, cfg: RunConfig, seeds: list[int],
+                  probes: list[tuple[list[float], list[float]]] | None = None, step: int = 1) -> list[GroupPlan]:
+    """The plan of each question at ``step`` (1-based), question i cut with its seed ``seeds[i]``. ``probes[i]``:
+    the current policy's (log-probs, entropies) of question i's cached response
+    (``rpo_train.model.policy.response_logprobs``), which measure its drift and place entropy cuts. A refreshed
+    entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every sample would repeat the cached
+    response and the group would carry no signal."""
     plans = []
     full_budget = cfg.rollout.max_response_len
-    for i, (row, seed) in enumerate(zip(rows, seeds)):
+    for i, (q, seed) in enumerate(zip(questions, seeds)):
         if cfg.objective.rollout == "full":
             plans.append(GroupPlan([], [], 0, full_budget))
             continue
-        entry = cache.get(row["qid"], prompts[row["qid"]])
+        entry = cache.get(q.qid, q.prompt_ids)
         now, entropy = probes[i] if probes is not None else (None, None)
         drift = measure(entry.logprobs, now) if now is not None else None
         reason = refresh_reason(entry, drift, cfg.cache, random.Random(derive_seed(seed, "refresh")), step)
@@ -126,8 +159,8 @@ def plan_prefixes(rows: list[dict], prompts: dict[str, list[int]], cache: Experi
     return plans
 
 
-def shaped_group(row: dict, prompt_ids: list[int], plan: GroupPlan, scored: list[Scored], cfg: RunConfig) -> Group:
-    """One group from its scored samples (correctness on the decoded full response, ``rpo_train.scoring``), with
+def shaped_group(question: Question, plan: GroupPlan, scored: list[Scored], cfg: RunConfig) -> Group:
+    """One group from its scored samples (correctness on the decoded full response, ``sample_and_score``), with
     length-aware and overlong shaping applied to the rewards."""
     prefix = plan.prefix
     suffixes = [list(s.completion.token_ids) for s in scored]
@@ -139,53 +172,55 @@ def shaped_group(row: dict, prompt_ids: list[int], plan: GroupPlan, scored: list
         rewards = [r + overlong_penalty(n, cfg.rollout.max_response_len, cfg.objective.overlong_buffer,
                                         cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
     if any(r != r for r in rewards):
-        raise ValueError(f"question {row['id']!r}: a reward is NaN; check the reward function")
-    return Group(row, row["qid"], prompt_ids, prefix, plan.cut, suffixes, rewards, correct,
+        raise ValueError(f"question {question.id!r}: a reward is NaN; check the reward function")
+    return Group(question, prefix, plan.cut, suffixes, rewards, correct,
                  prefix_logprobs=plan.prefix_logprobs, suffix_logprobs=[list(s.completion.logprobs) for s in scored],
                  refresh=plan.refresh, drift=plan.drift, reuses=plan.reuses, cut_limit=plan.cut_limit)
 
 
-def rollout_groups(engine, rows: list[dict], prompts: dict[str, list[int]], cache: ExperienceCache, cfg: RunConfig,
-                   tokenizer, reward_fn: RewardFn, seeds: list[int], stop_ids: list[int], probe=None,
+def rollout_groups(engine, questions: list[Question], cache: ExperienceCache, cfg: RunConfig, tokenizer,
+                   reward_fn: RewardFn, seeds: list[int], stop_ids: list[int], probe=None,
                    step: int = 1) -> list[Group]:
-    """Sample and score one group per row, row i from ``seeds[i]`` (prefix KV of each group computed once, under
-    the current weights). ``probe(prompts, responses)`` (an RPO run's drift probe) reads the rows' cached responses
-    under the current policy first; it is called even with no rows, so that sharded layers meet on every rank."""
+    """Sample and score one group per question, question i from ``seeds[i]`` (prefix KV of each group computed once,
+    under the current weights). ``probe(prompts, responses)`` (an RPO run's drift probe) reads the questions' cached
+    responses under the current policy first; it is called even with no questions, so that sharded layers meet on
+    every rank."""
     probes = None
     if cfg.objective.rollout == "rpo" and probe is not None:
-        entries = [cache.get(r["qid"], prompts[r["qid"]]) for r in rows]
+        entries = [cache.get(q.qid, q.prompt_ids) for q in questions]
         probes = probe([e.prompt_ids for e in entries], [e.response_ids for e in entries])
-    if not rows:
+    if not questions:
         return []
-    plans = plan_prefixes(rows, prompts, cache, cfg, seeds, probes, step)
+    plans = plan_prefixes(questions, cache, cfg, seeds, probes, step)
     params = cfg.rollout.sampling_params([p.budget for p in plans], seed=[derive_seed(s, "sample") for s in seeds],
                                          stop_token_ids=stop_ids)
-    out = sample_and_score(engine, rows, [prompts[r["qid"]] for r in rows], params, tokenizer, reward_fn,
-                           prefixes=[p.prefix for p in plans], n=cfg.rollout.group_size)
-    groups = [shaped_group(r, prompts[r["qid"]], p, scored, cfg) for r, p, scored in zip(rows, plans, out)]
+    out = sample_and_score(engine, questions, params, tokenizer, reward_fn, prefixes=[p.prefix for p in plans],
+                           n=cfg.rollout.group_size)
+    groups = [shaped_group(q, p, scored, cfg) for q, p, scored in zip(questions, plans, out)]
     for g, s in zip(groups, seeds):
         g.seed = s
     return groups
 
 
-def collect_groups(next_rows, rollout, cfg: RunConfig, dist: DistContext, step_seed: int) -> tuple[list[Group],
-                                                                                                 list[Group]]:
+def collect_groups(next_questions, rollout, cfg: RunConfig, dist: DistContext,
+                   step_seed: int) -> tuple[list[Group], list[Group]]:
     """(groups to train on, all groups rolled out) of one step, both global and in the same order on every rank.
 
-    ``next_rows(k)`` gives the next k questions of the data order (the same on every rank); ``rollout(rows, seeds)``
-    samples and scores rows on this rank. Each round, every rank rolls out its share of the round's questions and
-    the groups are gathered. With dynamic sampling, zero-variance groups are dropped and further rounds refill the
-    GLOBAL batch to ``batch_questions`` groups (at most ``max_resample_rounds`` more rounds).
+    ``next_questions(k)`` gives the next k questions of the data order (the same on every rank);
+    ``rollout(questions, seeds)`` samples and scores questions on this rank. Each round, every rank rolls out its
+    share of the round's questions and the groups are gathered. With dynamic sampling, zero-variance groups are
+    dropped and further rounds refill the GLOBAL batch to ``batch_questions`` groups (at most
+    ``max_resample_rounds`` more rounds).
     """
     want = cfg.batch_questions
     rolled: list[Group] = []
     kept: list[Group] = []
     rounds = 1 + (cfg.objective.max_resample_rounds if cfg.objective.dynamic_sampling else 0)
     for round_index in range(rounds):
-        rows = next_rows(want - len(kept))
-        seeds = [derive_seed(step_seed, round_index, i) for i in range(len(rows))]
-        mine = dist.share(list(range(len(rows))))
-        local = rollout([rows[i] for i in mine], [seeds[i] for i in mine])
+        questions = next_questions(want - len(kept))
+        seeds = [derive_seed(step_seed, round_index, i) for i in range(len(questions))]
+        mine = dist.share(list(range(len(questions))))
+        local = rollout([questions[i] for i in mine], [seeds[i] for i in mine])
         groups = [g for part in dist.gather(local) for g in part]
         rolled += groups
         kept += [g for g in groups if not (cfg.objective.dynamic_sampling and g.zero_variance)]

@@ -1,13 +1,15 @@
 """Rewards of the RPO loop: answer correctness, format, the length-aware shaping of RPO and DAPO's overlong shaping.
 
-A reward function has the signature ``fn(sample: dict, response_text: str) -> RewardResult`` where ``sample`` is the
-dataset row (it carries the reference ``answer``); shaping functions act on a whole group afterwards.
+A reward function has the signature ``fn(question, response_text: str) -> RewardResult`` where ``question`` is the
+run's ``rpo_train.data.Question`` (its reference ``answer``, and reasoning-gym's ``entry``); the bundled rewards also
+take a mapping with an ``"answer"`` (a TRL dataset row's columns). Shaping functions act on a whole group afterwards.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,17 +24,20 @@ class RewardResult:
 
 
 class RewardFn(Protocol):
-    def __call__(self, sample: dict, response_text: str) -> RewardResult: ...
+    def __call__(self, question, response_text: str) -> RewardResult: ...
 
 
-def _answer_of(sample: dict) -> str:
-    if "answer" not in sample or sample["answer"] in (None, ""):
-        raise ValueError(f"dataset row has no 'answer' field to check against: keys {sorted(sample)}")
-    return str(sample["answer"])
+def _answer_of(sample) -> str:
+    """The reference answer of a ``Question`` (its ``answer``) or of a mapping (its ``"answer"``)."""
+    answer = sample.get("answer") if isinstance(sample, Mapping) else getattr(sample, "answer", None)
+    if answer in (None, ""):
+        keys = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
+        raise ValueError(f"the question has no 'answer' to check against: {keys}")
+    return str(answer)
 
 
-def math_verify_reward(sample: dict, response_text: str) -> RewardResult:
-    """1.0 when math-verify finds the response's final answer equal to ``sample['answer']``, else 0.0."""
+def math_verify_reward(sample, response_text: str) -> RewardResult:
+    """1.0 when math-verify finds the response's final answer equal to the question's answer, else 0.0."""
     from math_verify import parse, verify
 
     gold = parse(_answer_of(sample))
@@ -49,8 +54,8 @@ def final_answer(response_text: str) -> str | None:
     return match[-1].strip() if match else None
 
 
-def exact_answer_reward(sample: dict, response_text: str) -> RewardResult:
-    """1.0 when the response's last 'Answer: X' line equals ``sample['answer']`` exactly (embedded task verifier)."""
+def exact_answer_reward(sample, response_text: str) -> RewardResult:
+    """1.0 when the response's last 'Answer: X' line equals the question's answer exactly (embedded task verifier)."""
     got = final_answer(response_text)
     ok = got is not None and got == _answer_of(sample).strip()
     return RewardResult(float(ok), ok)
@@ -59,7 +64,7 @@ def exact_answer_reward(sample: dict, response_text: str) -> RewardResult:
 REWARDS = {"exact": exact_answer_reward, "math": math_verify_reward}
 
 
-def format_reward(sample: dict, response_text: str, weight: float = 0.1) -> RewardResult:
+def format_reward(sample, response_text: str, weight: float = 0.1) -> RewardResult:
     """``weight`` when the response states a final answer ('Answer: X' or \\boxed{X}); never marks it correct."""
     has = final_answer(response_text) is not None or bool(BOXED.search(response_text))
     return RewardResult(weight if has else 0.0, False)

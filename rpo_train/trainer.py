@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 from .cache import ExperienceCache
 from .cache_init import LazyInit, eager_init, init_mode, store
 from .config import RunConfig
-from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats
+from .data import Question
+from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats, sample_and_score
 from .model.policy import PolicySample, build_batch, forward_loss, micro_batches, response_logprobs, sequence_logprobs
 from .rollout.params import SamplingParams
+from .run_inputs import load_run_inputs
 from .runtime.checkpointing import resume_run, save_run
 from .runtime.distributed import DistContext
 from .runtime.metrics import MetricsLogger
-from .runtime.run_inputs import load_run_inputs
 from .runtime.seeding import derive_seed
 from .runtime.sharding import (
     clip_grad_norm,
@@ -35,7 +36,6 @@ from .runtime.sharding import (
     is_sharded_tensor,
     shard_layers,
 )
-from .scoring import sample_and_score
 
 
 class Trainer:
@@ -52,15 +52,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         inputs = load_run_inputs(cfg, self.device, reward_fn=reward_fn)
         self.model, self.tokenizer, self.engine = inputs.model, inputs.tokenizer, inputs.engine
-        self.reward_fn, self.stop_ids, self.prompts = inputs.reward_fn, inputs.stop_ids, inputs.prompts
-        self.train_rows, self.test_rows = inputs.train_rows, inputs.test_rows
+        self.reward_fn, self.stop_ids = inputs.reward_fn, inputs.stop_ids
+        self.train_questions, self.test_questions = inputs.train_questions, inputs.test_questions
         self.precision = inputs.precision
         self.init_mode = ("file" if cfg.cache.init_path else
-                          init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_rows)))
+                          init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_questions)))
         # An RPO run initialises any drawn question still without an entry when it is drawn: every question under
         # lazy, and under eager those a resumed lazy run (auto decides by ``steps``, which a resume may raise) or a
         # cache.init_path file never had.
-        self.lazy_init = LazyInit(self.train_rows) if cfg.objective.rollout == "rpo" else None
+        self.lazy_init = LazyInit(self.train_questions) if cfg.objective.rollout == "rpo" else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
         rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
@@ -99,22 +99,22 @@ class Trainer:
             self.cache = ExperienceCache.load(self.cfg.cache.init_path)
             return
         start = time.perf_counter()
-        found = eager_init(self.engine, self.train_rows, self.prompts, self.cfg, self.tokenizer, self.reward_fn,
-                           self.stop_ids, self.dist)
-        store(self.cache, self.train_rows, found, self.prompts, self.cfg.truncation.initial_limit())
+        found = eager_init(self.engine, self.train_questions, self.cfg, self.tokenizer, self.reward_fn, self.stop_ids,
+                           self.dist)
+        store(self.cache, self.train_questions, found, self.cfg.truncation.initial_limit())
         self.tokens_generated += sum(f.generated for f in found)
         self.rollout_counts["init_responses"] += len(found)
         self.rollout_counts["init_length"] += sum(len(f.ids) for f in found)
         self.timings["cache_init_s"] += time.perf_counter() - start
 
-    def _next_rows(self, count: int) -> list[dict]:
-        rows = []
-        while len(rows) < count:
+    def _next_questions(self, count: int) -> list[Question]:
+        questions = []
+        while len(questions) < count:
             if not self.order:
-                self.order = list(range(len(self.train_rows)))
+                self.order = list(range(len(self.train_questions)))
                 self.rng.shuffle(self.order)
-            rows.append(self.train_rows[self.order.pop()])
-        return rows
+            questions.append(self.train_questions[self.order.pop()])
+        return questions
 
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
@@ -122,19 +122,19 @@ class Trainer:
         self.probe_s = self.init_s = 0.0
         probe = self._probe if cfg.cache.probes_at(self.step + 1, cfg.truncation.cut_at == "entropy") else None
 
-        def rollout(rows, seeds):
+        def rollout(questions, seeds):
             filled = {}
             if self.lazy_init is not None:
-                filled, seconds = self.lazy_init.fill(self.cache, rows, self.engine, self.prompts, cfg, self.tokenizer,
+                filled, seconds = self.lazy_init.fill(self.cache, questions, self.engine, cfg, self.tokenizer,
                                                       self.reward_fn, self.stop_ids)
                 self.init_s += seconds
-            groups = rollout_groups(self.engine, rows, self.prompts, self.cache, cfg, self.tokenizer, self.reward_fn,
-                                    seeds, self.stop_ids, probe=probe, step=self.step + 1)
+            groups = rollout_groups(self.engine, questions, self.cache, cfg, self.tokenizer, self.reward_fn, seeds,
+                                    self.stop_ids, probe=probe, step=self.step + 1)
             for g in groups:
                 g.init = filled.pop(g.qid, None)
             return groups
 
-        kept, rolled = collect_groups(self._next_rows, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
+        kept, rolled = collect_groups(self._next_questions, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         stats = rollout_stats(kept, rolled, cfg)
         if cfg.objective.rollout == "rpo":
             stats["time/probe_s"] = self.probe_s
@@ -248,15 +248,14 @@ class Trainer:
                 "time/train_s": t_train - t_roll, "time/step_s": time.perf_counter() - start}
 
     @torch.no_grad()
-    def evaluate(self, rows: list[dict] | None = None) -> float:
-        """Greedy accuracy on the held-out split (each rank answers its share)."""
-        rows = rows or self.test_rows
-        mine = self.dist.share(rows)
+    def evaluate(self, questions: list[Question] | None = None) -> float:
+        """Greedy accuracy on the held-out questions (or ``questions``; each rank answers its share)."""
+        questions = questions or self.test_questions
+        mine = self.dist.share(questions)
         params = SamplingParams(self.cfg.eval_max_new_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
-        out = sample_and_score(self.engine, mine, [self.prompts[r["qid"]] for r in mine], params, self.tokenizer,
-                               self.reward_fn)
+        out = sample_and_score(self.engine, mine, params, self.tokenizer, self.reward_fn)
         hits = [s.correct for (s,) in out]
-        return self.dist.sum_floats([float(sum(hits))])[0] / len(rows)
+        return self.dist.sum_floats([float(sum(hits))])[0] / len(questions)
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self) -> Path | None:

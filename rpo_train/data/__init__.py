@@ -1,7 +1,11 @@
-"""Training data sources: rows ``{"id", "question", "answer"}`` from a bundled task (``rpo_train.task``), local files
-through 🤗 datasets (``files``) or reasoning-gym (``gym``), and prompts as token ids (``rows``: ``load_rows`` picks the
-source named by ``data.task``, ``encode_prompt`` applies the tokenizer's chat template when it has one)."""
+"""Training data: the ``data:`` section, one type per source (``config``: ``BundledData``, ``FileData``,
+``GymData``); the sources' rows (``rows``: a bundled task, local files through 🤗 datasets in ``files``, reasoning-gym
+in ``gym``); and the run's per-question object (``question``: ``Question``, built once with its prompt ids and
+cache key by ``load_questions``)."""
 
-from .rows import encode_prompt, load_rows
+from .config import BundledData, DataSection, FileData, GymData
+from .question import Question, encode_prompt, load_questions, question_id
+from .rows import load_rows
 
-__all__ = ["encode_prompt", "load_rows"]
+__all__ = ["BundledData", "DataSection", "FileData", "GymData", "Question", "encode_prompt", "load_questions",
+           "load_rows", "question_id"]

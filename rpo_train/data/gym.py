@@ -93,11 +93,12 @@ def extract(text: str, answer_format: str) -> str | None:
 
 
 def gym_reward(cfg):
-    """``reward: task``: the dataset's own ``score_answer`` (in [0, 1]) on the extracted answer; correct at 1."""
+    """``reward: task``: the dataset's own ``score_answer`` (in [0, 1]) of the answer a response states, against the
+    question's reasoning-gym entry (``rpo_train.data.Question.entry``); correct at 1."""
     scorer = _composite(cfg, 1, cfg.seed)
 
-    def reward(row: dict, text: str) -> RewardResult:
-        score = float(scorer.score_answer(extract(text, cfg.answer_format), row["entry"]))
+    def reward(question, text: str) -> RewardResult:
+        score = float(scorer.score_answer(extract(text, cfg.answer_format), question.entry))
         return RewardResult(score, score >= 1.0)
 
     return reward

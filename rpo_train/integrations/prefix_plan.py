@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..cache import CacheConfig, ExperienceCache, question_id
+from ..cache import CacheConfig, ExperienceCache
 from ..cuts import TruncationConfig
+from ..data.question import question_id
 from ..drift import Drift, refresh_reason
 from ..rewards import length_aware
 from ..runtime.seeding import derive_seed
@@ -49,7 +50,7 @@ class RowPlan:
 
 def row_key(row: dict, prompt_ids: list[int], key_column: str | None) -> str:
     """The question key of a dataset row: ``row[key_column]`` when a column is named, else a hash of the prompt's
-    token ids (``rpo_train.cache.question_id``, the key rpo-train uses)."""
+    token ids (``rpo_train.data.question_id``, the key rpo-train uses)."""
     if key_column is None:
         return question_id(prompt_ids)
     if key_column not in row or row[key_column] is None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..cache import ExperienceCache
 from .atomic import atomic_directory, atomic_write_json, writing
 from .errors import UsageError, one_line
 from .sharding import full_optimizer_state, full_state_dict, load_full_state
@@ -43,9 +42,10 @@ def _optimizer_state_from_files(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, cache: ExperienceCache, rng: random.Random, extra: dict, keep: int = 2, *,
+                    scheduler, cache, rng: random.Random, extra: dict, keep: int = 2, *,
                     model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
-    """Write checkpoint ``step`` and point ``latest.json`` to it; keep the newest ``keep`` checkpoints.
+    """Write checkpoint ``step`` and point ``latest.json`` to it; keep the newest ``keep`` checkpoints. ``cache``
+    (an ``rpo_train.cache.ExperienceCache``) writes itself with ``cache.save(path)``.
 
     ``model_state`` / ``optimizer_state`` (whole tensors, e.g. gathered from shards) replace the modules' own.
     """
@@ -104,8 +104,9 @@ def _read(folder: Path, name: str, read):
 
 
 def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    rng: random.Random, load_state=None) -> tuple[dict, ExperienceCache]:
-    """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, cache).
+                    rng: random.Random, load_state=None) -> tuple[dict, Path]:
+    """Restore model, optimizer, scheduler and RNG in place; returns (state.json contents, the experience cache's
+    file, for ``rpo_train.cache.ExperienceCache.load``).
 
     ``load_state(model_tensors, optimizer_state)``, when given, installs the model and optimizer tensors instead
     (e.g. into shards, ``rpo_train.runtime.sharding.load_full_state``).
@@ -135,7 +136,7 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
     version, internal, gauss = state["python_rng"]
     rng.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(_read(folder, "rng.safetensors", lambda p: load_file(str(p))["torch"]))
-    return state, ExperienceCache.load(folder / "cache.safetensors")
+    return state, folder / "cache.safetensors"
 
 
 def save_run(trainer) -> Path | None:
@@ -166,18 +167,18 @@ RESUME_SECTIONS = ("model", "data", "rollout", "objective", "truncation", "cache
 def resume_run(trainer) -> bool:
     """Restore a ``Trainer`` from the newest checkpoint of its ``out_dir``, if there is one (then pushes the weights
     to its engine). Refuses a checkpoint whose config differs in a section that shapes the run; a setting added
-    since the checkpoint was written counts at its default."""
+    since the checkpoint was written counts at its default, and a data section saved in the old flat form is read as
+    its source's section (``rpo_train.config.RunConfig.saved_section``)."""
     t = trainer
     folder = latest_checkpoint(t.out)
     if folder is None:
         return False
     load = ((lambda m, o: load_full_state(t.model, t.optimizer, m, o)) if t.sharded else None)
-    state, cache = load_checkpoint(folder, t.model, t.optimizer, t.scheduler, t.rng, load)
-    now, defaults = t.cfg.to_dict(), type(t.cfg)(model="-").to_dict()
+    state, cache_file = load_checkpoint(folder, t.model, t.optimizer, t.scheduler, t.rng, load)
+    cache = t.cache.load(cache_file)  # the trainer's cache type reads the saved one
+    now = t.cfg.to_dict()
     for key in RESUME_SECTIONS:
-        saved = state["config"].get(key)
-        if isinstance(saved, dict) and isinstance(defaults[key], dict):
-            saved = {**defaults[key], **saved}
+        saved = t.cfg.saved_section(key, state["config"])
         if saved != now[key]:
             raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
                              f"({saved} vs {now[key]}); use another out_dir or the checkpoint's settings")

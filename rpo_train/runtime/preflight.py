@@ -1,5 +1,6 @@
-"""Checks of a run's inputs before anything heavy starts: the machine, the output folder, the model folder, what the
-reward needs. Each failure is a ``UsageError`` naming the field, file or machine and what was expected."""
+"""Checks of a run's inputs before anything heavy starts: the machine, the output folder, what the reward needs
+(``rpo_train.run_inputs`` then loads them). Each failure is a ``UsageError`` naming the field, file or machine and
+what was expected."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..rollout.model_folder import model_dir
-from .errors import MissingPathError, UsageError, one_line
+from .errors import MissingPathError, UsageError
 
 
 def check_device(device: str) -> None:
@@ -32,23 +32,6 @@ def check_out_dir(out_dir: str | Path) -> Path:
             raise MissingPathError(f"out_dir={out_dir}: {part} is a file; out_dir must be a folder (it holds "
                                    "checkpoints, metrics and plots)")
     return path
-
-
-def load_policy(path: str, dtype: torch.dtype, device: str):
-    """(HF causal LM on ``device`` in ``dtype``, its tokenizer) from the local checkpoint folder ``path``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = model_dir(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to load the user's folder is reported with its path
-        raise UsageError(f"model={path}: the checkpoint cannot be loaded ({one_line(exc)})") from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"model={path}: the tokenizer cannot be loaded ({one_line(exc)}); the folder needs "
-                         "tokenizer.json or tokenizer_config.json") from exc
-    return model.to(device), tokenizer
 
 
 def check_reward(name: str) -> None:

@@ -21,7 +21,7 @@ TASKS = ("addition", "recurrence", "recurrence_sum")
 
 
 def make_task(data_cfg) -> AdditionTask | RecurrenceTask | RecurrenceSumTask:
-    """The bundled task a ``DataConfig`` names (``data.task``: addition, recurrence or recurrence_sum)."""
+    """The bundled task a ``BundledData`` section names (``data.task``: addition, recurrence or recurrence_sum)."""
     if data_cfg.task == "addition":
         return AdditionTask(data_cfg.digits, data_cfg.n_train, data_cfg.n_test, data_cfg.seed)
     if data_cfg.task == "recurrence":

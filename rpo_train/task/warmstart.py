@@ -176,9 +176,9 @@ def build_warm_model(name: str, data_cfg, root: Path) -> Path:
         record = {**asdict(cfg), **stats, "builtin": name, "folder": folder, "data": data,
                   "torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
                   "rebuild": (f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "
-                              "from rpo_train.config import DataConfig; "
+                              "from rpo_train.data.config import BundledData; "
                               "from rpo_train.task.warmstart import build_warm_model; "
-                              f"build_warm_model({name!r}, DataConfig({args}), Path('.'))")}
+                              f"build_warm_model({name!r}, BundledData({args}), Path('.'))")}
         (tmp / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
 
     return atomic_directory(root / folder, build)

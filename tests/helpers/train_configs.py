@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rpo_train.cache import CacheConfig
-from rpo_train.config import DataConfig, OptimConfig, RolloutConfig, RunConfig
+from rpo_train.config import OptimConfig, RolloutConfig, RunConfig
 from rpo_train.cuts import TruncationConfig
+from rpo_train.data.config import BundledData
 from rpo_train.objectives import ObjectiveConfig
 from rpo_train.rewards import RewardResult
 
@@ -27,8 +28,8 @@ def small_recipe(path, checkpoint, **top) -> None:
 
 def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="native", **kw):
     return RunConfig(model=str(checkpoint), out_dir=str(out), steps=steps, batch_questions=kw.pop("batch_questions", 4),
-                     eval_every=2,
-                     save_every=kw.pop("save_every", 2), eval_max_new_tokens=12, data=DataConfig(n_train=12, n_test=4),
+                     eval_every=2, save_every=kw.pop("save_every", 2), eval_max_new_tokens=12,
+                     data=BundledData(task="addition", n_train=12, n_test=4),
                      rollout=RolloutConfig(engine=engine, group_size=4, max_response_len=30, temperature=1.0),
                      optim=OptimConfig(lr=1e-2, micro_batch=8),
                      objective=ObjectiveConfig.preset(algorithm, rollout=rollout,

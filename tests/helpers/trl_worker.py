@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rpo_train.config import DataConfig
+from rpo_train.data.config import BundledData
 from rpo_train.integrations.trl import RPOConfig, RPOTrainer
 from rpo_train.rewards import exact_answer_reward
 from rpo_train.task import make_task
@@ -33,9 +33,9 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def dataset(tok, n: int = QUESTIONS, data: DataConfig | None = None) -> Dataset:
+def dataset(tok, n: int = QUESTIONS, data: BundledData | None = None) -> Dataset:
     """``n`` training questions of the recurrence task (short ones unless ``data`` says otherwise)."""
-    data = data or DataConfig(task="recurrence", terms=2, n_train=n, n_test=4, seed=7)
+    data = data or BundledData(task="recurrence", terms=2, n_train=n, n_test=4, seed=7)
     train, _ = make_task(data).splits()
     train = train[:n]
     return Dataset.from_list([{"prompt": tok.bos_token + r["question"], "answer": r["answer"], "id": r["id"]}

@@ -9,6 +9,7 @@ import pytest
 
 from rpo_train.analyze import AnalysisConfig, main, measure_share, recommend
 from rpo_train.config import RolloutConfig
+from rpo_train.data import Question
 from rpo_train.rewards import RewardResult
 from rpo_train.runtime.errors import UsageError
 
@@ -28,24 +29,23 @@ def fake_inputs(engine):
     """Token id 1 means 'correct', 0 'wrong'; a response is judged by its last token."""
     tok = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: "".join(map(str, ids)))
     judge = lambda row, text: RewardResult(float(text[-1:] == "1"), text[-1:] == "1")  # noqa: E731
-    return SimpleNamespace(tokenizer=tok, reward_fn=judge, engine=engine, prompts={"q0": [9], "q1": [9]},
-                           stop_ids=[])
+    return SimpleNamespace(tokenizer=tok, reward_fn=judge, engine=engine, stop_ids=[])
 
 
 def test_a_share_counts_pass_open_flip_and_tokens():
-    rows = [{"qid": "q0"}, {"qid": "q1"}]
+    questions = [Question("q0", "a", "?", "1", [9]), Question("q1", "b", "?", "1", [9])]
     responses = [[0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]  # the first correct, the second wrong
     # question 0: continuations alternate right/wrong (open); question 1: always wrong (closed)
     engine = ScriptedEngine(lambda i, p, j: [0, 1] if i == 0 and j % 2 == 0 else [0, 0, 0])
     cfg = SimpleNamespace(seed=0, rollout=RolloutConfig(max_response_len=20, temperature=1.0))
-    row = measure_share(cfg, fake_inputs(engine), rows, responses, [True, False], 0.5, 4)
+    row = measure_share(cfg, fake_inputs(engine), questions, responses, [True, False], 0.5, 4)
     assert engine.calls[0][0] == [[0, 0], [0, 0, 0, 0, 0]]  # round(0.5 x len) tokens kept
     assert engine.calls[0][1] == [18, 15]  # each continuation may run to the length limit
     assert row["cut_tokens"] == pytest.approx((2 + 5) / 2)
     assert row["pass_rate"] == pytest.approx(2 / 8) and row["open_share"] == pytest.approx(0.5)
     assert row["flip_rate"] == pytest.approx(2 / 8)  # question 0's wrong continuations flip its correct original
     assert row["tokens_per_continuation"] == pytest.approx((2 * 2 + 2 * 3 + 4 * 3) / 8)
-    whole = measure_share(cfg, fake_inputs(engine), rows, responses, [True, False], 1.0, 4)
+    whole = measure_share(cfg, fake_inputs(engine), questions, responses, [True, False], 1.0, 4)
     assert len(engine.calls) == 1 and whole["pass_rate"] == 0.5 and whole["open_share"] == whole["flip_rate"] == 0
 
 

@@ -54,9 +54,14 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
     return found
 
 
-def test_no_import_cycles():
+def _graph() -> dict[str, set[str]]:
+    """Each project module -> the project modules it imports."""
     files = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
-    graph = {name: _imports(path, name, set(files)) for name, path in files.items()}
+    return {name: _imports(path, name, set(files)) for name, path in files.items()}
+
+
+def test_no_import_cycles():
+    graph = _graph()
     cycles, state = [], {}
 
     def visit(node, stack):
@@ -72,6 +77,15 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_runtime_is_below_the_method():
+    """``rpo_train.runtime`` is the plumbing every layer may use (the layering: arrows point down, runtime from
+    anywhere), so it imports nothing of the project outside itself: not the method (config, trainer, cache, ...),
+    not the rooms (data, model, rollout)."""
+    up = sorted(f"{name} -> {target}" for name, targets in _graph().items() if name.startswith("rpo_train.runtime")
+                for target in targets if not target.startswith("rpo_train.runtime"))
+    assert not up, "rpo_train.runtime imports from above it: " + "; ".join(up)
 
 
 def test_nothing_points_outside_the_repository():

@@ -39,18 +39,18 @@ def test_lazy_entries_equal_eager_ones_under_the_same_weights(checkpoint, tmp_pa
     lazy = Trainer(config(checkpoint, tmp_path / "lazy", cache=dataclasses.replace(resample, init="lazy")),
                    reward_fn=ones_reward)
     assert lazy.lazy_init is not None and len(lazy.cache) == 0
-    rows = [lazy.train_rows[i] for i in (7, 2, 7, 10)]  # a repeat is initialised once
-    filled, seconds = lazy.lazy_init.fill(lazy.cache, rows, lazy.engine, lazy.prompts, lazy.cfg, lazy.tokenizer,
-                                          lazy.reward_fn, lazy.stop_ids)
-    assert sorted(filled) == sorted({r["qid"] for r in rows}) and seconds > 0 and len(lazy.cache) == 3
+    drawn = [lazy.train_questions[i] for i in (7, 2, 7, 10)]  # a repeat is initialised once
+    filled, seconds = lazy.lazy_init.fill(lazy.cache, drawn, lazy.engine, lazy.cfg, lazy.tokenizer, lazy.reward_fn,
+                                          lazy.stop_ids)
+    assert sorted(filled) == sorted({q.qid for q in drawn}) and seconds > 0 and len(lazy.cache) == 3
     for qid, (generated, length) in filled.items():
         a, b = eager.cache.entries[qid], lazy.cache.entries[qid]
         assert (a.response_ids, a.reward, a.correct, a.step, a.cut_limit) == (b.response_ids, b.reward, b.correct,
                                                                               b.step, b.cut_limit)
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
         assert length == len(b.response_ids) <= generated  # a retried question counts both samples
-    assert lazy.lazy_init.fill(lazy.cache, rows, lazy.engine, lazy.prompts, lazy.cfg, lazy.tokenizer,
-                               lazy.reward_fn, lazy.stop_ids) == ({}, 0.0)
+    assert lazy.lazy_init.fill(lazy.cache, drawn, lazy.engine, lazy.cfg, lazy.tokenizer, lazy.reward_fn,
+                               lazy.stop_ids) == ({}, 0.0)
 
 
 def test_a_lazy_run_initialises_what_it_draws_and_counts_it(checkpoint, tmp_path):

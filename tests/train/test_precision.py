@@ -110,7 +110,7 @@ def test_the_rollout_section_sets_the_native_engine_kv_budget(tmp_path, gib):
     """``rollout.kv_budget_gib`` reaches the native engine (the GPU recipes raise it: lanes pad to the longest)."""
     from dataclasses import replace
 
-    from rpo_train.groups import build_engine
+    from rpo_train.run_inputs import build_engine
     from tests.helpers.train_configs import config
 
     ckpt = make_checkpoint(tmp_path / "m", "qwen2")

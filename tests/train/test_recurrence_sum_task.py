@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from rpo_train.config import DataConfig, load_recipe
+from rpo_train.config import load_recipe
+from rpo_train.data.config import BundledData
 from rpo_train.rewards import exact_answer_reward
 from rpo_train.runtime.errors import UsageError
 from rpo_train.task import make_task
@@ -91,9 +92,9 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 
 def test_make_task_follows_the_data_config():
-    task = make_task(DataConfig(task="recurrence_sum", terms=20, n_train=10, n_test=5, seed=3))
+    task = make_task(BundledData(task="recurrence_sum", terms=20, n_train=10, n_test=5, seed=3))
     assert isinstance(task, RecurrenceSumTask) and (task.terms, task.n_train, task.n_test, task.seed) == (20, 10, 5, 3)
-    assert type(make_task(DataConfig(task="recurrence", n_train=10, n_test=5))) is RecurrenceTask
+    assert type(make_task(BundledData(task="recurrence", n_train=10, n_test=5))) is RecurrenceTask
 
 
 def test_warm_start_draws_habits_only_for_tasks_that_have_them():
@@ -113,13 +114,13 @@ def test_warm_start_is_keyed_apart_from_the_recurrence_one(monkeypatch, tmp_path
     built = []
     monkeypatch.setattr(warmstart, "train_warm_start",
                         lambda path, cfg, task: built.append((cfg.task, type(task).__name__)) or {"warm_start_s": 0})
-    summed = warmstart.ensure_warm_model("tiny-recurrence-sum", DataConfig(task="recurrence_sum", n_train=10,
-                                                                           n_test=5))
-    rec = warmstart.ensure_warm_model("tiny-recurrence", DataConfig(task="recurrence", n_train=10, n_test=5))
+    summed = warmstart.ensure_warm_model("tiny-recurrence-sum", BundledData(task="recurrence_sum", n_train=10,
+                                                                            n_test=5))
+    rec = warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5))
     assert summed != rec and built == [("recurrence_sum", "RecurrenceSumTask"), ("recurrence", "RecurrenceTask")]
     assert summed.name.startswith("tiny-recurrence-sum-")
     with pytest.raises(UsageError, match="set data.task=recurrence_sum"):
-        warmstart.ensure_warm_model("tiny-recurrence-sum", DataConfig(task="recurrence"))
+        warmstart.ensure_warm_model("tiny-recurrence-sum", BundledData(task="recurrence"))
 
 
 def test_recipe_loads():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpo_train.config import DataConfig
+from rpo_train.data.config import BundledData
 from rpo_train.rewards import exact_answer_reward
 from rpo_train.runtime.errors import UsageError
 from rpo_train.task import make_task
@@ -52,8 +52,8 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 
 def test_make_task_follows_the_data_config():
-    assert isinstance(make_task(DataConfig(task="recurrence", n_train=10, n_test=5)), RecurrenceTask)
-    assert make_task(DataConfig(task="addition", n_train=10, n_test=5)).digits == 5
+    assert isinstance(make_task(BundledData(task="recurrence", n_train=10, n_test=5)), RecurrenceTask)
+    assert make_task(BundledData(task="addition", n_train=10, n_test=5)).digits == 5
 
 
 def test_warm_starts_are_keyed_by_task(monkeypatch, tmp_path):
@@ -63,10 +63,10 @@ def test_warm_starts_are_keyed_by_task(monkeypatch, tmp_path):
     built = []
     monkeypatch.setattr(warmstart, "train_warm_start",
                         lambda path, cfg, task: built.append((cfg.task, type(task).__name__)) or {"warm_start_s": 0})
-    rec = warmstart.ensure_warm_model("tiny-recurrence", DataConfig(task="recurrence", n_train=10, n_test=5))
-    add = warmstart.ensure_warm_model("tiny-addition", DataConfig(task="addition", n_train=10, n_test=5))
+    rec = warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5))
+    add = warmstart.ensure_warm_model("tiny-addition", BundledData(task="addition", n_train=10, n_test=5))
     assert rec != add and built == [("recurrence", "RecurrenceTask"), ("addition", "AdditionTask")]
-    assert warmstart.ensure_warm_model("tiny-recurrence", DataConfig(task="recurrence", n_train=10, n_test=5)) == rec
+    assert warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5)) == rec
     assert len(built) == 2  # cached: not built again
     with pytest.raises(UsageError, match="set data.task=recurrence"):
-        warmstart.ensure_warm_model("tiny-recurrence", DataConfig(task="addition"))
+        warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="addition"))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rpo_train.cli import resolve_model
-from rpo_train.config import DataConfig, load_recipe
+from rpo_train.config import load_recipe
+from rpo_train.data.config import BundledData
 from rpo_train.task import warmstart
 
 RECIPES = ("tiny-cpu", "tiny-cpu-sum", "tiny-cpu-addition")
@@ -47,7 +48,7 @@ def test_bundled_recipes_resolve_to_shipped_models_without_a_build(recipe, no_bu
     assert folder == warmstart.shipped_root() / warmstart.warm_start_spec(name, data)[0]
     record = json.loads((folder / "warm_start.json").read_text())
     assert record["builtin"] == name and record["folder"] == folder.name
-    assert DataConfig(**record["data"]) == data  # the recipe's data config, exactly
+    assert BundledData(**record["data"]) == data  # the recipe's data config, exactly
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                      "tokenizer_config.json", "warm_start.json"]  # safetensors only, no pickle
@@ -68,7 +69,7 @@ def test_another_data_config_is_built_on_demand_with_a_progress_bar(monkeypatch,
     name = "tiny-recurrence"
     monkeypatch.setenv("RPO_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(warmstart.WARM_STARTS, name, dataclasses.replace(warmstart.WARM_STARTS[name], steps=3))
-    data = DataConfig(task="recurrence", n_train=40, n_test=5)
+    data = BundledData(task="recurrence", n_train=40, n_test=5)
     folder = warmstart.ensure_warm_model(name, data)
     assert folder.parent == tmp_path and folder.name == warmstart.warm_start_spec(name, data)[0]
     err = capsys.readouterr().err
@@ -76,7 +77,7 @@ def test_another_data_config_is_built_on_demand_with_a_progress_bar(monkeypatch,
     assert "Loading weights" not in err and "Writing model shards" not in err
     record = json.loads((folder / "warm_start.json").read_text())
     assert record["data"] == {"task": "recurrence", "terms": 17, "n_train": 40, "n_test": 5, "seed": 1234}
-    assert "build_warm_model('tiny-recurrence', DataConfig(task='recurrence', terms=17" in record["rebuild"]
+    assert "build_warm_model('tiny-recurrence', BundledData(task='recurrence', terms=17" in record["rebuild"]
     assert warmstart.ensure_warm_model(name, data) == folder  # cached: found, not built again
     assert "no shipped model" not in capsys.readouterr().err
 

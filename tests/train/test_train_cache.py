@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from rpo_train.cache import ExperienceCache, question_id
+from rpo_train.cache import ExperienceCache
 from rpo_train.cuts import TruncationConfig
+from rpo_train.data import question_id
 
 
 def filled(n=5, length=40):

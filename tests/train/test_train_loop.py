@@ -231,8 +231,11 @@ def test_cache_init_resamples_responses_without_an_answer(checkpoint, tmp_path):
 def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp_path):
     from rpo_train.trainer import Trainer
 
-    def half_constant(row, text):  # questions with an even first operand always score 1: zero variance
-        return RewardResult(1.0, True) if int(row["a"]) % 2 == 0 else ones_reward(row, text)
+    def first_operand(question) -> int:  # its id is add-<a>-<b>
+        return int(question.id.split("-")[1])
+
+    def half_constant(question, text):  # questions with an even first operand always score 1: zero variance
+        return RewardResult(1.0, True) if first_operand(question) % 2 == 0 else ones_reward(question, text)
 
     import dataclasses
 
@@ -241,7 +244,7 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp
     trainer = Trainer(cfg, reward_fn=half_constant)
     kept, rolled, stats = trainer._collect()
     assert all(not g.zero_variance for g in kept) and len(kept) <= 4
-    constant = [g for g in rolled if int(g.row["a"]) % 2 == 0]
+    constant = [g for g in rolled if first_operand(g.question) % 2 == 0]
     assert all(g.zero_variance for g in constant)
     if constant:  # dropped groups were replaced by fresh questions
         assert len(rolled) > 4 and stats["rollout/groups"] == len(rolled)

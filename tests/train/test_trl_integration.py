@@ -283,11 +283,11 @@ def test_the_bundled_warm_model_trains_through_rpotrainer(worker, tmp_path):
     task's shape, the reward sees right and wrong whole responses, and the guard's statistics are logged."""
     from transformers import AutoTokenizer
 
-    from rpo_train.config import DataConfig
+    from rpo_train.data.config import BundledData
     from rpo_train.rewards import exact_answer_reward
     from rpo_train.task.warmstart import ensure_warm_model
 
-    data = DataConfig(task="recurrence", n_train=400, n_test=200)
+    data = BundledData(task="recurrence", n_train=400, n_test=200)
     path = ensure_warm_model("tiny-recurrence", data)
     tok = AutoTokenizer.from_pretrained(path)
     trainer, recorder = worker.build(tmp_path, path, 2, per_device_train_batch_size=64, num_generations=8,
