@@ -6,13 +6,13 @@ package needs no GPU, no CUDA toolkit and no compiled extension.
 """
 
 from ._dispatch import backends
-from .ops.attention import SharedPrefixPlan, merge_attention_states, plan_shared_prefix, shared_prefix_attention
-from .ops.lane_attention import LanePlan, lane_decode_attention, plan_lane_decode
+from .ops.lane_decode_attention import LanePlan, lane_decode_attention, plan_lane_decode
 from .ops.policy_loss import fused_linear_policy_loss, policy_loss
+from .ops.shared_prefix_attention import SharedPrefixPlan, plan_shared_prefix, shared_prefix_attention
 from .ops.token_logprobs import token_logprobs
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "fused_linear_policy_loss", "policy_loss", "token_logprobs", "__version__",
-           "merge_attention_states", "shared_prefix_attention", "SharedPrefixPlan", "plan_shared_prefix",
+           "shared_prefix_attention", "SharedPrefixPlan", "plan_shared_prefix",
            "LanePlan", "lane_decode_attention", "plan_lane_decode"]

@@ -12,13 +12,6 @@ namespace rpo {
 
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
-// ---- merge_attention_states --------------------------------------------------------------------------------------
-// out = exact LSE merge of (out_a, lse_a) and (out_b, lse_b); rows = tokens x heads, each row head_dim contiguous
-// elements of `dtype`; lse_* fp32 natural log. All pointers 16-byte aligned for the vectorised path (else scalar).
-cudaError_t merge_attention_states(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
-                                   void* out, float* lse, int64_t rows, int head_dim, DType dtype,
-                                   cudaStream_t stream);
-
 // ---- lane decode attention ---------------------------------------------------------------------------------------
 // One query per sequence over KV kept in lanes, read in place: lane buffers [lanes, num_kv_heads, capacity, head_dim]
 // addressed by (lane, head, token) strides in elements, head_dim contiguous, every row start 16-byte aligned; the K

@@ -10,53 +10,6 @@
 
 namespace rpo {
 
-// merge_states_kernel: two partials in storage type T, [rows, head_dim] each (rows = tokens x heads), one thread per
-// VEC consecutive elements of a row.
-//   out_a, out_b, out: row stride head_dim (contiguous).      lse_a, lse_b, lse: [rows] fp32.
-// Requires head_dim % VEC == 0 and 16-byte aligned pointers when VEC * sizeof(T) == 16.
-template <typename T, int VEC>
-__global__ void merge_states_kernel(const T* __restrict__ out_a, const float* __restrict__ lse_a,
-                                    const T* __restrict__ out_b, const float* __restrict__ lse_b,
-                                    T* __restrict__ out, float* __restrict__ lse, int64_t rows, int head_dim) {
-  const int64_t vecs_per_row = head_dim / VEC;
-  const int64_t total = rows * vecs_per_row;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    const int64_t row = i / vecs_per_row;
-    const int64_t offset = row * head_dim + (i - row * vecs_per_row) * VEC;
-    const float la = lse_a[row];
-    const float lb = lse_b[row];
-    const float m = fmaxf(la, lb);
-    float acc[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
-    float lse_out = -INFINITY;
-    if (!lse_is_empty(m)) {
-      const float wa = lse_is_empty(la) ? 0.f : expf(la - m);
-      const float wb = lse_is_empty(lb) ? 0.f : expf(lb - m);
-      const float inv = 1.f / (wa + wb);
-      if (wa > 0.f) {
-        Vec<T, VEC> a;
-        a.load(out_a + offset);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[e] += wa * inv * to_float(a.v[e]);
-      }
-      if (wb > 0.f) {
-        Vec<T, VEC> b;
-        b.load(out_b + offset);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[e] += wb * inv * to_float(b.v[e]);
-      }
-      lse_out = m + logf(wa + wb);
-    }
-    Vec<T, VEC> r;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) r.v[e] = from_float<T>(acc[e]);
-    r.store(out + offset);
-    if (offset == row * head_dim) lse[row] = lse_out;
-  }
-}
-
 // combine_splits_kernel: num_splits fp32 partials per row -> one output row in T. One warp per row, each lane owns
 // D / 32 consecutive elements.
 //   partial_o: [num_splits, rows, D] fp32 contiguous.   partial_lse: [num_splits, rows] fp32.

@@ -7,14 +7,12 @@
 #include "ops.h"
 
 TORCH_LIBRARY(rpo_kernels, m) {
-  m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
   m.def(
       "lane_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v, Tensor tables, "
       "int num_groups, int prefix_tokens, float softmax_scale) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rpo_kernels, CUDA, m) {
-  m.impl("merge_attention_states", &rpo_torch::merge_attention_states);
   m.impl("lane_decode", &rpo_torch::lane_decode);
 }
 

@@ -7,10 +7,6 @@
 
 namespace rpo_torch {
 
-// rpo_kernels::merge_attention_states(out_a [N,H,D], lse_a [N,H] fp32, out_b, lse_b) -> (out, lse)
-std::tuple<at::Tensor, at::Tensor> merge_attention_states(const at::Tensor& out_a, const at::Tensor& lse_a,
-                                                          const at::Tensor& out_b, const at::Tensor& lse_b);
-
 // rpo_kernels::lane_decode(q [N,Hq,D], prefix_k/v [lanes,Hkv,cap,D], suffix_k/v [lanes,Hkv,cap,D],
 //                          tables [3B+1+3N] int32, num_groups B, prefix_tokens, softmax_scale) -> (out, lse)
 std::tuple<at::Tensor, at::Tensor> lane_decode(const at::Tensor& q, const at::Tensor& prefix_k,

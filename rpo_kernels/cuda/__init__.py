@@ -6,7 +6,7 @@ the ops; ``available()`` says whether that worked and why not. The wrappers take
 functions of ``rpo_kernels`` and load the extension on first use. Build it with CMake (see docs/kernels.md).
 """
 
-from .ops import available, lane_decode_attention, load, merge_attention_states, register_fakes, supports_lane_decode
+from .ops import available, lane_decode_attention, load, register_fakes, supports_lane_decode
 
-__all__ = ["available", "lane_decode_attention", "load", "merge_attention_states", "register_fakes",
+__all__ = ["available", "lane_decode_attention", "load", "register_fakes",
            "supports_lane_decode"]

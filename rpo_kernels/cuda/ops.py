@@ -2,7 +2,6 @@
 
 Ops (schemas in ``csrc/ops/bindings.cpp``)::
 
-    rpo_kernels::merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)
     rpo_kernels::lane_decode(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v,
         Tensor tables, int num_groups, int prefix_tokens, float softmax_scale) -> (Tensor, Tensor)
 
@@ -46,40 +45,13 @@ def available() -> tuple[bool, str]:
 
 
 def register_fakes() -> None:
-    """Register the fake partners of the ``rpo_kernels::`` ops, and the backward of merge_attention_states (once;
-    the ops must already be defined). lane_decode is inference-only (no backward)."""
+    """Register the fake partners of the ``rpo_kernels::`` ops (once; the ops must already be defined).
+    lane_decode is inference-only (no backward)."""
     global _fakes_registered
     if _fakes_registered:
         return
-    torch.library.register_fake("rpo_kernels::merge_attention_states")(_merge_attention_states_fake)
     torch.library.register_fake("rpo_kernels::lane_decode")(_lane_decode_fake)
-    torch.library.register_autograd("rpo_kernels::merge_attention_states", _merge_backward,
-                                    setup_context=_merge_setup_context)
     _fakes_registered = True
-
-
-def _merge_attention_states_fake(out_a, lse_a, out_b, lse_b):
-    return torch.empty_like(out_a, memory_format=torch.contiguous_format), lse_a.new_empty(out_a.shape[:2])
-
-
-def _merge_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output[1])
-
-
-def _merge_backward(ctx, grad_out, grad_lse):
-    """out = wa out_a + wb out_b, lse = log(e^lse_a + e^lse_b), w = exp(lse_side - lse) (0 for an empty side):
-    d out_a = wa g,  d lse_a = wa (sum_d g (out_a - out) + g_lse), and the same for b. Computed in fp32."""
-    out_a, lse_a, out_b, lse_b, lse = ctx.saved_tensors
-    top = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    wa = torch.where(torch.isinf(lse_a), torch.zeros_like(lse_a), torch.exp(lse_a - top))
-    wb = torch.where(torch.isinf(lse_b), torch.zeros_like(lse_b), torch.exp(lse_b - top))
-    oa, ob = out_a.float(), out_b.float()
-    out = wa[..., None] * oa + wb[..., None] * ob
-    g = grad_out.float() if grad_out is not None else torch.zeros_like(out)
-    g_lse = grad_lse if grad_lse is not None else torch.zeros_like(lse)
-    d_lse_a = wa * ((g * (oa - out)).sum(-1) + g_lse)
-    d_lse_b = wb * ((g * (ob - out)).sum(-1) + g_lse)
-    return (wa[..., None] * g).to(out_a.dtype), d_lse_a, (wb[..., None] * g).to(out_b.dtype), d_lse_b
 
 
 def _lane_decode_fake(q, prefix_k, prefix_v, suffix_k, suffix_v, tables, num_groups, prefix_tokens, softmax_scale):
@@ -104,13 +76,6 @@ def supports_lane_decode(q: torch.Tensor, *tensors: torch.Tensor) -> tuple[bool,
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, *tensors)):
         return False, "the CUDA decode kernel has no backward; inputs require grad"
     return True, "supported dtype and head dim, no gradient"
-
-
-def merge_attention_states(out_a, lse_a, out_b, lse_b):
-    """CUDA ``rpo_kernels.merge_attention_states``: (out [N, H, D] in out_a's dtype, lse [N, H] fp32)."""
-    load()
-    return torch.ops.rpo_kernels.merge_attention_states(out_a.contiguous(), lse_a.float().contiguous(),
-                                                        out_b.contiguous(), lse_b.float().contiguous())
 
 
 def lane_tables(plan, device: torch.device) -> tuple[torch.Tensor, int, int]:

@@ -5,7 +5,7 @@ Lanes are per-layer buffers with one row per stored sequence, read in place (vie
 - suffix lanes ``suffix_k``/``suffix_v`` [Ls, Hkv, Scap, D]: lane c holds one sequence's own tokens 0..S_c-1, the
   current one included.
 Query n (one per running sequence) attends to the prefix of its group's lane and to its own suffix lane. The plan
-(``rpo_kernels.ops.lane_attention.LanePlan``) places the queries: the prefix part runs ONE batched matmul over the
+(``rpo_kernels.LanePlan``) places the queries: the prefix part runs ONE batched matmul over the
 prefix lanes ``prefix_lo:prefix_lo + prefix_lanes`` with each lane's queries (the group's G sequences x the Hq/Hkv
 heads of a KV head) as rows, so a group's prefix is read once per step, not once per sequence; the suffix part one
 batched matmul over the suffix lanes ``suffix_lo:suffix_lo + suffix_lanes``, keys beyond a lane's length masked.
@@ -70,7 +70,7 @@ def _part(rows, k, v, bias, has_keys, scale: float, fused: bool):
 
 def lane_decode_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan, scale: float,
                               fused: bool | None = None):
-    """One decode step; ``plan`` validated by ``rpo_kernels.ops.lane_attention.plan_lane_decode``.
+    """One decode step; ``plan`` validated by ``rpo_kernels.ops.lane_decode_attention.plan_lane_decode``.
 
     q [N, Hq, D]; prefix_k/v [Lp, Hkv, Pcap, D]; suffix_k/v [Ls, Hkv, Scap, D], one float dtype and device.
     ``fused``: use torch's fused CPU attention for each part (default: on a CPU when torch has it), else matmuls in

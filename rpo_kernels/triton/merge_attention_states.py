@@ -1,12 +1,11 @@
-"""Triton kernel for ``merge_attention_states``: the exact log-sum-exp merge of partial attentions.
+"""Triton kernel of the exact log-sum-exp merge of partial attentions (``shared_prefix_attention``'s last step).
 
 Semantics: ``rpo_kernels.reference.merge_attention_states``. One kernel merges K_A stacked partial states of A (the
 split-KV partials of the prefix part, or a single state) with one state B, for every (row, head) pair::
 
     lse = log(sum_k exp(lse_k)),   out = sum_k exp(lse_k - lse) * out_k      (lse = -inf, out = 0 when all empty)
 
-Layout of this file: kernel, launcher, autograd.Function (whose backward is a few torch ops: the merge is
-elementwise, so its gradient is ``d out_k = w_k g`` and ``d lse_k = w_k (<g, out_k - out> + g_lse)``).
+Layout of this file: kernel, launcher (forward only: the attention's backward kernels take the merged lse).
 """
 
 from __future__ import annotations
@@ -83,45 +82,10 @@ def merge_states(a, lse_a, b, lse_b, out_dtype: torch.dtype):
     return out, lse
 
 
-def merge_backward(states, lse, out, grad_out, grad_lse):
-    """Gradients of the merge for each (out_k, lse_k) in ``states``; returns [(d out_k, d lse_k), ...]."""
-    g = grad_out.float() if grad_out is not None else None
-    top = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    grads = []
-    for out_k, lse_k in states:
-        w = torch.exp(lse_k.float() - top)
-        d_lse = torch.zeros_like(w) if grad_lse is None else w * grad_lse.float()
-        d_out = None
-        if g is not None:
-            d_out = (w[..., None] * g).to(out_k.dtype)
-            d_lse = d_lse + w * (g * (out_k.float() - out.float())).sum(-1)
-        grads.append((d_out, d_lse.to(lse_k.dtype)))
-    return grads
-
-
-class TritonMergeAttentionStates(torch.autograd.Function):
-    """(out, lse) of two partial attentions; backward by the closed-form gradient of the merge."""
-
-    @staticmethod
-    def forward(ctx, out_a, lse_a, out_b, lse_b):
-        out, lse = merge_states(out_a[None], lse_a[None], out_b, lse_b, out_a.dtype)
-        ctx.save_for_backward(out_a, lse_a, out_b, lse_b, out, lse)
-        ctx.set_materialize_grads(False)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        out_a, lse_a, out_b, lse_b, out, lse = ctx.saved_tensors
-        if grad_out is None and grad_lse is None:
-            return None, None, None, None
-        (da, dla), (db, dlb) = merge_backward(((out_a, lse_a), (out_b, lse_b)), lse, out, grad_out, grad_lse)
-        return da, dla, db, dlb
-
-
 def compile_specs() -> list[tuple[object, dict, dict]]:
-    """(kernel, signature, constexprs) triples of this file: fp32 partials into each output dtype, and 16-bit states."""
+    """(kernel, signature, constexprs) triples of this file: fp32 partials into each output dtype."""
     specs = []
-    for a_dt, o_dt in (("fp32", "bf16"), ("fp32", "fp16"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+    for a_dt, o_dt in (("fp32", "bf16"), ("fp32", "fp16"), ("fp32", "fp32")):
         i32 = "i32"
         sig = dict(a_ptr=f"*{a_dt}", stride_ak=i32, stride_an=i32, stride_ah=i32, stride_ad=i32, la_ptr="*fp32",
                    stride_lak=i32, stride_lan=i32, stride_lah=i32, b_ptr=f"*{a_dt}", stride_bn=i32, stride_bh=i32,

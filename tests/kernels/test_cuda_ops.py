@@ -76,45 +76,22 @@ def run_without_extension(body: str) -> None:
 
 
 def test_fake_partners_trace_under_export():
-    """torch.export of a function calling every wrapper: the graph holds both ops with the right metadata."""
+    """torch.export of a function calling the wrapper: the graph holds the op with the right metadata."""
     run_without_extension("""
         import rpo_kernels
         case = dict(prefix_lane=[0, 0, 1], prefix_length=[20, 20, 30], suffix_lane=[2, 0, 1], suffix_length=[3, 1, 2])
         plan = rpo_kernels.plan_lane_decode(**case, prefix_shape=(2, 32), suffix_shape=(3, 8))
         class M(torch.nn.Module):
-            def forward(self, q, pk, pv, sk, sv, oa, la):
-                out, lse = ops.lane_decode_attention(q, pk, pv, sk, sv, plan, 0.125)
-                return ops.merge_attention_states(out, lse, oa, la)
+            def forward(self, q, pk, pv, sk, sv):
+                return ops.lane_decode_attention(q, pk, pv, sk, sv, plan, 0.125)
         bf = torch.bfloat16
         lanes = [torch.randn(*shape, dtype=bf) for shape in ((2, 2, 32, 64),) * 2 + ((3, 2, 8, 64),) * 2]
-        args = (torch.randn(3, 8, 64, dtype=bf), *lanes, torch.randn(3, 8, 64, dtype=bf), torch.randn(3, 8))
-        ep = torch.export.export(M(), args)
+        ep = torch.export.export(M(), (torch.randn(3, 8, 64, dtype=bf), *lanes))
         targets = {str(n.target) for n in ep.graph.nodes}
-        for op in ("lane_decode", "merge_attention_states"):
-            assert f"rpo_kernels.{op}.default" in targets, (op, targets)
-        merged, mlse = [node.meta["val"] for node in ep.graph.output_node().args[0]]
-        assert merged.shape == (3, 8, 64) and merged.dtype == bf
-        assert mlse.shape == (3, 8) and mlse.dtype == torch.float32
-    """)
-
-
-def test_merge_backward_formula():
-    """The autograd formula registered for rpo_kernels::merge_attention_states, on a float64 CPU stand-in of the
-    kernel: gradcheck, and no gradient into an empty side (lse = -inf)."""
-    run_without_extension("""
-        @torch.library.impl("rpo_kernels::merge_attention_states", "cpu", lib=lib)
-        def merge_cpu(oa, la, ob, lb):
-            lse = torch.logaddexp(la, lb)
-            return torch.exp(la - lse)[..., None] * oa + torch.exp(lb - lse)[..., None] * ob, lse
-        op = torch.ops.rpo_kernels.merge_attention_states
-        args = [torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True) if i % 2 == 0 else
-                (torch.randn(5, 3, dtype=torch.float64) * 2).requires_grad_() for i in range(4)]
-        assert torch.autograd.gradcheck(op, args)
-        la = torch.full((5, 3), float("-inf"), dtype=torch.float64, requires_grad=True)
-        oa = args[0].detach().clone().requires_grad_()
-        out, lse = op(oa, la, args[2], args[3])
-        (out.sum() + lse.sum()).backward()
-        assert torch.equal(oa.grad, torch.zeros_like(oa)) and torch.equal(la.grad, torch.zeros_like(la))
+        assert "rpo_kernels.lane_decode.default" in targets, targets
+        out, lse = [node.meta["val"] for node in ep.graph.output_node().args[0]]
+        assert out.shape == (3, 8, 64) and out.dtype == bf
+        assert lse.shape == (3, 8) and lse.dtype == torch.float32
     """)
 
 
@@ -175,38 +152,6 @@ def test_lane_decode_under_torch_compile():
 
 
 @on_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,h,d", [(19, 3, 40), (5, 2, 3), (989, 8, 128)])
-def test_merge_attention_states_matches_reference(n, h, d, dtype):
-    merge = rpo_kernels.merge_attention_states
-    oa, ob = (torch.randn(n, h, d, device="cuda").to(dtype) for _ in range(2))
-    la, lb = (torch.randn(n, h, device="cuda") * 3 for _ in range(2))
-    la[0, 0] = lb[-1, -1] = -math.inf
-    out, lse = cuda_ops.merge_attention_states(oa, la, ob, lb)
-    ref_o, ref_l = merge(oa.float(), la, ob.float(), lb, backend="reference")
-    low_o, _ = merge(oa, la, ob, lb, backend="reference")
-    assert_within_rule(out, ref_o, low_o, atol=ATOL[dtype], name="out")
-    assert_within_rule(lse, ref_l, ref_l, atol=1e-5, name="lse")
-
-
-@on_gpu
-def test_merge_gradients_match_reference():
-    merge = rpo_kernels.merge_attention_states
-    leaves = [torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda"),
-              torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda")]
-    g_out, g_lse = torch.randn(37, 4, 64, device="cuda"), torch.randn(37, 4, device="cuda")
-
-    def grads(fn):
-        xs = [x.clone().requires_grad_() for x in leaves]
-        out, lse = fn(*xs)
-        ((out * g_out).sum() + (lse * g_lse).sum()).backward()
-        return [x.grad for x in xs]
-
-    for mine, ref in zip(grads(cuda_ops.merge_attention_states), grads(lambda *a: merge(*a, backend="reference"))):
-        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
-
-
-@on_gpu
 def test_launchers_name_the_argument():
     case = lane_case([2], [40], [3, 5], 4, 2, 64, torch.bfloat16, device="cuda")
     plan = rpo_kernels.plan_lane_decode(**case["args"], prefix_shape=case["prefix_shape"],
@@ -225,6 +170,3 @@ def test_launchers_name_the_argument():
         op(q, pk, pv, sk, sv, tables[:-1], groups, tokens, 0.1)
     with pytest.raises(RuntimeError, match="V lanes must have the shape and strides of 'suffix_k'"):
         op(q, pk, pv, sk, case["sv"], tables, groups, tokens, 0.1)
-    with pytest.raises(RuntimeError, match="'lse_b' must have dtype"):
-        torch.ops.rpo_kernels.merge_attention_states(q, torch.zeros(2, 4, device="cuda"), q,
-                                                     torch.zeros(2, 4, device="cuda", dtype=torch.float64))

@@ -9,15 +9,13 @@ Forward values and, where the kernel is differentiable, the gradients of every i
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import rpo_kernels
 from rpo_kernels._dispatch import backend_status
 from tests.helpers.attention_cases import DIFF_NAMES, attend, make_case, on, sdpa_oracle
-from tests.helpers.kernel_cases import grads_of, halves, logprobs_case, loss_case, loss_run, naive, unfused
+from tests.helpers.kernel_cases import grads_of, logprobs_case, loss_case, loss_run, naive, unfused
 from tests.helpers.rules import assert_within_rule
 
 pytestmark = pytest.mark.parity
@@ -109,38 +107,3 @@ def test_shared_prefix_forward_backward(device, backend, dtype, which):
     assert_within_rule(out, ref_out, low_out, atol=ATOL[dtype], name=f"{backend} out")
     for name in DIFF_NAMES:
         assert_within_rule(mine[name], want[name], low[name], atol=10 * ATOL[dtype], name=f"{backend} grad {name}")
-
-
-# ---- merge_attention_states --------------------------------------------------------------------------------------
-def torch_merge(oa, la, ob, lb):
-    """The merge formula in plain torch (the weights in the output's dtype): the low-precision baseline."""
-    lse = torch.logaddexp(la, lb)
-    wa, wb = torch.exp(la - lse)[..., None], torch.exp(lb - lse)[..., None]
-    return wa.to(oa.dtype) * oa + wb.to(ob.dtype) * ob, lse
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
-@pytest.mark.parametrize("dtype", LOWP)
-def test_merge_attention_states(device, backend, dtype):
-    need(backend, dtype, device)
-    n, h, d, la, lb = (989, 8, 128, 300, 41) if gpu(device) else (19, 4, 64, 13, 6)
-    states, _, _ = halves(n, h, d, la, lb, dtype)
-    states = [x.to(device) for x in states]
-    states[1][0, 0] = states[3][-1, -1] = -math.inf  # one side empty for two rows
-    g_out, g_lse = torch.randn(n, h, d, dtype=torch.float64), torch.randn(n, h, dtype=torch.float64)
-
-    def grads(fn, leaf_dtype):
-        leaves = [x.detach().to(leaf_dtype if i % 2 == 0 else torch.float32).requires_grad_()
-                  for i, x in enumerate(states)]
-        out, lse = fn(*leaves)
-        ((out.double() * g_out.to(device)).sum() + (lse.double() * g_lse.to(device)).sum()).backward()
-        return [out.detach().cpu(), lse.detach().cpu()] + [x.grad.cpu() for x in leaves]
-
-    mine = grads(lambda *a: rpo_kernels.merge_attention_states(*a, backend=backend), dtype)
-    oracle = grads(lambda oa, la, ob, lb: torch_merge(oa, la.double(), ob, lb.double()), torch.float64)
-    lowp = grads(torch_merge, dtype)
-    assert mine[0].dtype == dtype
-    for name, a, want, low in zip(("out", "lse", "grad out_a", "grad lse_a", "grad out_b", "grad lse_b"), mine,
-                                  oracle, lowp):
-        assert_within_rule(a, want, low, atol=ATOL[dtype] * (1 + float(want[torch.isfinite(want)].abs().max())),
-                           name=f"{backend} {name}")

@@ -28,8 +28,8 @@ from rpo_train.task.recurrence import RecurrenceTask
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
 from tests.helpers.train_configs import ones_reward
 
-OPS = ("rpo_kernels.ops.attention", "rpo_kernels.ops.lane_attention", "rpo_kernels.ops.policy_loss",
-       "rpo_kernels.ops.token_logprobs")
+OPS = ("rpo_kernels.ops.shared_prefix_attention", "rpo_kernels.ops.lane_decode_attention",
+       "rpo_kernels.ops.policy_loss", "rpo_kernels.ops.token_logprobs")
 
 
 @pytest.fixture

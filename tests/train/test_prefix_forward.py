@@ -142,7 +142,7 @@ def _layer_syncs(tmp_path, layers: int, backend: str, monkeypatch) -> tuple[int,
     """Host syncs of one kernel-mode prefix-once forward + backward with checkpointed layers: (all of them, those
     inside each attention call, ids of the plans the calls got)."""
     import rpo_kernels
-    from rpo_kernels.ops.attention import shared_prefix_attention
+    from rpo_kernels.ops.shared_prefix_attention import shared_prefix_attention
     from tests.helpers.host_syncs import HostSyncs
     from tests.helpers.rollout_models import hf_model
 

@@ -16,12 +16,6 @@ rpo::DType dtype_of(int code) {
 
 extern "C" {
 
-int emu_merge_attention_states(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
-                               void* out, float* lse, int64_t rows, int head_dim, int dtype) {
-  return rpo::merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, dtype_of(dtype),
-                                     nullptr);
-}
-
 int emu_num_splits(int num_groups, int num_kv_heads, int64_t total_prefix_tokens, int num_sms) {
   return rpo::lane_decode_num_splits(num_groups, num_kv_heads, total_prefix_tokens, num_sms);
 }

@@ -19,7 +19,7 @@ from .. import cuda
 from .._checks import FLOAT_DTYPES, check_softmax_scale, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.lane_decode_attention import lane_decode_attention_ref
-from .attention import TRITON_MAX_HEAD_DIM
+from .shared_prefix_attention import TRITON_MAX_HEAD_DIM
 
 IMPLEMENTED = ("triton", "reference")
 

@@ -1,11 +1,11 @@
-"""Public ``plan_shared_prefix`` + ``shared_prefix_attention`` (the extend/training op) and ``merge_attention_states``.
+"""Public ``plan_shared_prefix`` + ``shared_prefix_attention``: the extend (training) op of shared-prefix attention.
 
 Plan once, run per layer: ``plan_shared_prefix`` validates the index pointers of a batch on the host, once; every
 layer's ``shared_prefix_attention`` then checks only shapes, dtypes and devices against the plan (no host
 synchronisation) and dispatches Triton -> reference. The math lives in ``rpo_kernels.reference.
-shared_prefix_attention`` and ``rpo_kernels.reference.merge_attention_states`` (the CPU path and the oracle); the
-Triton kernels in ``rpo_kernels.triton.shared_prefix_attention`` (+ ``_bwd``) and ``rpo_kernels.triton.
-merge_attention_states``.
+shared_prefix_attention`` (the CPU path and the oracle; its two partial attentions merge by
+``rpo_kernels.reference.merge_attention_states``); the Triton kernels in ``rpo_kernels.triton.shared_prefix_attention``
+(+ ``_bwd``, and the merge in ``rpo_kernels.triton.merge_attention_states``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 
 from .._checks import FLOAT_DTYPES, check_softmax_scale, check_tensor
 from .._dispatch import resolve_backend
-from ..reference.merge_attention_states import merge_attention_states_ref
 from ..reference.shared_prefix_attention import RaggedLayout, shared_prefix_attention_ref
 
 IMPLEMENTED = ("triton", "reference")
@@ -168,40 +167,3 @@ def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, plan: Sha
         out, lse = shared_prefix_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, plan.layout,
                                                softmax_scale=scale)
     return (out, lse) if return_lse else out
-
-
-def merge_attention_states(out_a, lse_a, out_b, lse_b, *, backend=None):
-    """Exact merge of two partial softmax attentions over disjoint key sets.
-
-    Args:
-        out_a, out_b: [N, H, D], one float dtype and device (attention over key sets A and B).
-        lse_a, lse_b: [N, H] fp32, natural-log sum-exp of the scores of each set (-inf for an empty set).
-        backend: None (auto), "cuda", "triton" or "reference".
-
-    Returns:
-        (out [N, H, D] in out_a's dtype, lse [N, H] fp32) with ``lse = log(exp(lse_a) + exp(lse_b))`` and
-        ``out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b`` (out = 0, lse = -inf when both sets are empty).
-        Differentiable in all four inputs.
-    """
-    check_tensor("out_a", out_a, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("out_b", out_b, ndim=3, device=out_a.device)
-    if out_b.dtype != out_a.dtype:
-        raise TypeError(f"argument 'out_b' must have the dtype of 'out_a' ({out_a.dtype}), got {out_b.dtype}")
-    if out_b.shape != out_a.shape:
-        raise ValueError(f"argument 'out_b' must have the shape of 'out_a' {tuple(out_a.shape)}, "
-                         f"got {tuple(out_b.shape)}")
-    for name, value in (("lse_a", lse_a), ("lse_b", lse_b)):
-        check_tensor(name, value, ndim=2, dtypes=(torch.float32,), device=out_a.device)
-        if value.shape != out_a.shape[:2]:
-            raise ValueError(f"argument '{name}' must have shape {tuple(out_a.shape[:2])} ([N, H] of 'out_a'), "
-                             f"got {tuple(value.shape)}")
-    chosen = resolve_backend("merge_attention_states", out_a.device, backend, ("cuda",) + IMPLEMENTED)
-    if chosen == "cuda":
-        from .. import cuda
-
-        return cuda.merge_attention_states(out_a, lse_a, out_b, lse_b)
-    if chosen == "triton":
-        from ..triton.merge_attention_states import TritonMergeAttentionStates
-
-        return TritonMergeAttentionStates.apply(out_a, lse_a, out_b, lse_b)
-    return merge_attention_states_ref(out_a, lse_a, out_b, lse_b)
