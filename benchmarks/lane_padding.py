@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
+    for name in ("calls", "prompt_median", "block"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("sigma", "budget_gib"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     rng = random.Random(args.seed)
     results = {}
     print(f"| recipe | median response | lane waste | paged waste ({args.block}) | lanes / paged memory | "

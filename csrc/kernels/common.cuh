@@ -19,16 +19,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Conversions between a storage type and fp32 (all arithmetic happens in fp32).
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
+// Conversion of fp32 (all arithmetic happens in fp32) to a storage type.
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>

@@ -3,7 +3,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <cuda_runtime_api.h>
 
 #include <string>
@@ -30,25 +29,12 @@ inline void check_dtype(const char* op, const char* name, const at::Tensor& t, a
               t.scalar_type());
 }
 
-inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef want) {
-  TORCH_CHECK(t.sizes() == want, op, ": argument '", name, "' must have shape ", want, ", got ", t.sizes());
-}
-
-// Storage dtype of the kernels; `allow_fp32` is false for the tensor-core kernels.
-inline rpo::DType storage_dtype(const char* op, const char* name, const at::Tensor& t, bool allow_fp32) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16:
-      return rpo::DType::kBFloat16;
-    case at::kHalf:
-      return rpo::DType::kFloat16;
-    case at::kFloat:
-      if (allow_fp32) return rpo::DType::kFloat32;
-      break;
-    default:
-      break;
-  }
-  TORCH_CHECK(false, op, ": argument '", name, "' must have dtype ",
-              allow_fp32 ? "float32, float16 or bfloat16" : "float16 or bfloat16", ", got ", t.scalar_type());
+// Storage dtype of the tensor-core kernels: float16 or bfloat16.
+inline rpo::DType storage_dtype(const char* op, const char* name, const at::Tensor& t) {
+  if (t.scalar_type() == at::kBFloat16) return rpo::DType::kBFloat16;
+  TORCH_CHECK(t.scalar_type() == at::kHalf, op, ": argument '", name, "' must have dtype float16 or bfloat16, got ",
+              t.scalar_type());
+  return rpo::DType::kFloat16;
 }
 
 // Last dim contiguous, other strides and the data pointer multiples of 16 bytes (rows fit 16-byte vectors).
@@ -63,17 +49,6 @@ inline void check_rows_aligned(const char* op, const char* name, const at::Tenso
 inline void check_contiguous(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_contiguous(), op, ": argument '", name, "' must be contiguous (strides ", t.strides(),
               "); call .contiguous() first");
-}
-
-// An index tensor as int32 (indptr) or int64 (slots), 1-D, on `ref`'s device, contiguous.
-inline at::Tensor index_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
-                               int64_t length, at::ScalarType want) {
-  check_same_device(op, name, t, ref);
-  TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op, ": argument '", name,
-              "' must have dtype int32 or int64, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == length, op, ": argument '", name, "' must have shape [", length,
-              "], got ", t.sizes());
-  return t.to(want).contiguous();
 }
 
 inline void check_launch(const char* op, cudaError_t err) {

@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> lane_decode(const at::Tensor& q, const at::Te
                                                int64_t num_groups, int64_t prefix_tokens, double softmax_scale) {
   check_cuda(kOp, "q", q);
   check_dim(kOp, "q", q, 3);
-  const rpo::DType dtype = storage_dtype(kOp, "q", q, /*allow_fp32=*/false);
+  const rpo::DType dtype = storage_dtype(kOp, "q", q);
   const int64_t num_seqs = q.size(0);
   const int64_t num_q_heads = q.size(1);
   const int64_t head_dim = q.size(2);

@@ -80,8 +80,8 @@ def supports_lane_decode(q: torch.Tensor, *tensors: torch.Tensor) -> tuple[bool,
 
 def lane_tables(plan, device: torch.device) -> tuple[torch.Tensor, int, int]:
     """(int32 tables [3B+1+3N] on ``device``, B, prefix tokens read) of ``plan``, built once per plan and device from
-    its host integers (one transfer): group_indptr over the grouped order, group_lane, group_len, order, suffix_lane,
-    suffix_len (the layout of ``rpo::LaneDecodeParams``)."""
+    its host integers (one non-blocking transfer from pinned memory): group_indptr over the grouped order,
+    group_lane, group_len, order, suffix_lane, suffix_len (the layout of ``rpo::LaneDecodeParams``)."""
     key = ("cuda", str(device))
     cached = plan.backend_cache.get(key)
     if cached is None:
@@ -90,8 +90,9 @@ def lane_tables(plan, device: torch.device) -> tuple[torch.Tensor, int, int]:
         indptr = [first for _, _, first, _ in groups] + [plan.num_queries]
         flat = (indptr + [lane for lane, _, _, _ in groups] + [length for _, length, _, _ in groups] + order
                 + list(s_lane) + list(s_len))
-        cached = (torch.tensor(flat, dtype=torch.int32).to(device), len(groups),
-                  sum(length for _, length, _, _ in groups))
+        pinned = device.type == "cuda"  # built in the first layer's call: a non-blocking copy, no host sync
+        tables = torch.tensor(flat, dtype=torch.int32, pin_memory=pinned).to(device, non_blocking=pinned)
+        cached = (tables, len(groups), sum(length for _, length, _, _ in groups))
         plan.backend_cache[key] = cached
     return cached
 

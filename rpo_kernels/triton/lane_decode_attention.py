@@ -37,8 +37,9 @@ def _tables(plan, rep: int, per_lane_p: int, per_lane_s: int, device, dtype):
     _, _, s_lane, s_len = plan.host
     pseg = [(first, count, lane * per_lane_p, length, length) for lane, length, first, count in groups]
     sseg = [(j, 1, s_lane[i] * per_lane_s, s_len[i], s_len[i] - 1) for j, i in enumerate(order)]
+    pinned = device.type == "cuda"  # built in the first layer's call: non-blocking copies, no host sync
     tables = (plan_segments(pseg, sseg, rep, device, dtype, decode=True),
-              torch.tensor(order, dtype=torch.long).to(device))
+              torch.tensor(order, dtype=torch.long, pin_memory=pinned).to(device, non_blocking=pinned))
     plan.backend_cache[key] = tables
     return tables
 

@@ -23,16 +23,16 @@ def lane_case(glens, plens, slens, hq, hkv, d, dtype, *, seed=0, device="cpu", s
     p_cap, s_cap = max(plens) + spare_cap, max(slens) + spare_cap
     p_lanes = torch.randperm(b + spare_lanes, generator=gen)[:b].tolist()
     s_lanes = torch.randperm(n + spare_lanes, generator=gen)[:n].tolist()
-    prefix = torch.randn(b + spare_lanes, hkv, p_cap, 2, d, generator=gen).to(dtype)
-    suffix = torch.randn(n + spare_lanes, hkv, s_cap, 2, d, generator=gen).to(dtype)
+    dev = torch.device(device)
+    prefix = torch.randn(b + spare_lanes, hkv, p_cap, 2, d, generator=gen).to(dtype).to(dev)
+    suffix = torch.randn(n + spare_lanes, hkv, s_cap, 2, d, generator=gen).to(dtype).to(dev)
     group_of = [g for g, count in enumerate(glens) for _ in range(count)]
     order = torch.randperm(n, generator=gen).tolist()
     args = dict(prefix_lane=[p_lanes[group_of[i]] for i in order], prefix_length=[plens[group_of[i]] for i in order],
                 suffix_lane=[s_lanes[i] for i in order], suffix_length=[slens[i] for i in order])
     q = torch.randn(hq, n, d, generator=gen).to(dtype).transpose(0, 1)
-    dev = torch.device(device)
-    return dict(q=q.to(dev), pk=prefix[..., 0, :].to(dev), pv=prefix[..., 1, :].to(dev), sk=suffix[..., 0, :].to(dev),
-                sv=suffix[..., 1, :].to(dev), args=args, prefix_shape=(b + spare_lanes, p_cap),
+    return dict(q=q.to(dev), pk=prefix[..., 0, :], pv=prefix[..., 1, :], sk=suffix[..., 0, :], sv=suffix[..., 1, :],
+                args=args, prefix_shape=(b + spare_lanes, p_cap),
                 suffix_shape=(n + spare_lanes, s_cap))
 
 

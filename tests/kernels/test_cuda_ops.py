@@ -168,5 +168,6 @@ def test_launchers_name_the_argument():
         op(q, pk, pv.half(), sk, sv, tables, groups, tokens, 0.1)
     with pytest.raises(RuntimeError, match="'tables' must have shape"):
         op(q, pk, pv, sk, sv, tables[:-1], groups, tokens, 0.1)
+    sv_other = sv.transpose(1, 2).contiguous().transpose(1, 2)  # same shape and aligned rows, other strides
     with pytest.raises(RuntimeError, match="V lanes must have the shape and strides of 'suffix_k'"):
-        op(q, pk, pv, sk, case["sv"], tables, groups, tokens, 0.1)
+        op(q, pk, pv, sk, sv_other, tables, groups, tokens, 0.1)
