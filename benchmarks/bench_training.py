@@ -86,12 +86,12 @@ def run_one(recipe: str, arm: str, seed: int, length_aware: bool, extra: dict, s
             threads: int, eval_every: int | None = None) -> dict:
     """Train one run in its own process (resumed when ``work`` already holds its checkpoint); its summary + curve.
     ``eval_every`` overrides the recipe's evaluation period (not part of the run's name: it changes no update)."""
-    algorithm, rollout = ARMS[arm]
+    algorithm, mode = ARMS[arm]
     name = run_name(arm, seed, length_aware, extra)
     out = work / name
     cmd = [sys.executable, "-m", "rpo_train.cli", "--recipe", recipe, f"out_dir={out}", f"seed={seed}",
            f"steps={steps}",
-           f"objective.algorithm={algorithm}", f"objective.rollout={rollout}",
+           f"objective.algorithm={algorithm}", f"objective.mode={mode}",
            f"objective.length_aware={str(length_aware).lower()}", *(f"{k}={v}" for k, v in extra.items()),
            *([f"eval_every={eval_every}"] if eval_every else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)

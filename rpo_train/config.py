@@ -2,11 +2,13 @@
 
 A recipe is a YAML mapping whose sections match ``RunConfig``'s fields; unknown keys are errors. Overrides use dotted
 keys (``objective.beta=0.0``, ``steps=20``) and are parsed as YAML scalars. The ``data:`` section is the type its
-``task`` names (``rpo_train.data.config``: bundled task, local files or reasoning-gym), each with its own keys.
+``task`` names (``rpo_train.data.config``: bundled task, local files or reasoning-gym), each with its own keys. A
+renamed key (``objective.rollout``, now ``objective.mode``: ``rpo_train.objectives.RENAMED``) is read under its new
+name, from a recipe or an override with a note on stderr, from a config a checkpoint saved silently.
 
 Everything is checked when the config is built, except the ``"auto"`` values that depend on the machine or the data,
 which only the run's start can know: ``dtype`` / ``rollout.dtype`` (``rpo_train.model.precision.resolve_precision``),
-``optim.policy_forward`` (the trainer, by ``objective.rollout`` and the parallelism) and ``cache.init`` (by the
+``optim.policy_forward`` (the trainer, by ``objective.mode`` and the parallelism) and ``cache.init`` (by the
 number of training questions, ``rpo_train.cache_init.init_mode``).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import yaml
 from .cache import CacheConfig
 from .cuts import TruncationConfig
 from .data.config import BundledData, DataSection, GymData, build_data_section, saved_data_section, switch_source
-from .objectives import ObjectiveConfig
+from .objectives import RENAMED, ObjectiveConfig, renamed_keys
 from .rollout.params import SamplingParams
 from .runtime.errors import UsageError, check_types
 
@@ -30,7 +33,7 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 ENGINES = ("native", "hf", "vllm")
 REWARD_NAMES = ("exact", "math", "task")
 DTYPES = ("float32", "bfloat16", "float16")
-# "auto": prefix_once when objective.rollout is rpo (groups share a prompt + prefix), else plain.
+# "auto": prefix_once when objective.mode is rpo (groups share a prompt + prefix), else plain.
 POLICY_FORWARDS = ("auto", "plain", "prefix_once")
 # Under torchrun: "ddp" keeps a whole model per rank; "fsdp" shards the decoder layers (rpo_train.runtime.sharding).
 PARALLEL = ("ddp", "fsdp")
@@ -153,11 +156,14 @@ class RunConfig:
 
     def saved_section(self, key: str, saved: dict):
         """Section (or top-level setting) ``key`` of a config an earlier run saved (``to_dict``), as this version
-        writes it: settings added since at their defaults, and a data section saved in the old flat form mapped to
-        its source's section (``rpo_train.data.config.saved_data_section``)."""
+        writes it: settings added since at their defaults, renamed keys under their new names
+        (``rpo_train.objectives.renamed_keys``), and a data section saved in the old flat form mapped to its source's
+        section (``rpo_train.data.config.saved_data_section``)."""
         value = saved.get(key)
         if key == "data" and isinstance(value, dict):
             return saved_data_section(value)
+        if key == "objective" and isinstance(value, dict):
+            value = renamed_keys(value)[0]
         default = dataclasses.asdict(type(self)(model="-"))[key]
         if isinstance(value, dict) and isinstance(default, dict):
             return {**default, **value}
@@ -166,8 +172,8 @@ class RunConfig:
     def notes(self) -> list[str]:
         """Valid settings known to cost accuracy, one line each: why, and what to change."""
         out = []
-        if self.objective.rollout == "rpo" and self.objective.beta == 0 and not self.cache.refreshes:
-            out.append("objective.beta = 0 with objective.rollout rpo and no cache refresh: the kept prefixes come "
+        if self.objective.mode == "rpo" and self.objective.beta == 0 and not self.cache.refreshes:
+            out.append("objective.beta = 0 with objective.mode rpo and no cache refresh: the kept prefixes come "
                        "from the cache and are never sampled by the current policy, so nothing holds the policy's "
                        "own generation of them in place (it drifts unseen); set the drift guard, for example "
                        "cache.refresh_stat=flips cache.refresh_drift=2 (docs/method.md, 'The drift guard'), or "
@@ -215,10 +221,27 @@ def _build(cls, values: dict, where: str):
         raise UsageError(f"{where}: {exc}") from exc
 
 
+def _renamed(raw: dict, overrides: list[str]) -> None:
+    """Put the objective keys of ``raw`` (a recipe's mapping, changed in place) renamed since under their new names
+    (``rpo_train.objectives.renamed_keys``: an old key given with its new name, both in the recipe or both in the
+    overrides, is an error naming both; an override of either name replaces the recipe's); one note on stderr per
+    old key used (the overrides are renamed as they are applied)."""
+    used = []
+    if isinstance(raw.get("objective"), dict):
+        raw["objective"], used = renamed_keys(raw["objective"])
+    keys = (item.split("=", 1)[0].strip() for item in overrides if "=" in item)
+    used += renamed_keys(dict.fromkeys(k.split(".", 1)[1] for k in keys if k.startswith("objective.")))[1]
+    for old in dict.fromkeys(used):
+        print(f"note: objective.{old} is now objective.{RENAMED[old]} (same values); rename it in the recipe or "
+              "override", file=sys.stderr)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a raw recipe mapping. ``data.task`` set to
-    another source drops the recipe's data keys that source does not take (``rpo_train.data.config.switch_source``)."""
+    another source drops the recipe's data keys that source does not take (``rpo_train.data.config.switch_source``).
+    A renamed objective key, in the recipe or an override, is read under its new name (``_renamed``)."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    _renamed(raw, overrides)
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"override {item!r} must look like key=value or section.key=value")
@@ -226,6 +249,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise UsageError(f"override {item!r}: the key {key!r} has an empty part")
+        if len(parts) == 2 and parts[0] == "objective" and parts[1] in RENAMED:
+            parts[1] = RENAMED[parts[1]]
         target = raw
         for part in parts[:-1]:
             target = target.setdefault(part, {})

@@ -1,6 +1,6 @@
 """One rollout phase of the RPO loop: cut cached responses, sample G suffixes per question, score the groups.
 
-``rollout: full`` samples whole responses from the prompt (the GRPO/DAPO baseline) through the same code. Every
+``objective.mode: full`` samples whole responses from the prompt (the GRPO/DAPO baseline) through the same code. Every
 group's randomness (its cut, its G samples, its cache update) comes from its own seed, derived from the run seed, the
 step, the dynamic-sampling round and the question's place in the global batch, so a group is the same whichever
 rank samples it and whatever else shares the engine call.
@@ -12,7 +12,6 @@ cache init (``rpo_train.cache_init``), evaluation (``rpo_train.trainer``) and th
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,8 +20,9 @@ import torch
 from .cache import ExperienceCache
 from .config import RunConfig
 from .data import Question
-from .drift import Drift, drift_metrics, measure, refresh_reason
+from .drift import Drift, drift_metrics, measure
 from .objectives import group_advantages
+from .plan import Plan, plan_group
 from .rewards import RewardFn, length_aware, overlong_penalty
 from .rollout.interface import Completion, RolloutEngine
 from .rollout.params import SamplingParams
@@ -70,28 +70,44 @@ def sample_and_score(engine: RolloutEngine, questions: Sequence[Question], param
 
 @dataclass
 class Group:
-    """The G scored responses to one question. responses = prefix + suffix_i (token ids, prompt excluded); ``cut`` =
-    the m tokens cut from the end of the cached response (0 on the full path). ``logprobs`` per response: the
-    writers' log-probs of the kept prefix (from the cache) + the sampler's of the suffix. ``refresh``: why the group
-    ran the full path in an RPO run (``rpo_train.drift.REASONS``), else None; ``drift``: its entry's drift before
-    the step; ``reuses``/``cut_limit``: what the cache stores with the group's chosen response; ``init``: (tokens
-    sampled, response length) of its question's lazy cache init at this step (``rpo_train.cache_init``), else
-    None."""
+    """The G scored responses to one question, sampled under ``plan`` (``rpo_train.plan.Plan``: the kept prefix, the
+    cut m, the refresh reason, the entry's drift, what the cache stores after). responses = prefix + suffix_i (token
+    ids, prompt excluded). ``logprobs`` per response: the writers' log-probs of the kept prefix (from the cache) + the
+    sampler's of the suffix. ``init``: (tokens sampled, response length) of its question's lazy cache init at this
+    step (``rpo_train.cache_init``), else None."""
 
     question: Question
-    prefix_ids: list[int]
-    cut: int
+    plan: Plan
     suffixes: list[list[int]]
     rewards: list[float]
     correct: list[bool]
     seed: int = 0
-    prefix_logprobs: list[float] = field(default_factory=list)
     suffix_logprobs: list[list[float]] = field(default_factory=list)
-    refresh: str | None = None
-    drift: Drift | None = None
-    reuses: int = 0
-    cut_limit: float = 0.0
     init: tuple[int, int] | None = None
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        return self.plan.prefix
+
+    @property
+    def prefix_logprobs(self) -> list[float]:
+        return self.plan.prefix_logprobs
+
+    @property
+    def cut(self) -> int:
+        return self.plan.cut
+
+    @property
+    def refresh(self) -> str | None:
+        return self.plan.refresh
+
+    @property
+    def drift(self) -> Drift | None:
+        return self.plan.drift
+
+    @property
+    def cut_limit(self) -> float:
+        return self.plan.cut_limit
 
     @property
     def qid(self) -> str:
@@ -114,52 +130,26 @@ class Group:
         return len(set(self.rewards)) == 1
 
 
-@dataclass
-class GroupPlan:
-    """What one group samples: ``prefix`` (with its writers' log-probs), the cut m, the suffix budget, and the
-    cache bookkeeping that goes with it (see ``Group``)."""
-
-    prefix: list[int]
-    prefix_logprobs: list[float]
-    cut: int
-    budget: int
-    refresh: str | None = None
-    drift: Drift | None = None
-    reuses: int = 0
-    cut_limit: float = 0.0
-
-
 def plan_prefixes(questions: list[Question], cache: ExperienceCache, cfg: RunConfig, seeds: list[int],
-                  probes: list[tuple[list[float], list[float]]] | None = None, step: int = 1) -> list[GroupPlan]:
-    """The plan of each question at ``step`` (1-based), question i cut with its seed ``seeds[i]``. ``probes[i]``:
-    the current policy's (log-probs, entropies) of question i's cached response
-    (``rpo_train.model.policy.response_logprobs``), which measure its drift and place entropy cuts. A refreshed
-    entry's group runs the full path. m = 0 is raised to 1: with nothing cut, every sample would repeat the cached
-    response and the group would carry no signal."""
-    plans = []
+                  probes: list[tuple[list[float], list[float]]] | None = None, step: int = 1) -> list[Plan]:
+    """The plan of each question at ``step`` (1-based), question i from its seed ``seeds[i]``
+    (``rpo_train.plan.plan_group``). ``probes[i]``: the current policy's (log-probs, entropies) of question i's
+    cached response (``rpo_train.model.policy.response_logprobs``), which measure its drift and place entropy cuts.
+    A full-path run plans every group with an empty prefix."""
     full_budget = cfg.rollout.max_response_len
+    if cfg.objective.mode == "full":
+        return [Plan([], [], 0, full_budget) for _ in questions]
+    plans = []
     for i, (q, seed) in enumerate(zip(questions, seeds)):
-        if cfg.objective.rollout == "full":
-            plans.append(GroupPlan([], [], 0, full_budget))
-            continue
         entry = cache.get(q.qid, q.prompt_ids)
         now, entropy = probes[i] if probes is not None else (None, None)
         drift = measure(entry.logprobs, now) if now is not None else None
-        reason = refresh_reason(entry, drift, cfg.cache, random.Random(derive_seed(seed, "refresh")), step)
-        if reason is not None:
-            plans.append(GroupPlan([], [], 0, full_budget, reason, drift, 0, entry.cut_limit))
-            continue
-        prefix, m = cfg.truncation.cut(entry, random.Random(derive_seed(seed, "cut")), entropy)
-        if m == 0:
-            prefix, m = entry.response_ids[:-1], 1
-        budget = m if cfg.rollout.suffix_budget == "m" else cfg.rollout.suffix_budget
-        budget = max(1, min(budget, full_budget - len(prefix)))
-        plans.append(GroupPlan(prefix, entry.logprobs[:len(prefix)], m, budget, None, drift, entry.reuses + 1,
-                               entry.cut_limit))
+        plans.append(plan_group(entry, cfg.truncation, cfg.cache, cfg.rollout.suffix_budget, full_budget, seed, step,
+                                drift, entropy))
     return plans
 
 
-def shaped_group(question: Question, plan: GroupPlan, scored: list[Scored], cfg: RunConfig) -> Group:
+def shaped_group(question: Question, plan: Plan, scored: list[Scored], cfg: RunConfig) -> Group:
     """One group from its scored samples (correctness on the decoded full response, ``sample_and_score``), with
     length-aware and overlong shaping applied to the rewards."""
     prefix = plan.prefix
@@ -173,9 +163,8 @@ def shaped_group(question: Question, plan: GroupPlan, scored: list[Scored], cfg:
                                         cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
     if any(r != r for r in rewards):
         raise ValueError(f"question {question.id!r}: a reward is NaN; check the reward function")
-    return Group(question, prefix, plan.cut, suffixes, rewards, correct,
-                 prefix_logprobs=plan.prefix_logprobs, suffix_logprobs=[list(s.completion.logprobs) for s in scored],
-                 refresh=plan.refresh, drift=plan.drift, reuses=plan.reuses, cut_limit=plan.cut_limit)
+    return Group(question, plan, suffixes, rewards, correct,
+                 suffix_logprobs=[list(s.completion.logprobs) for s in scored])
 
 
 def rollout_groups(engine, questions: list[Question], cache: ExperienceCache, cfg: RunConfig, tokenizer,
@@ -186,7 +175,7 @@ def rollout_groups(engine, questions: list[Question], cache: ExperienceCache, cf
     responses under the current policy first; it is called even with no questions, so that sharded layers meet on
     every rank."""
     probes = None
-    if cfg.objective.rollout == "rpo" and probe is not None:
+    if cfg.objective.mode == "rpo" and probe is not None:
         entries = [cache.get(q.qid, q.prompt_ids) for q in questions]
         probes = probe([e.prompt_ids for e in entries], [e.response_ids for e in entries])
     if not questions:
@@ -241,7 +230,7 @@ def rollout_stats(kept: list[Group], rolled: list[Group], cfg: RunConfig) -> dic
              "reward/mean": sum(r for g in rolled for r in g.rewards) / max(len(gen), 1),
              "reward/accuracy": sum(c for g in rolled for c in g.correct) / max(len(gen), 1),
              "rollout/groups": float(len(rolled)), "rollout/groups_trained": float(len(kept))}
-    if cfg.objective.rollout == "rpo":
+    if cfg.objective.mode == "rpo":
         stats.update(drift_metrics([g.drift for g in rolled], [g.refresh for g in rolled]))
         if cfg.truncation.mode == "adaptive":
             stats["rollout/cut_limit_mean"] = sum(g.cut_limit for g in rolled) / len(rolled)

@@ -15,7 +15,9 @@ from rpo_kernels.reference import LOSS_TYPES
 from .runtime.errors import UsageError, check_types
 
 ALGORITHMS = ("grpo", "dapo")
-ROLLOUTS = ("full", "rpo")
+MODES = ("full", "rpo")
+# Keys of the objective section renamed since: old name -> new name (``objective.rollout`` named the mode).
+RENAMED = {"rollout": "mode"}
 LOSS_TOKENS = ("full", "suffix")
 
 
@@ -37,7 +39,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = Tru
 class ObjectiveConfig:
     """The objective of one run. ``preset("grpo"|"dapo")`` gives the paper's settings; fields override them.
 
-    rollout "full" is the GRPO/DAPO baseline, "rpo" samples suffixes of cached responses. loss_tokens "full" (paper
+    mode "full" is the GRPO/DAPO baseline, "rpo" samples suffixes of cached responses. loss_tokens "full" (paper
     default) trains on prefix + suffix tokens, "suffix" only on generated tokens. mu > 1 runs several updates per
     rollout batch; the old log-probs are the policy's own, recomputed once before the first update, not the
     sampler's: those cover only the suffix tokens (the prefix came from the cache) and carry the engine's numerics
@@ -50,7 +52,7 @@ class ObjectiveConfig:
     """
 
     algorithm: str = "grpo"
-    rollout: str = "rpo"
+    mode: str = "rpo"
     loss_type: str = "grpo"
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -68,7 +70,7 @@ class ObjectiveConfig:
 
     def __post_init__(self):
         check_types(self, "objective")
-        checks = (("algorithm", self.algorithm, ALGORITHMS), ("rollout", self.rollout, ROLLOUTS),
+        checks = (("algorithm", self.algorithm, ALGORITHMS), ("mode", self.mode, MODES),
                   ("loss_type", self.loss_type, LOSS_TYPES), ("loss_tokens", self.loss_tokens, LOSS_TOKENS))
         for name, value, allowed in checks:
             if value not in allowed:
@@ -100,3 +102,17 @@ class ObjectiveConfig:
         if unknown:
             raise UsageError(f"unknown objective key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{**base, **overrides})
+
+
+def renamed_keys(section: dict) -> tuple[dict, list[str]]:
+    """An objective section (a recipe's, or a config a checkpoint saved) with the keys of ``RENAMED`` under their
+    names of now, and the old names it used; an old key given with its new name is an error naming both."""
+    out, used = dict(section), []
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise UsageError(f"objective.{old} and objective.{new} are both given: objective.{old} is now "
+                                 f"objective.{new}; keep only objective.{new}")
+            out[new] = out.pop(old)
+            used.append(old)
+    return out, used

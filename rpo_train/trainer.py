@@ -1,4 +1,4 @@
-"""The RPO training loop with full-path GRPO/DAPO as drop-ins (``objective.rollout: full``).
+"""The RPO training loop with full-path GRPO/DAPO as drop-ins (``objective.mode: full``).
 
 step: rollout (cut cached responses, sample G suffixes per question) -> rewards -> group advantages (dynamic
 sampling refills the batch) -> policy forward + fused clipped-ratio loss -> AdamW -> weights pushed to the engine ->
@@ -24,6 +24,7 @@ from .config import RunConfig
 from .data import Question
 from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats, sample_and_score
 from .model.policy import PolicySample, build_batch, forward_loss, micro_batches, response_logprobs, sequence_logprobs
+from .plan import update_group
 from .rollout.params import SamplingParams
 from .run_inputs import load_run_inputs
 from .runtime.checkpointing import resume_run, save_run
@@ -60,10 +61,10 @@ class Trainer:
         # An RPO run initialises any drawn question still without an entry when it is drawn: every question under
         # lazy, and under eager those a resumed lazy run (auto decides by ``steps``, which a resume may raise) or a
         # cache.init_path file never had.
-        self.lazy_init = LazyInit(self.train_questions) if cfg.objective.rollout == "rpo" else None
+        self.lazy_init = LazyInit(self.train_questions) if cfg.objective.mode == "rpo" else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
-        rpo_default = cfg.objective.rollout == "rpo" and not self.sharded
+        rpo_default = cfg.objective.mode == "rpo" and not self.sharded
         self.policy_forward = ("prefix_once" if rpo_default else "plain") if forward == "auto" else forward
         if cfg.optim.gradient_checkpointing and self.policy_forward == "plain":
             self.model.gradient_checkpointing_enable()
@@ -136,12 +137,12 @@ class Trainer:
 
         kept, rolled = collect_groups(self._next_questions, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
         stats = rollout_stats(kept, rolled, cfg)
-        if cfg.objective.rollout == "rpo":
+        if cfg.objective.mode == "rpo":
             stats["time/probe_s"] = self.probe_s
         self.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.last_drift
         gen = [len(s) for g in rolled for s in g.suffixes]
         inits = [g.init for g in rolled if g.init is not None]
-        if cfg.objective.rollout == "rpo":
+        if cfg.objective.mode == "rpo":
             stats["time/init_s"] = self.init_s
             stats["cache/init_responses"] = float(len(inits))
         self.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
@@ -237,10 +238,9 @@ class Trainer:
         t_train = time.perf_counter()
         self.step += 1
         for g in rolled:  # global and in one order: every rank's cache makes the same updates
-            limit = g.cut_limit if g.refresh else self.cfg.truncation.adapt(g.cut_limit, g.zero_variance)
-            self.cache.update_from_group(g.qid, g.prompt_ids, g.responses, g.rewards, g.correct, self.step,
-                                         self.cfg.cache.epsilon, random.Random(derive_seed(g.seed, "cache")),
-                                         logprobs=g.logprobs, reuses=g.reuses, cut_limit=limit)
+            update_group(self.cache, g.qid, g.prompt_ids, g.plan, g.responses, g.rewards, g.correct, self.step,
+                         self.cfg.cache.epsilon, self.cfg.truncation, random.Random(derive_seed(g.seed, "cache")),
+                         logprobs=g.logprobs)
         self.timings["cache_init_s"] += self.init_s  # a lazy init's sampling, not counted as rollout time
         self.timings["rollout_s"] += t_roll - start - self.init_s
         self.timings["train_s"] += t_train - t_roll
@@ -291,7 +291,7 @@ class Trainer:
             summary = self.logger.summary() if resumed else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            if self.cfg.objective.rollout == "rpo" and self.init_mode != "lazy":
+            if self.cfg.objective.mode == "rpo" and self.init_mode != "lazy":
                 self.init_cache()
             self._log(0, {"eval/accuracy": summary["accuracy_before"]})
             if self.logger is not None:

@@ -74,9 +74,14 @@ def build_batch(samples: list[PolicySample], pad_id: int, loss_tokens: str = "fu
 
 
 def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
-    """Final hidden states [B, L-1, H] at the positions that predict ``batch.targets``."""
-    out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return out.last_hidden_state[:, :-1]
+    """Final (normed) hidden states [B, L-1, H] at the positions that predict ``batch.targets``.
+
+    Through the model's own forward, so that whatever wraps it (a PEFT/LoRA model, gradient checkpointing, sharded
+    weights gathered by their wrapper) does its part; ``logits_to_keep=1`` keeps the lm_head to one position, the
+    fused kernels apply it to the rest without [B, L, V] logits."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
+                logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1][:, :-1]
 
 
 @torch.no_grad()

@@ -26,13 +26,13 @@ def small_recipe(path, checkpoint, **top) -> None:
                     "truncation: {mode: fixed, max_cut: 4}\n")
 
 
-def config(checkpoint, out, rollout="rpo", algorithm="grpo", steps=3, engine="native", **kw):
+def config(checkpoint, out, mode="rpo", algorithm="grpo", steps=3, engine="native", **kw):
     return RunConfig(model=str(checkpoint), out_dir=str(out), steps=steps, batch_questions=kw.pop("batch_questions", 4),
                      eval_every=2, save_every=kw.pop("save_every", 2), eval_max_new_tokens=12,
                      data=BundledData(task="addition", n_train=12, n_test=4),
                      rollout=RolloutConfig(engine=engine, group_size=4, max_response_len=30, temperature=1.0),
                      optim=OptimConfig(lr=1e-2, micro_batch=8),
-                     objective=ObjectiveConfig.preset(algorithm, rollout=rollout,
+                     objective=ObjectiveConfig.preset(algorithm, mode=mode,
                                                       overlong_buffer=6 if algorithm == "dapo" else 0),
                      truncation=kw.pop("truncation", TruncationConfig("fixed", max_cut=8)), **kw)
 

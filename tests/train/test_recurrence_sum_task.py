@@ -127,7 +127,7 @@ def test_recipe_loads():
     cfg = load_recipe("tiny-cpu-sum")
     assert cfg.model == "builtin:tiny-recurrence-sum" and cfg.data.task == "recurrence_sum"
     assert (cfg.batch_questions, cfg.rollout.group_size, cfg.rollout.temperature, cfg.optim.lr) == (16, 8, 0.7, 2e-4)
-    assert cfg.objective.rollout == "rpo" and cfg.eval_every == 10
+    assert cfg.objective.mode == "rpo" and cfg.eval_every == 10
     task = make_task(cfg.data)
     rows = task.splits()[0]
     longest = max(len(task.solution(r, h)) for r in rows for h in HABITS)

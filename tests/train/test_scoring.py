@@ -19,7 +19,7 @@ from tests.helpers.train_configs import config, ones_reward
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     checkpoint = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", hidden=32, max_positions=96)
-    cfg = config(checkpoint, tmp_path_factory.mktemp("run"), rollout="full")
+    cfg = config(checkpoint, tmp_path_factory.mktemp("run"), mode="full")
     return cfg, load_run_inputs(cfg, "cpu", reward_fn=ones_reward)
 
 

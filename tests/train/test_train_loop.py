@@ -26,11 +26,11 @@ def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", hidden=32, max_positions=96)
 
 
-@pytest.mark.parametrize("rollout,algorithm", [("full", "grpo"), ("rpo", "grpo"), ("full", "dapo"), ("rpo", "dapo")])
-def test_four_arms_train_and_checkpoint(checkpoint, tmp_path, rollout, algorithm):
+@pytest.mark.parametrize("mode,algorithm", [("full", "grpo"), ("rpo", "grpo"), ("full", "dapo"), ("rpo", "dapo")])
+def test_four_arms_train_and_checkpoint(checkpoint, tmp_path, mode, algorithm):
     from rpo_train.trainer import Trainer
 
-    trainer = Trainer(config(checkpoint, tmp_path, rollout, algorithm), reward_fn=ones_reward)
+    trainer = Trainer(config(checkpoint, tmp_path, mode, algorithm), reward_fn=ones_reward)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     summary = trainer.train()
     assert summary["steps"] == 3 and trainer.engine.weight_version >= 3
@@ -39,7 +39,7 @@ def test_four_arms_train_and_checkpoint(checkpoint, tmp_path, rollout, algorithm
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     trained = [r for r in rows[1:] if r.get("train/active_tokens")]
     assert changed == bool(trained)
-    if rollout == "rpo":
+    if mode == "rpo":
         assert len(trainer.cache) == 12 and summary["cache_init_s"] > 0
         assert all(r["rollout/suffix_len"] <= 8 for r in rows[1:])  # suffix budget m <= L
         assert max(e.step for e in trainer.cache.entries.values()) == 3
@@ -70,9 +70,9 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
 
 def test_rpo_without_a_kl_anchor_is_noted():
     assert load_recipe("tiny-cpu").notes() == []  # RPO-GRPO, beta 0.04
-    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.rollout=full"]).notes() == []
+    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.mode=full"]).notes() == []
     (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes()  # GRPO's clamped KL needs no refresh
-    assert note.startswith("objective.beta = 0 with objective.rollout rpo and no cache refresh")
+    assert note.startswith("objective.beta = 0 with objective.mode rpo and no cache refresh")
     assert "cache.refresh_stat=flips cache.refresh_drift=2" in note
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_stat=flips",
                                     "cache.refresh_drift=2"]).notes() == []
@@ -240,7 +240,7 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(checkpoint, tmp
     import dataclasses
 
     cfg = dataclasses.replace(config(checkpoint, tmp_path),  # no reward shaping: constant rewards stay constant
-                              objective=ObjectiveConfig.preset("dapo", rollout="full", length_aware=False))
+                              objective=ObjectiveConfig.preset("dapo", mode="full", length_aware=False))
     trainer = Trainer(cfg, reward_fn=half_constant)
     kept, rolled, stats = trainer._collect()
     assert all(not g.zero_variance for g in kept) and len(kept) <= 4

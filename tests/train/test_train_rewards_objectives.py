@@ -61,7 +61,7 @@ def test_objective_presets_and_validation():
     grpo, dapo = ObjectiveConfig.preset("grpo"), ObjectiveConfig.preset("dapo")
     assert (grpo.eps_high, grpo.beta, grpo.loss_type, grpo.dynamic_sampling) == (0.2, 0.04, "grpo", False)
     assert (dapo.eps_high, dapo.beta, dapo.loss_type, dapo.dynamic_sampling) == (0.28, 0.0, "dapo", True)
-    assert ObjectiveConfig.preset("dapo", rollout="full").rollout == "full"
+    assert ObjectiveConfig.preset("dapo", mode="full").mode == "full"
     with pytest.raises(ValueError, match="unknown objective key"):
         ObjectiveConfig.preset("grpo", epsilon=0.1)
     with pytest.raises(ValueError, match="objective.loss_tokens"):
