@@ -53,9 +53,11 @@ def _questions_and_model(steps: int):
     return cfg, tok, train, test
 
 
-def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: dict) -> dict:
-    """One TRL arm in this process: its summary (accuracy, tokens, times) and curve. ``extra``: RPOConfig fields
-    over the default recipe's (RPOTrainer only)."""
+def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: dict, lora: int = 0,
+            lr: float | None = None) -> dict:
+    """One TRL arm in this process: its summary (accuracy, tokens, times, TRL's clipped ratio) and curve.
+    ``extra``: RPOConfig fields over the default recipe's (RPOTrainer only); ``lora``: the rank of a LoRA adapter on
+    every linear layer of both arms (0: full fine-tuning); ``lr``: both arms' learning rate (None: the recipe's)."""
     import copy
 
     import torch
@@ -67,6 +69,7 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     from rpo_train.rewards import exact_answer_reward
     from rpo_train.rollout import NativeEngine, SamplingParams
 
+    name, extra = run_name(arm, seed, extra, lora), dict(extra)
     cfg, tok, train, test = _questions_and_model(steps)
     data = Dataset.from_list([{"prompt": tok.bos_token + q.prompt, "answer": q.answer, "id": q.id} for q in train])
 
@@ -74,7 +77,10 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
         return [exact_answer_reward({"answer": a}, c).reward for c, a in zip(completions, answer)]
 
     def accuracy(model) -> float:
-        engine = NativeEngine(copy.deepcopy(model).eval(), eos_token_ids=[tok.eos_token_id])
+        model = copy.deepcopy(model).eval()
+        if hasattr(model, "merge_and_unload"):  # a LoRA model: the native engine runs the merged weights
+            model = model.merge_and_unload()
+        engine = NativeEngine(model, eos_token_ids=[tok.eos_token_id])
         params = SamplingParams(cfg.eval_max_new_tokens, temperature=0.0, stop_token_ids=[tok.eos_token_id])
         out = sample_and_score(engine, test, params, tok, exact_answer_reward)
         return sum(s.correct for (s,) in out) / len(out)
@@ -91,23 +97,29 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
 
     args = dict(output_dir=str(out), per_device_train_batch_size=cfg.batch_questions * cfg.rollout.group_size,
                 num_generations=cfg.rollout.group_size, max_completion_length=cfg.rollout.max_response_len,
-                temperature=cfg.rollout.temperature, learning_rate=cfg.optim.lr, lr_scheduler_type="constant",
+                temperature=cfg.rollout.temperature, learning_rate=lr or cfg.optim.lr, lr_scheduler_type="constant",
                 max_grad_norm=cfg.optim.grad_clip, weight_decay=cfg.optim.weight_decay, max_steps=steps,
                 loss_type="grpo", beta=0.04, epsilon=0.2, logging_steps=1, report_to="none", save_strategy="no",
                 use_cpu=True, seed=seed, bf16=False, disable_tqdm=True)
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
     before = accuracy(model)
+    peft = None
+    if lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear", task_type="CAUSAL_LM")
     if arm == "trl-rpo":
-        rpo = dict(rpo_max_cut=cfg.truncation.max_cut, rpo_full_share=cfg.cache.full_share,
-                   rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware,
-                   rpo_refresh_drift=0.0) | extra  # the recipe's guard; --rpo-set rpo_refresh_drift=1 for flips
+        recipe = dict(rpo_max_cut=cfg.truncation.max_cut, rpo_full_share=cfg.cache.full_share,
+                      rpo_cache_epsilon=cfg.cache.epsilon, rpo_length_aware=cfg.objective.length_aware,
+                      rpo_refresh_drift=0.0, rpo_suffix_budget="m", rpo_cache_init="eager")
+        rpo = ({} if extra.pop("defaults", False) else recipe) | extra  # defaults: RPOConfig's own
         trainer = RPOTrainer(model=model, reward_funcs=[correct], args=RPOConfig(**args, **rpo), train_dataset=data,
-                             processing_class=tok, callbacks=[Evaluate()])
+                             processing_class=tok, callbacks=[Evaluate()], peft_config=peft)
     else:
         from trl import GRPOConfig
 
         trainer = GRPOTrainer(model=model, reward_funcs=[correct], args=GRPOConfig(**args), train_dataset=data,
-                              processing_class=tok, callbacks=[Evaluate()])
+                              processing_class=tok, callbacks=[Evaluate()], peft_config=peft)
     start = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - start - eval_s[0]
@@ -115,8 +127,8 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     rows = cfg.batch_questions * cfg.rollout.group_size
     if arm == "trl-rpo":
         per_sample = sum(h["rpo/suffix_length"] for h in logs) / len(logs)
-        generated = trainer.rpo_counters["generated_tokens"]
-        init_s = trainer.rpo_counters["init_s"]
+        generated = trainer.rpo_state.generated_tokens
+        init_s = trainer.rpo_state.init_s
     else:
         per_sample = sum(h["completions/mean_length"] for h in logs) / len(logs)
         generated, init_s = per_sample * rows * len(logs), 0.0
@@ -133,25 +145,30 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
                "tokens_per_sample": per_sample, "tokens_generated": generated, "cache_init_s": init_s,
                "total_s": total, "step_s": (total - init_s) / steps, "rollout_s": 0.0, "train_s": 0.0,
                "refresh_share": (sum(h.get("rpo/full_path_share", 0.0) for h in logs) / len(logs)
-                                 if arm == "trl-rpo" else 0.0), "steps": steps}
-    return {"name": run_name(arm, seed, extra), "summary": summary, "curve": curve}
+                                 if arm == "trl-rpo" else 0.0), "steps": steps,
+               "clipped_ratio": sum(h["completions/clipped_ratio"] for h in logs) / len(logs),
+               "generated_per_sample": generated / (rows * steps), "lora": lora}
+    return {"name": name, "summary": summary, "curve": curve}
 
 
-def run_name(arm: str, seed: int, extra: dict) -> str:
-    return "_".join([arm.replace("-", "_"), *(f"{k}-{v}" for k, v in sorted(extra.items())), f"seed{seed}"])
+def run_name(arm: str, seed: int, extra: dict, lora: int = 0) -> str:
+    return "_".join([arm.replace("-", "_"), *([f"lora{lora}"] if lora else []),
+                     *(f"{k}-{v}" for k, v in sorted(extra.items())), f"seed{seed}"])
 
 
-def run_arm(arm: str, seed: int, steps: int, eval_every: int, work: Path, threads: int, extra: dict) -> dict:
+def run_arm(arm: str, seed: int, steps: int, eval_every: int, work: Path, threads: int, extra: dict, lora: int = 0,
+            lr: float | None = None) -> dict:
     """One arm in its own process."""
     if arm in RPO_TRAIN_ARMS:
         result = run_one(RECIPE, RPO_TRAIN_ARMS[arm], seed, True, {}, steps, work / RECIPE, threads, eval_every)
         result["name"] = run_name(arm, seed, extra)
         return result
-    out = work / "trl" / run_name(arm, seed, extra)
+    out = work / "trl" / run_name(arm, seed, extra, lora)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     cmd = [sys.executable, "-m", "benchmarks.bench_trl", "--child", arm, "--seeds", str(seed), "--steps", str(steps),
-           "--eval-every", str(eval_every), "--work", str(work),
+           "--eval-every", str(eval_every), "--work", str(work), "--lora", str(lora),
+           *(["--lr", str(lr)] if lr else []),
            "--rpo-set", *(f"{k}={json.dumps(v)}" for k, v in extra.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -170,27 +187,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=str(RESULTS_DIR / "trl"))
     parser.add_argument("--rpo-set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="RPOConfig fields for the RPOTrainer arm, e.g. rpo_refresh_drift=1 (JSON values)")
+    parser.add_argument("--rpo-defaults", action="store_true",
+                        help="the RPOTrainer arm on RPOConfig's defaults instead of the default recipe's settings")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank on every linear layer, both TRL arms (0: off)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the TRL arms (default: the recipe's)")
     parser.add_argument("--report", action="store_true", help="only write summary.json and trl.png from the rows")
     parser.add_argument("--child", choices=[a for a in ARMS if a not in RPO_TRAIN_ARMS], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work, out_dir = Path(args.work), Path(args.out_dir)
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.rpo_set)}
+    if args.rpo_defaults:
+        extra["defaults"] = True
     if args.child:
-        folder = work / "trl" / run_name(args.child, args.seeds[0], extra)
-        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra)
+        folder = work / "trl" / run_name(args.child, args.seeds[0], extra, args.lora)
+        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra, args.lora, args.lr)
         atomic_write(folder / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
         return
     if not args.report:
         for seed in args.seeds:
             for arm in args.arms:
                 mine = extra if arm == "trl-rpo" else {}
-                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads, mine)
-                label = arm + "".join(f" {k}={v}" for k, v in sorted(mine.items()))
+                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads, mine, args.lora, args.lr)
+                label = arm + (f" lora{args.lora}" if args.lora else "") + "".join(
+                    f" {k}={v}" for k, v in sorted(mine.items()))
                 save_run(result, "tiny-cpu/trl", label, seed, arm != "trl-grpo", mine, args.steps,
                          out_dir / "runs.csv", out_dir / "runs")  # TRL's GRPOTrainer has no length-aware reward
                 s = result["summary"]
-                print(f"{arm} seed {seed}: accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, "
-                      f"{s['tokens_per_sample']:.1f} tokens/sample, {s['total_s']:.1f} s", flush=True)
+                summaries = out_dir / "summaries.jsonl"  # every summary field (clipped ratio, LoRA rank, ...)
+                text = summaries.read_text() if summaries.is_file() else ""
+                line = json.dumps({"run": result["name"], "arm": label, "seed": seed, **s})
+                atomic_write(summaries, lambda tmp, body=text + line + "\n": Path(tmp).write_text(body))
+                print(f"{label} seed {seed}: accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, "
+                      f"{s['tokens_per_sample']:.1f} tokens/sample, clipped {s.get('clipped_ratio', 0):.3f}, "
+                      f"{s['total_s']:.1f} s", flush=True)
     from .trl_report import report
 
     print(report(out_dir))

@@ -73,7 +73,7 @@ def run(arm: str, model_path: str, steps: int, questions: int, out: Path) -> dic
               "tokens_per_sample": sum(generated) / len(generated), "reward": [h["reward"] for h in logs],
               "response_len": [h["completions/mean_length"] for h in logs], "example_response": seen[-1][:300]}
     if arm == "rpo":
-        result.update(cache_init_s=trainer.rpo_counters["init_s"], init_tokens=trainer.rpo_counters["init_tokens"],
+        result.update(cache_init_s=trainer.rpo_state.init_s, init_tokens=trainer.rpo_state.init_tokens,
                       cut=[h["rpo/cut"] for h in logs], cache_size=len(trainer.rpo_cache))
     return result
 

@@ -1,3 +1,3 @@
 """RPO inside other trainers. ``rpo_train.integrations.trl``: ``RPOConfig``/``RPOTrainer`` for Hugging Face TRL's
-``GRPOTrainer`` (needs the ``trl`` extra); ``rpo_train.integrations.prefix_plan``: the trainer-independent part (which
-prefix each row samples from, the cache update after scoring), which any loop that owns its own generation can use."""
+``GRPOTrainer`` (needs the ``trl`` extra); ``rpo_train.integrations.trl_rows``: RPO's step over a trainer's rows
+(plans, cache update, run state; no TRL inside), on the rules of ``rpo_train.plan`` that rpo-train uses too."""

@@ -3,30 +3,34 @@
 A TRL script switches RPO on by changing two names::
 
     from rpo_train.integrations.trl import RPOConfig, RPOTrainer
-    trainer = RPOTrainer(model=..., reward_funcs=[...], args=RPOConfig(output_dir=..., rpo_max_cut=300),
-                         train_dataset=ds)
+    trainer = RPOTrainer(model=..., reward_funcs=[...], args=RPOConfig(output_dir=...), train_dataset=ds)
     trainer.train()
 
-How it sits in TRL (1.16): generation goes through TRL's ``rollout_func`` seam. For each row it plans a prefix
-(``rpo_train.integrations.prefix_plan``: one cut per group, seeded by (seed, step, question key)), asks TRL's own
-generation backend (transformers or vLLM) for the suffix of ``prompt + prefix`` and returns ``prefix + suffix`` as the
-completion, so reward functions see the whole response and the dataset columns as under plain TRL. With
+How it sits in TRL (1.16): generation goes through TRL's ``rollout_func`` seam, once per generation round (every
+``steps_per_generation x num_iterations`` micro-steps). For each row it plans a prefix with the rules rpo-train uses
+(``rpo_train.plan``, over TRL's rows in ``rpo_train.integrations.trl_rows``: one cut per group, seeded by (seed,
+round, question key)), asks TRL's own generation backend (transformers, or vLLM with a budget per request) for the
+suffix of ``prompt + prefix`` and returns ``prefix + suffix`` as the completion, so reward functions see the whole
+response and the dataset columns as under plain TRL. By default a suffix may run to ``max_completion_length``, so
+TRL's ``completions/clipped_ratio`` and ``mask_truncated_completions`` keep their GRPO meaning. With
 ``rpo_loss_tokens="suffix"`` the prefix is masked from the loss through the ``env_mask`` TRL applies to tool output.
-Rewards are gathered by TRL; then the correctness reward is length-shaped and every process makes the same
-epsilon-greedy cache update. Evaluation samples the full path. The cache is saved as ``rpo_cache.safetensors`` (and
-the token counters as ``rpo_state.json``) in every checkpoint folder and restored by ``resume_from_checkpoint``.
-With ``rpo_refresh_drift`` set, every step first reads the step's cached responses under the current policy (one
-no-grad forward, the same rows on every process) and refreshes those whose drift statistic reached it; the cache then
-keeps the log-probs each token was written with. Logged beside TRL's metrics: ``rpo/suffix_length``, ``rpo/cut``,
-``rpo/full_path_share``, ``rpo/cache_size``, ``rpo/generated_tokens`` (cumulative, cache init included), and the
-guard's ``rpo/drift_*`` and ``rpo/refreshes_*``.
+
+Rewards reach TRL as the user's functions returned them (``rpo_train.integrations.trl_rewards``): the correctness
+reward marks responses correct for the cache, and the length-aware shaping, when on, is a reward component of its
+own. Every process then makes the same epsilon-greedy cache update. Evaluation samples the full path. The cache is
+saved as ``rpo_cache.safetensors`` and the run state (generation rounds, init mode, token counters) as
+``rpo_state.json`` in every checkpoint folder, and both are restored by ``resume_from_checkpoint``. With
+``rpo_refresh_drift`` set (the default), every round first reads the round's cached responses under the current
+policy (one no-grad forward through the model's own forward, so LoRA and other wrappers work) and refreshes those
+whose drift statistic reached it; the cache keeps the log-probs each token was written with. Logged beside TRL's
+metrics: ``rpo/round``, ``rpo/suffix_length``, ``rpo/cut``, ``rpo/full_path_share``, ``rpo/cache_size``,
+``rpo/generated_tokens`` (cumulative, cache init included), ``rpo/init_tokens``, ``rpo/init_s``, and the guard's
+``rpo/drift_*`` and ``rpo/refreshes_*``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 import warnings
 from pathlib import Path
 
@@ -36,9 +40,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..cache import ExperienceCache
 from ..drift import drift_metrics, measure
 from ..model.policy import response_logprobs
-from ..runtime.atomic import atomic_write
-from .prefix_plan import plan_row, row_key, shape_lengths, step_metrics, update_cache
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
+from .trl_init import eager_init, init_rows, resolve_init_mode
+from .trl_rewards import LENGTH_COMPONENT, correct_column, correctness, length_deltas, rpo_length
+from .trl_rows import RunState, check_key_column, plan_rows, round_metrics, row_key, update_rows
+from .trl_vllm import vllm_generate
 
 CACHE_FILE = "rpo_cache.safetensors"
 STATE_FILE = "rpo_state.json"
@@ -50,7 +56,7 @@ class RPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with RPO's rollout; takes ``GRPOTrainer``'s arguments, with ``args`` an ``RPOConfig``.
 
     Not supported (a clear error): tools, environments, vision-language models and a ``rollout_func`` of one's own
-    (RPO owns that seam). ``rpo_cache`` is the experience cache; ``rpo_counters`` the generated-token counts.
+    (RPO owns that seam). ``rpo_cache`` is the experience cache; ``rpo_state`` the run state (``RunState``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -70,40 +76,46 @@ class RPOTrainer(GRPOTrainer):
             super().__init__(**given)
         if self._is_vlm:
             raise ValueError("RPOTrainer: vision-language models are not supported (cut points inside image tokens)")
-        if self.args.rpo_correct_reward >= len(self.reward_funcs):
-            raise ValueError(f"RPOConfig.rpo_correct_reward={self.args.rpo_correct_reward} but there are only "
-                             f"{len(self.reward_funcs)} reward functions")
+        self.rpo_correct_index = correct_column(self.reward_func_names, self.args.rpo_correct_reward)
+        if self.args.rpo_length_aware:  # its own column, with the correctness reward's weight
+            self.reward_funcs.append(rpo_length)
+            self.reward_func_names.append(LENGTH_COMPONENT)
+            self.reward_processing_classes.append(None)
+            weight = self.reward_weights[self.rpo_correct_index:self.rpo_correct_index + 1]
+            self.reward_weights = torch.cat([self.reward_weights, weight])
+        check_key_column(self.train_dataset, self.args.rpo_key_column)
         self.rpo_settings = self.args.prefix_settings()
         self.rpo_cache = ExperienceCache()
-        self.rpo_counters = {"init_tokens": 0, "init_s": 0.0, "generated_tokens": 0}
+        self.rpo_state = RunState()
         self._rpo_rows: list[dict] | None = None
         self._rpo_pending: tuple | None = None
 
     # -- generation ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _rpo_cap(self, max_new_tokens: int):
-        """Set the backend's cap on new tokens to ``max_new_tokens`` for one call (suffixes are cut to their own
+        """Set transformers' cap on new tokens to ``max_new_tokens`` for one call (suffixes are cut to their own
         budget afterwards, which draws from the same distribution as stopping there)."""
-        target = (self.vllm_generation, "max_completion_length") if self.use_vllm else (self.generation_config,
-                                                                                         "max_new_tokens")
-        before = getattr(*target)
-        setattr(*target, max_new_tokens)
+        before = self.generation_config.max_new_tokens
+        self.generation_config.max_new_tokens = max_new_tokens
         try:
             yield
         finally:
-            setattr(*target, before)
+            self.generation_config.max_new_tokens = before
 
     def _collective_generation(self) -> bool:
-        """Whether a TRL generation call is collective (vLLM, gathered ZeRO-3 or FSDP weights): then every process
-        must make the same calls."""
-        return bool(self.use_vllm or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        """Whether a transformers generation call is collective (gathered ZeRO-3 or FSDP weights): then every
+        process must make the same calls."""
+        return bool(self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
     def _sample(self, prompt_ids: list[list[int]], budgets: list[int], n: int) -> tuple[list, list | None]:
         """Sample after each of ``prompt_ids`` with TRL's backend, row i cut to ``budgets[i]`` new tokens.
 
-        Where generation is not collective, full-path rows are sampled apart from the suffixes, so that a short
+        vLLM takes a budget per request (``rpo_train.integrations.trl_vllm``). With transformers, where generation
+        is not collective, full-path rows are sampled apart from the suffixes, so that a short
         suffix does not decode on to the full length beside them; otherwise one call per process, capped at the
         largest budget of any process."""
+        if self.use_vllm:  # vLLM takes a budget per request
+            return vllm_generate(self, prompt_ids, budgets, n)
         if self._collective_generation():
             parts, caps = [list(range(len(budgets)))], [max(gather_object([max(budgets)]))]
         else:
@@ -135,18 +147,19 @@ class RPOTrainer(GRPOTrainer):
             ids, logprobs = self._sample(prompt_ids, [self.max_completion_length] * len(prompt_ids),
                                          self.num_generations_eval)
             return {"prompt_ids": prompt_ids, "completion_ids": ids, "logprobs": logprobs}
-        step = self.state.global_step + 1
+        self.rpo_state.rounds += 1
+        round_index = self.rpo_state.rounds
         keys = [row_key(row, p, self.args.rpo_key_column) for row, p in zip(self._rpo_rows, prompt_ids)]
+        init_rows(self, self._rpo_rows, prompt_ids, keys, shared=False)  # lazy init (and what eager lacked)
         drifts = self._rpo_probe(keys, prompt_ids)
-        plans = [plan_row(self.rpo_cache, k, p, self.rpo_settings, self.args.seed, step, drifts.get(k))
-                 for k, p in zip(keys, prompt_ids)]
+        plans = plan_rows(self.rpo_cache, keys, prompt_ids, self.rpo_settings, self.args.seed, round_index, drifts)
         suffixes, logprobs = self._sample([p + plan.prefix for p, plan in zip(prompt_ids, plans)],
                                           [plan.budget for plan in plans], self.num_generations)
         completions = [plan.prefix + s for plan, s in zip(plans, suffixes)]
         if logprobs is not None:  # the prefix was not sampled now: NaN makes TRL's sampling correction skip it
             logprobs = [[float("nan")] * len(plan.prefix) + lp for plan, lp in zip(plans, logprobs)]
-        self._rpo_pending = (plans, prompt_ids, completions, [len(s) for s in suffixes],
-                             [drifts.get(plan.key) for plan in plans])
+        self._rpo_pending = (keys, plans, prompt_ids, completions, [len(s) for s in suffixes],
+                             [drifts.get(k) for k in keys])
         out = {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": logprobs}
         if self.args.rpo_loss_tokens == "suffix":
             out["env_mask"] = [[0] * len(plan.prefix) + [1] * len(s) for plan, s in zip(plans, suffixes)]
@@ -184,25 +197,26 @@ class RPOTrainer(GRPOTrainer):
             return rewards_per_func
         local, self._rpo_pending = self._rpo_pending, None
         rows = [r for part in gather_object([list(zip(*local))]) for r in part]  # global, in TRL's row order
-        plans, prompt_ids, responses, suffix_lengths, drifts = (list(x) for x in zip(*rows))
-        col = self.args.rpo_correct_reward
+        keys, plans, prompt_ids, responses, suffix_lengths, drifts = (list(x) for x in zip(*rows))
+        col, G = self.rpo_correct_index, self.num_generations
         values = rewards_per_func[:, col].tolist()
-        correct = [v > 0 for v in values]
+        correct = correctness(values, self.args.rpo_correct_threshold, self.reward_func_names[col])
         if self.args.rpo_length_aware:
-            shaped = shape_lengths(values, [len(r) for r in responses], self.num_generations,
+            deltas = length_deltas([0.0 if v != v else v for v in values], correct, [len(r) for r in responses], G,
                                    self.args.rpo_length_alpha)
-            rewards_per_func[:, col] = torch.tensor(shaped, dtype=rewards_per_func.dtype,
-                                                    device=rewards_per_func.device)
+            rewards_per_func[:, -1] = torch.tensor(deltas, dtype=rewards_per_func.dtype,
+                                                   device=rewards_per_func.device)
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         totals = (rewards_per_func * weights).nansum(dim=1).tolist()
-        step = self.state.global_step + 1
         writer = self._rpo_logprobs if self.rpo_settings.cache.refresh_drift else None  # weights not yet updated
-        update_cache(self.rpo_cache, plans, prompt_ids, responses, totals, correct, self.num_generations,
-                     self.rpo_settings, self.args.seed, step, writer)
-        self.rpo_counters["generated_tokens"] += sum(suffix_lengths)
-        metrics = step_metrics(plans, suffix_lengths, self.rpo_cache)
-        metrics["rpo/generated_tokens"] = float(self.rpo_counters["generated_tokens"])
-        firsts = range(0, len(plans), self.num_generations)  # one per group
+        update_rows(self.rpo_cache, keys, plans, prompt_ids, responses, totals, correct, G, self.rpo_settings,
+                    self.args.seed, self.rpo_state.rounds, writer)
+        state = self.rpo_state
+        state.generated_tokens += sum(suffix_lengths)
+        metrics = round_metrics(plans, suffix_lengths, self.rpo_cache)
+        metrics.update({"rpo/round": float(state.rounds), "rpo/generated_tokens": float(state.generated_tokens),
+                        "rpo/init_tokens": float(state.init_tokens), "rpo/init_s": state.init_s})
+        firsts = range(0, len(plans), G)  # one per group
         guard = drift_metrics([drifts[i] for i in firsts], [plans[i].refresh for i in firsts
                                                              if plans[i].refresh != "init"] or [None])
         metrics.update({"rpo/" + name.split("/", 1)[1]: value for name, value in guard.items()})
@@ -211,59 +225,15 @@ class RPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     # -- cache init ----------------------------------------------------------------------------------------------
-    def rpo_init_cache(self, batch: int | None = None) -> None:
-        """The paper's cache init: one response per training question from the current policy, before training.
-
-        Each process samples its share of the distinct questions (with their log-probs when the drift refresh is
-        on); the correctness reward function (when it is a plain function) scores them for the cache's metrics;
-        every process then stores all of them."""
-        start = time.perf_counter()
-        data = self.train_dataset
-        if not hasattr(data, "__len__"):
-            raise ValueError("RPOConfig.rpo_cache_init='eager' needs a map-style train_dataset (an iterable one "
-                             "has no end to initialise from); use rpo_cache_init='lazy'")
-        rows = [data[i] for i in range(len(data))]
-        prompt_ids = [[int(t) for t in p] for p in self._tokenize_prompts([r["prompt"] for r in rows])[0]]
-        keys = [row_key(r, p, self.args.rpo_key_column) for r, p in zip(rows, prompt_ids)]
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
-        todo = list(first.values())  # one row per distinct question, in dataset order
-        share = -(-len(todo) // self.accelerator.num_processes)
-        mine = todo[self.accelerator.process_index * share:(self.accelerator.process_index + 1) * share]
-        batch = batch or self.args.per_device_train_batch_size
-        found = []
-        for lo in range(0, share, batch):  # the same number of calls on every process (generation may be collective)
-            part = mine[lo:lo + batch]
-            asked = [prompt_ids[i] for i in part or todo[:1]]
-            ids, _ = self._sample(asked, [self.max_completion_length] * len(asked), 1)
-            logprobs = self._rpo_logprobs(asked, ids) if self.rpo_settings.cache.refresh_drift else [[]] * len(ids)
-            if not part:
-                continue
-            correct = self._init_correct([rows[i] for i in part], ids)
-            found += list(zip(part, ids, correct, logprobs))
-        for i, response, ok, logprobs in sorted(x for part in gather_object([found]) for x in part):
-            self.rpo_cache.put(keys[i], prompt_ids[i], response, reward=float(ok), correct=ok, step=0,
-                               logprobs=logprobs, cut_limit=self.rpo_settings.truncation.initial_limit())
-            self.rpo_counters["init_tokens"] += len(response)
-        self.rpo_counters["generated_tokens"] += self.rpo_counters["init_tokens"]
-        self.rpo_counters["init_s"] = time.perf_counter() - start
-
-    def _init_correct(self, rows: list[dict], ids: list[list[int]]) -> list[bool]:
-        func = self.reward_funcs[self.args.rpo_correct_reward]
-        if isinstance(func, torch.nn.Module) or not callable(func):
-            return [False] * len(rows)
-        texts = self.processing_class.batch_decode(ids, skip_special_tokens=True)
-        if rows and isinstance(rows[0]["prompt"], list):
-            texts = [[{"role": "assistant", "content": t}] for t in texts]
-        columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "completion")} if rows else {}
-        values = func(prompts=[r["prompt"] for r in rows], completions=texts, completion_ids=ids,
-                      trainer_state=self.state, log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None,
-                      **columns)
-        return [v is not None and v > 0 for v in values]
+    def rpo_init_cache(self, chunk: int | None = None) -> None:
+        """The paper's cache init: one response per training question from the current policy, before training
+        (``rpo_train.integrations.trl_init.eager_init``)."""
+        eager_init(self, chunk)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if not resume_from_checkpoint and self.args.rpo_cache_init == "eager" and not len(self.rpo_cache):
+        if not self.rpo_state.init_mode:
+            self.rpo_state.init_mode = resolve_init_mode(self)
+        if not resume_from_checkpoint and self.rpo_state.init_mode == "eager" and not len(self.rpo_cache):
             self.rpo_init_cache()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -273,7 +243,7 @@ class RPOTrainer(GRPOTrainer):
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
             self.rpo_cache.save(folder / CACHE_FILE)
-            atomic_write(folder / STATE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(self.rpo_counters)))
+            self.rpo_state.save(folder / STATE_FILE)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -287,5 +257,4 @@ class RPOTrainer(GRPOTrainer):
         self.rpo_cache = ExperienceCache.load(path)
         state = Path(checkpoint) / STATE_FILE
         if state.is_file():
-            self.rpo_counters.update(json.loads(state.read_text()))
-
+            self.rpo_state = RunState.load(state, rounds_if_missing=self.state.global_step)

@@ -52,25 +52,28 @@ class Recorder:
         self.seen: list[dict] = []
 
     def __call__(self, prompts, completions, completion_ids, answer, **kwargs):
+        completions = [c[0]["content"] if isinstance(c, list) else c for c in completions]  # chat: the message
         self.seen.append({"completions": list(completions), "ids": [list(map(int, c)) for c in completion_ids],
                           "answer": list(answer), "columns": sorted(kwargs)})
         return [float("1" in c) + exact_answer_reward({"answer": a}, c).reward for c, a in zip(completions, answer)]
 
 
-def build(out: Path, model_dir: Path, steps: int, rows: Dataset | None = None,
-          **overrides) -> tuple[RPOTrainer, Recorder]:
+def build(out: Path, model_dir: Path, steps: int, rows: Dataset | None = None, extra_rewards: list | None = None,
+          peft_config=None, **overrides) -> tuple[RPOTrainer, Recorder]:
+    """An RPOTrainer on ``model_dir`` for ``steps`` optimizer steps; the ``Recorder`` is reward function 0,
+    ``extra_rewards`` follow it."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     settings = dict(output_dir=str(out), per_device_train_batch_size=GROUP * 2, num_generations=GROUP,
                     max_completion_length=40, temperature=1.0, learning_rate=1e-3, max_steps=steps, logging_steps=1,
                     report_to="none", save_strategy="no", rpo_max_cut=12, use_cpu=True, seed=3, beta=0.0,
                     per_device_eval_batch_size=GROUP * 2, num_generations_eval=GROUP, bf16=False,
-                    dataloader_num_workers=0, rpo_refresh_drift=0.0)
+                    dataloader_num_workers=0, rpo_refresh_drift=0.0, rpo_correct_threshold=0.5)
     settings.update(overrides)
     recorder = Recorder()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    trainer = RPOTrainer(model=model, reward_funcs=[recorder], args=RPOConfig(**settings),
+    trainer = RPOTrainer(model=model, reward_funcs=[recorder, *(extra_rewards or [])], args=RPOConfig(**settings),
                          train_dataset=dataset(tok) if rows is None else rows, eval_dataset=dataset(tok, 4),
-                         processing_class=tok)
+                         processing_class=tok, peft_config=peft_config)
     return trainer, recorder
 
 
@@ -82,8 +85,8 @@ def traced(trainer: RPOTrainer) -> list[dict]:
     def spy_rollout(prompts, _):
         out = rollout(prompts, trainer)
         if trainer.model.training:
-            plans = trainer._rpo_pending[0]
-            log.append({"step": trainer.state.global_step, "keys": [p.key for p in plans],
+            keys, plans = trainer._rpo_pending[:2]
+            log.append({"step": trainer.state.global_step, "round": trainer.rpo_state.rounds, "keys": keys,
                         "prefixes": [p.prefix for p in plans], "cuts": [p.cut for p in plans],
                         "refresh": [p.refresh for p in plans], "completions": out["completion_ids"],
                         "env_mask": out.get("env_mask")})

@@ -15,12 +15,14 @@ import pytest
 
 from rpo_train.cache import CacheConfig, ExperienceCache
 from rpo_train.cuts import TruncationConfig
-from rpo_train.integrations.prefix_plan import PrefixSettings, groups_of, plan_row, row_key, shape_lengths, update_cache
+from rpo_train.integrations.trl_rewards import correct_column, correctness, length_deltas
+from rpo_train.integrations.trl_rows import PrefixSettings, groups_of, plan_rows, row_key, update_rows
+from rpo_train.plan import suffix_budget
 from rpo_train.rewards import length_aware
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "helpers" / "trl_worker.py"
-SETTINGS = PrefixSettings(TruncationConfig(max_cut=6), CacheConfig(epsilon=0.5), 0, 40)
+SETTINGS = PrefixSettings(TruncationConfig(max_cut=6), CacheConfig(epsilon=0.5), "m", 40)
 
 
 def filled_cache(n: int = 5) -> ExperienceCache:
@@ -30,30 +32,53 @@ def filled_cache(n: int = 5) -> ExperienceCache:
     return cache
 
 
-# -- the prefix plan (no TRL) -----------------------------------------------------------------------------------
-def test_a_plan_is_a_function_of_seed_step_and_key():
+def plan(cache, key, prompt, settings, seed, round_index):
+    return plan_rows(cache, [key], [prompt], settings, seed, round_index, {})[0]
+
+
+# -- the rows' plan (no TRL) -------------------------------------------------------------------------------------
+def test_a_plan_is_a_function_of_seed_round_and_key():
     cache = filled_cache()
-    plans = [plan_row(cache, f"q{q}", [1, q], SETTINGS, 0, 4) for q in range(5)]
-    assert plans == [plan_row(cache, f"q{q}", [1, q], SETTINGS, 0, 4) for q in range(5)]
+    plans = [plan(cache, f"q{q}", [1, q], SETTINGS, 0, 4) for q in range(5)]
+    assert plans == [plan(cache, f"q{q}", [1, q], SETTINGS, 0, 4) for q in range(5)]
     assert len({tuple(p.prefix) for p in plans}) > 1  # the cut differs between questions...
-    other_steps = [plan_row(cache, "q0", [1, 0], SETTINGS, 0, s).cut for s in range(1, 30)]
-    assert len(set(other_steps)) > 1  # ...and between steps
+    other_rounds = [plan(cache, "q0", [1, 0], SETTINGS, 0, s).cut for s in range(1, 30)]
+    assert len(set(other_rounds)) > 1  # ...and between rounds
     for p, q in zip(plans, range(5)):
         entry = cache.entries[f"q{q}"]
         assert 1 <= p.cut <= 6 and p.prefix == entry.response_ids[:entry.length - p.cut]
-        assert p.budget == p.cut and p.refresh is None and p.reuses == 1
+        assert p.budget == p.cut and p.refresh is None and p.reuses == 1 and not p.full_path
 
 
 def test_plan_guards_init_budget_and_refresh():
     cache = filled_cache(1)
-    assert plan_row(cache, "new", [9], SETTINGS, 0, 1).refresh == "init"  # lazy init: the full path
+    assert plan(cache, "new", [9], SETTINGS, 0, 1).refresh == "init"  # lazy init: the full path
     tight = PrefixSettings(TruncationConfig(max_cut=0), CacheConfig(), 50, 21)
-    p = plan_row(cache, "q0", [1, 0], tight, 0, 1)  # m = 0 is raised to 1; budget capped by max_len - prefix
+    p = plan(cache, "q0", [1, 0], tight, 0, 1)  # m = 0 is raised to 1; budget capped by max_len - prefix
     assert (p.cut, len(p.prefix), p.budget) == (1, 19, 2)
-    share = PrefixSettings(TruncationConfig(max_cut=6), CacheConfig(full_share=1.0), 0, 40)
-    assert plan_row(cache, "q0", [1, 0], share, 0, 1).refresh == "share"
+    auto = PrefixSettings(TruncationConfig(max_cut=6), CacheConfig(), "auto", 40)
+    p = plan(cache, "q0", [1, 0], auto, 0, 1)  # auto: the room left, so that a suffix can finish
+    assert p.budget == 40 - len(p.prefix)
+    whole = PrefixSettings(TruncationConfig(max_cut=500), CacheConfig(), "auto", 40)
+    cuts = [plan(cache, "q0", [1, 0], whole, 0, r) for r in range(1, 40)]
+    assert any(c.full_path and c.refresh is None and c.budget == 40 for c in cuts)  # a cut of the whole response
+    share = PrefixSettings(TruncationConfig(max_cut=6), CacheConfig(full_share=1.0), "m", 40)
+    assert plan(cache, "q0", [1, 0], share, 0, 1).refresh == "share"
     with pytest.raises(ValueError, match="cached prompt differs"):
-        plan_row(cache, "q0", [1, 2], SETTINGS, 0, 1)
+        plan(cache, "q0", [1, 2], SETTINGS, 0, 1)
+    assert [suffix_budget(b, 5, 9) for b in ("m", "auto", 7, 20)] == [5, 9, 7, 9]
+    with pytest.raises(ValueError, match="suffix budget"):
+        suffix_budget(0, 5, 9)
+
+
+def test_dynamic_cuts_follow_the_cached_length():
+    cache = ExperienceCache()
+    cache.put("long", [1], list(range(200)), reward=0.0, correct=False, step=0)
+    cache.put("short", [2], list(range(20)), reward=0.0, correct=False, step=0)
+    dyn = PrefixSettings(TruncationConfig(mode="dynamic", max_cut=0, factor=0.2), CacheConfig(), "auto", 400)
+    long_cuts = [plan(cache, "long", [1], dyn, 0, r).cut for r in range(1, 200)]
+    short_cuts = [plan(cache, "short", [2], dyn, 0, r).cut for r in range(1, 200)]
+    assert max(long_cuts) == 40 and max(short_cuts) == 4  # L = 0.2 x the response length
 
 
 def test_keys_and_groups():
@@ -66,16 +91,34 @@ def test_keys_and_groups():
         groups_of(["a", "b", "b", "b"], 2)
 
 
-def test_length_shaping_is_per_group_and_the_update_is_deterministic():
+def test_the_correct_reward_and_its_threshold_are_explicit():
+    assert correct_column(["acc"], None) == 0
+    assert correct_column(["fmt", "acc"], "acc") == 1 == correct_column(["fmt", "acc"], "1")
+    with pytest.raises(ValueError, match="rpo_correct_reward must name the correctness reward"):
+        correct_column(["fmt", "acc"], None)
+    with pytest.raises(ValueError, match="rpo_correct_reward='x'"):
+        correct_column(["fmt", "acc"], "x")
+    assert correctness([0.0, 1.0, 0.3, float("nan")], None, "acc") == [False, True, True, False]
+    with pytest.raises(ValueError, match="returned 3.0, outside \\[0, 1\\]: set RPOConfig.rpo_correct_threshold"):
+        correctness([0.0, 3.0], None, "acc")
+    assert correctness([0.0, 3.0, 2.0], 2.5, "acc") == [False, True, False]
+
+
+def test_length_shaping_is_a_component_and_the_update_is_deterministic():
     values, lengths = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [10, 20, 30, 5, 6, 7]
-    assert shape_lengths(values, lengths, 3, 0.1) == (length_aware(values[:3], [True, False, True], lengths[:3], 0.1)
-                                                      + length_aware(values[3:], [True, False, False], lengths[3:],
-                                                                     0.1))
+    correct = [v > 0 for v in values]
+    deltas = length_deltas(values, correct, lengths, 3, 0.1)
+    shaped = length_aware(values[:3], correct[:3], lengths[:3], 0.1) + length_aware(values[3:], correct[3:],
+                                                                                    lengths[3:], 0.1)
+    assert [v + d for v, d in zip(values, deltas)] == pytest.approx(shaped)  # value + component = the paper's
+    assert all(d == 0.0 for d, c in zip(deltas, correct) if not c) and min(deltas) < 0
     caches = [filled_cache(2), filled_cache(2)]
-    plans = [plan_row(caches[0], k, [1, q], SETTINGS, 0, 2) for q, k in enumerate(["q0", "q1"]) for _ in range(2)]
+    keys = ["q0", "q0", "q1", "q1"]
+    prompts = [[1, 0]] * 2 + [[1, 1]] * 2
+    plans = plan_rows(caches[0], keys, prompts, SETTINGS, 0, 2, {})
     for cache in caches:
-        update_cache(cache, plans, [[1, 0]] * 2 + [[1, 1]] * 2, [[1, 2], [3], [4, 5], [6]], [1.0, 0.0, 0.5, 0.5],
-                     [True, False, False, False], 2, SETTINGS, 0, 2)
+        update_rows(cache, keys, plans, prompts, [[1, 2], [3], [4, 5], [6]], [1.0, 0.0, 0.5, 0.5],
+                    [True, False, False, False], 2, SETTINGS, 0, 2)
     assert caches[0].digest() == caches[1].digest()
     assert caches[0].entries["q0"].reuses == 1 and caches[0].entries["q0"].step == 2
 
@@ -95,12 +138,12 @@ def model_dir(worker, tmp_path_factory):
 
 @pytest.mark.trl
 def test_groups_share_one_prefix_and_rewards_see_the_whole_response(worker, model_dir, tmp_path):
-    trainer, recorder = worker.build(tmp_path, model_dir, 3)
+    trainer, recorder = worker.build(tmp_path, model_dir, 3, rpo_suffix_budget="m", rpo_cache_init="eager")
     log = worker.traced(trainer)
     trainer.train()
     steps = [e for e in log if "keys" in e]
     assert len(steps) == 3 and len(trainer.rpo_cache) == worker.QUESTIONS  # the eager init drew every question
-    assert trainer.rpo_counters["init_tokens"] > 0
+    assert trainer.rpo_state.init_tokens > 0 and trainer.rpo_state.init_mode == "eager"
     for entry, seen in zip(steps, recorder.seen[-3:]):
         for block in groups_of(entry["keys"], worker.GROUP):
             prefixes = {tuple(entry["prefixes"][i]) for i in block}
@@ -117,12 +160,18 @@ def test_groups_share_one_prefix_and_rewards_see_the_whole_response(worker, mode
 
 
 @pytest.mark.trl
-def test_suffix_loss_masks_the_prefix_and_lazy_init_runs_the_full_path(worker, model_dir, tmp_path):
+def test_suffix_loss_masks_the_prefix_and_lazy_init_samples_one_response(worker, model_dir, tmp_path):
+    """Lazy init: a round's uncached questions get ONE init response each, and the round cuts from it."""
     trainer, _ = worker.build(tmp_path, model_dir, 2, rpo_loss_tokens="suffix", rpo_cache_init="lazy")
     log = worker.traced(trainer)
     trainer.train()
     first = log[0]
-    assert set(first["refresh"]) == {"init"} and all(not p for p in first["prefixes"])
+    assert trainer.rpo_state.init_mode == "lazy" and len(trainer.rpo_cache) == len(set(
+        k for e in log for k in e["keys"])) < worker.QUESTIONS
+    assert all(r is None for r in first["refresh"]) and all(first["prefixes"])
+    assert 0 < trainer.rpo_state.init_tokens < trainer.rpo_state.generated_tokens
+    history = [h for h in trainer.state.log_history if "rpo/init_tokens" in h]
+    assert history[-1]["rpo/init_tokens"] == trainer.rpo_state.init_tokens and history[-1]["rpo/init_s"] > 0
     for entry in log:
         for prefix, completion, mask in zip(entry["prefixes"], entry["completions"], entry["env_mask"]):
             assert mask == [0] * len(prefix) + [1] * (len(completion) - len(prefix))
@@ -130,7 +179,8 @@ def test_suffix_loss_masks_the_prefix_and_lazy_init_runs_the_full_path(worker, m
 
 @pytest.mark.trl
 def test_full_path_rows_are_sampled_apart_from_the_suffixes(worker, model_dir, tmp_path):
-    trainer, _ = worker.build(tmp_path, model_dir, 3, rpo_full_share=0.5)
+    trainer, _ = worker.build(tmp_path, model_dir, 3, rpo_full_share=0.5, rpo_suffix_budget="m",
+                              rpo_cache_init="eager")
     calls, generate = [], trainer._generate_single_turn
 
     def spy(prompt_ids, *args):
@@ -202,7 +252,7 @@ def test_checkpoint_resume_restores_the_cache_exactly(worker, model_dir, tmp_pat
     resumed, _ = worker.build(tmp_path / "whole", model_dir, 4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
     assert resumed.rpo_cache.digest() == whole.rpo_cache.digest()
-    assert resumed.rpo_counters == whole.rpo_counters
+    assert resumed.rpo_state == whole.rpo_state and whole.rpo_state.rounds == 4
     (tmp_path / "whole" / "checkpoint-2" / CACHE_FILE).unlink()
     again, _ = worker.build(tmp_path / "whole", model_dir, 4)
     with pytest.raises(FileNotFoundError, match="rpo_cache.safetensors: missing"):
@@ -233,8 +283,12 @@ def test_cuts_agree_across_two_processes(worker, model_dir, tmp_path):
 
 @pytest.mark.trl
 @pytest.mark.parametrize("field,value,match", [
-    ("rpo_truncation", "sometimes", "RPOConfig.rpo_truncation must be one of"),
-    ("rpo_max_cut", -1, "RPOConfig.rpo_max_cut must be an int >= 0"),
+    ("rpo_truncation", "sometimes", "RPOConfig.rpo_truncation must be auto or one of"),
+    ("rpo_max_cut", -1, r"RPOConfig.rpo_max_cut must be one of \('auto',\) or an int >= 0, got -1"),
+    ("rpo_max_cut", "3OO", "RPOConfig.rpo_max_cut must be one of"),
+    ("rpo_suffix_budget", 0, "RPOConfig.rpo_suffix_budget must be one of"),
+    ("rpo_min_cut", "eight", "RPOConfig.rpo_min_cut must be an int, got 'eight'"),
+    ("rpo_truncation", "fixed", "RPOConfig.rpo_truncation must be auto or dynamic when rpo_max_cut is 'auto'"),
     ("rpo_cache_epsilon", 1.5, r"RPOConfig.rpo_cache_epsilon must be in \[0, 1\]"),
     ("rpo_loss_tokens", "prefix", "RPOConfig.rpo_loss_tokens must be one of"),
     ("rpo_cache_init", "never", "RPOConfig.rpo_cache_init must be one of"),
@@ -262,15 +316,14 @@ def test_unsupported_uses_and_versions_are_refused(worker, model_dir, tmp_path):
         RPOTrainer(model=str(model_dir), reward_funcs=[len], args=None, rollout_func=lambda p, t: {})
     with pytest.raises(TypeError, match="args must be an RPOConfig"):
         RPOTrainer(model=str(model_dir), reward_funcs=[len], args=None)
-    with pytest.raises(ValueError, match="rpo_correct_reward=1 but there are only 1 reward functions"):
+    with pytest.raises(ValueError, match="rpo_correct_reward='1' is neither the name nor the index"):
         worker.build(tmp_path, model_dir, 1, rpo_correct_reward=1)
-    trainer, _ = worker.build(tmp_path, model_dir, 1, rpo_key_column="qid")
-    with pytest.raises(ValueError, match="rpo_key_column='qid': a dataset row has no such column"):
-        trainer.train()
+    with pytest.raises(ValueError, match="rpo_key_column='qid': the train dataset has no such column"):
+        worker.build(tmp_path, model_dir, 1, rpo_key_column="qid")
 
 
-def test_the_plan_module_needs_no_trl():
-    code = ("import sys; sys.modules['trl'] = None; import rpo_train.integrations.prefix_plan, rpo_train.cli; "
+def test_the_rows_module_needs_no_trl():
+    code = ("import sys; sys.modules['trl'] = None; import rpo_train.integrations.trl_rows, rpo_train.cli; "
             "import rpo_train.integrations.trl")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "needs TRL: pip install -e '.[trl]'" in proc.stderr
