@@ -113,7 +113,7 @@ def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
         warm_s = time.perf_counter() - warm
         trainer = Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested)
         if dist.is_main:
-            init = f"; cache init {trainer.init_mode}" if cfg.objective.mode == "rpo" else ""
+            init = f"; cache init {trainer.run.init_mode}" if cfg.objective.mode == "rpo" else ""
             print(f"rpo-train: {trainer.precision.header()}{init}", flush=True)
         return trainer.train(), warm_s
 

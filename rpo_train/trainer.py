@@ -30,6 +30,7 @@ from .run_inputs import load_run_inputs
 from .runtime.checkpointing import resume_run, save_run
 from .runtime.distributed import DistContext
 from .runtime.metrics import MetricsLogger
+from .runtime.run_state import RunState
 from .runtime.seeding import derive_seed
 from .runtime.sharding import (
     clip_grad_norm,
@@ -56,8 +57,8 @@ class Trainer:
         self.reward_fn, self.stop_ids = inputs.reward_fn, inputs.stop_ids
         self.train_questions, self.test_questions = inputs.train_questions, inputs.test_questions
         self.precision = inputs.precision
-        self.init_mode = ("file" if cfg.cache.init_path else
-                          init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_questions)))
+        self.run = RunState("file" if cfg.cache.init_path else
+                            init_mode(cfg.cache.init, cfg.steps, cfg.batch_questions, len(self.train_questions)))
         # An RPO run initialises any drawn question still without an entry when it is drawn: every question under
         # lazy, and under eager those a resumed lazy run (auto decides by ``steps``, which a resume may raise) or a
         # cache.init_path file never had.
@@ -80,15 +81,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.cache = ExperienceCache()
-        self.step = 0
-        self.order: list[int] = []
-        self.timings = {"cache_init_s": 0.0, "rollout_s": 0.0, "train_s": 0.0}
-        self.tokens_generated = 0
-        # tokens and samples of the training steps' rollouts; the cache init's responses and their total length (a
-        # full-path sample's length under the policy that wrote it); groups rolled out and how many were refreshes
-        self.rollout_counts = {"tokens": 0, "samples": 0, "init_responses": 0, "init_length": 0, "groups": 0,
-                               "refreshed": 0}
-        self.last_drift: dict[str, float] = {}
         self.probe_s = self.init_s = 0.0
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
@@ -103,25 +95,25 @@ class Trainer:
         found = eager_init(self.engine, self.train_questions, self.cfg, self.tokenizer, self.reward_fn, self.stop_ids,
                            self.dist)
         store(self.cache, self.train_questions, found, self.cfg.truncation.initial_limit())
-        self.tokens_generated += sum(f.generated for f in found)
-        self.rollout_counts["init_responses"] += len(found)
-        self.rollout_counts["init_length"] += sum(len(f.ids) for f in found)
-        self.timings["cache_init_s"] += time.perf_counter() - start
+        self.run.tokens_generated += sum(f.generated for f in found)
+        self.run.rollout_counts["init_responses"] += len(found)
+        self.run.rollout_counts["init_length"] += sum(len(f.ids) for f in found)
+        self.run.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_questions(self, count: int) -> list[Question]:
         questions = []
         while len(questions) < count:
-            if not self.order:
-                self.order = list(range(len(self.train_questions)))
-                self.rng.shuffle(self.order)
-            questions.append(self.train_questions[self.order.pop()])
+            if not self.run.order:
+                self.run.order = list(range(len(self.train_questions)))
+                self.rng.shuffle(self.run.order)
+            questions.append(self.train_questions[self.run.order.pop()])
         return questions
 
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
         cfg = self.cfg
         self.probe_s = self.init_s = 0.0
-        probe = self._probe if cfg.cache.probes_at(self.step + 1, cfg.truncation.cut_at == "entropy") else None
+        probe = self._probe if cfg.cache.probes_at(self.run.step + 1, cfg.truncation.cut_at == "entropy") else None
 
         def rollout(questions, seeds):
             filled = {}
@@ -130,28 +122,29 @@ class Trainer:
                                                       self.reward_fn, self.stop_ids)
                 self.init_s += seconds
             groups = rollout_groups(self.engine, questions, self.cache, cfg, self.tokenizer, self.reward_fn, seeds,
-                                    self.stop_ids, probe=probe, step=self.step + 1)
+                                    self.stop_ids, probe=probe, step=self.run.step + 1)
             for g in groups:
                 g.init = filled.pop(g.qid, None)
             return groups
 
-        kept, rolled = collect_groups(self._next_questions, rollout, cfg, self.dist, derive_seed(cfg.seed, self.step))
+        kept, rolled = collect_groups(self._next_questions, rollout, cfg, self.dist,
+                                      derive_seed(cfg.seed, self.run.step))
         stats = rollout_stats(kept, rolled, cfg)
         if cfg.objective.mode == "rpo":
             stats["time/probe_s"] = self.probe_s
-        self.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.last_drift
+        self.run.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.run.last_drift
         gen = [len(s) for g in rolled for s in g.suffixes]
         inits = [g.init for g in rolled if g.init is not None]
         if cfg.objective.mode == "rpo":
             stats["time/init_s"] = self.init_s
             stats["cache/init_responses"] = float(len(inits))
-        self.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
-        self.rollout_counts["init_responses"] += len(inits)
-        self.rollout_counts["init_length"] += sum(length for _, length in inits)
-        self.rollout_counts["tokens"] += sum(gen)
-        self.rollout_counts["samples"] += len(gen)
-        self.rollout_counts["groups"] += len(rolled)
-        self.rollout_counts["refreshed"] += sum(g.refresh is not None for g in rolled)
+        self.run.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
+        self.run.rollout_counts["init_responses"] += len(inits)
+        self.run.rollout_counts["init_length"] += sum(length for _, length in inits)
+        self.run.rollout_counts["tokens"] += sum(gen)
+        self.run.rollout_counts["samples"] += len(gen)
+        self.run.rollout_counts["groups"] += len(rolled)
+        self.run.rollout_counts["refreshed"] += sum(g.refresh is not None for g in rolled)
         return kept, rolled, stats
 
     def _autocast(self):
@@ -236,15 +229,15 @@ class Trainer:
         signal = any(not g.zero_variance for g in kept) or self.cfg.objective.beta > 0
         train = self._optimize(kept) if kept and signal else {}
         t_train = time.perf_counter()
-        self.step += 1
+        self.run.step += 1
         for g in rolled:  # global and in one order: every rank's cache makes the same updates
-            update_group(self.cache, g.qid, g.prompt_ids, g.plan, g.responses, g.rewards, g.correct, self.step,
+            update_group(self.cache, g.qid, g.prompt_ids, g.plan, g.responses, g.rewards, g.correct, self.run.step,
                          self.cfg.cache.epsilon, self.cfg.truncation, random.Random(derive_seed(g.seed, "cache")),
                          logprobs=g.logprobs)
-        self.timings["cache_init_s"] += self.init_s  # a lazy init's sampling, not counted as rollout time
-        self.timings["rollout_s"] += t_roll - start - self.init_s
-        self.timings["train_s"] += t_train - t_roll
-        return {**stats, **train, **self.cache.metrics(self.step), "time/rollout_s": t_roll - start - self.init_s,
+        self.run.timings["cache_init_s"] += self.init_s  # a lazy init's sampling, not counted as rollout time
+        self.run.timings["rollout_s"] += t_roll - start - self.init_s
+        self.run.timings["train_s"] += t_train - t_roll
+        return {**stats, **train, **self.cache.metrics(self.run.step), "time/rollout_s": t_roll - start - self.init_s,
                 "time/train_s": t_train - t_roll, "time/step_s": time.perf_counter() - start}
 
     @torch.no_grad()
@@ -264,8 +257,11 @@ class Trainer:
 
     def resume(self) -> bool:
         """Restore the newest checkpoint of ``out_dir`` if there is one
-        (``rpo_train.runtime.checkpointing.resume_run``)."""
-        return resume_run(self)
+        (``rpo_train.runtime.checkpointing.resume_run``), then push its weights to the engine."""
+        if not resume_run(self):
+            return False
+        self._push_weights()
+        return True
 
     def _push_weights(self) -> None:
         """Install the policy's current weights in the rollout engine (gathered whole from shards under FSDP)."""
@@ -284,47 +280,48 @@ class Trainer:
         by ``stop``, it checkpoints the step reached (unless that is done) and returns ``{"stopped_at": step}``."""
         resumed = self.resume()
         if not resumed and self._stop_asked():  # before the first evaluation and the cache init: nothing to save
-            return {"stopped_at": self.step}
+            return {"stopped_at": self.run.step}
         summary = {}
         if self.logger is not None:  # rows logged after the checkpoint (or by a run that never checkpointed) go
-            self.logger.resume_at(self.step if resumed else -1)
+            self.logger.resume_at(self.run.step if resumed else -1)
             summary = self.logger.summary() if resumed else {}
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            if self.cfg.objective.mode == "rpo" and self.init_mode != "lazy":
+            if self.cfg.objective.mode == "rpo" and self.run.init_mode != "lazy":
                 self.init_cache()
             self._log(0, {"eval/accuracy": summary["accuracy_before"]})
             if self.logger is not None:
                 self.logger.save_summary(summary)
         accuracy, evaluated_at = summary.get("accuracy_before", float("nan")), -1
-        saved_at = self.step if resumed else -1
-        with tqdm(total=self.cfg.steps, initial=self.step, desc="rpo-train", disable=not self.dist.is_main) as bar:
-            while self.step < self.cfg.steps:
+        saved_at = self.run.step if resumed else -1
+        with tqdm(total=self.cfg.steps, initial=self.run.step, desc="rpo-train", disable=not self.dist.is_main) as bar:
+            while self.run.step < self.cfg.steps:
                 if self._stop_asked():
-                    if saved_at != self.step:
+                    if saved_at != self.run.step:
                         self.save()
-                    return {"stopped_at": self.step}
+                    return {"stopped_at": self.run.step}
                 metrics = self.train_step()
-                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                if self.run.step % self.cfg.eval_every == 0 or self.run.step == self.cfg.steps:
                     metrics["eval/accuracy"] = accuracy = self.evaluate()
-                    evaluated_at = self.step
-                self._log(self.step, metrics)
+                    evaluated_at = self.run.step
+                self._log(self.run.step, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest eval
-                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                if self.run.step % self.cfg.save_every == 0 or self.run.step == self.cfg.steps:
                     self.save()
-                    saved_at = self.step
-        counts = self.rollout_counts
-        summary.update(accuracy_after=accuracy if evaluated_at == self.step else self.evaluate(), steps=self.step,
-                       tokens_generated=self.tokens_generated, world_size=self.dist.world_size,
-                       cache_digest=self.cache.digest(), **self.timings,
+                    saved_at = self.run.step
+        counts = self.run.rollout_counts
+        summary.update(accuracy_after=accuracy if evaluated_at == self.run.step else self.evaluate(),
+                       steps=self.run.step,
+                       tokens_generated=self.run.tokens_generated, world_size=self.dist.world_size,
+                       cache_digest=self.cache.digest(), **self.run.timings,
                        tokens_per_sample=counts["tokens"] / max(counts["samples"], 1),
                        full_path_tokens_per_sample=counts["init_length"] / counts["init_responses"]
-                       if counts["init_responses"] else None, cache_init=self.init_mode,
+                       if counts["init_responses"] else None, cache_init=self.run.init_mode,
                        precision=self.precision.header(),
                        refreshes=counts.get("refreshed", 0),
                        refresh_share=counts.get("refreshed", 0) / max(counts.get("groups", 0), 1),
-                       **{f"final_{k.split('/')[1]}": v for k, v in self.last_drift.items()})
+                       **{f"final_{k.split('/')[1]}": v for k, v in self.run.last_drift.items()})
         if self.logger is not None:
             self.logger.save_summary(summary)
             self.logger.plot()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .atomic import atomic_directory, atomic_write_json, writing
 from .errors import UsageError, one_line
+from .run_state import RunState
 from .sharding import full_optimizer_state, full_state_dict, load_full_state
 
 FORMAT = "rpo-checkpoint/1"
@@ -141,22 +142,20 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
 
 def save_run(trainer) -> Path | None:
     """Checkpoint a ``rpo_train.trainer.Trainer`` (rank 0 writes, every rank waits): weights, optimizer, scheduler,
-    cache, RNG and the loop's state (data order, timings, counters, config); first checks that every rank holds the
+    cache, RNG, the run state (``trainer.run``) and the config; first checks that every rank holds the
     same cache."""
     t = trainer
     digests = t.dist.gather(t.cache.digest())
     if len(set(digests)) != 1:
-        raise RuntimeError(f"step {t.step}: the experience cache differs across ranks (digests {digests}); "
+        raise RuntimeError(f"step {t.run.step}: the experience cache differs across ranks (digests {digests}); "
                            "refusing to checkpoint a diverged job")
     path, whole = None, {}
     if t.sharded:  # gather whole tensors (every rank takes part)
         whole = {"model_state": full_state_dict(t.model, unique=True),
                  "optimizer_state": full_optimizer_state(t.optimizer)}
     if t.dist.is_main:
-        extra = {"order": t.order, "timings": t.timings, "tokens_generated": t.tokens_generated,
-                 "rollout_counts": t.rollout_counts, "last_drift": t.last_drift, "cache_init": t.init_mode,
-                 "config": t.cfg.to_dict()}
-        path = save_checkpoint(t.out, t.step, t.model, t.optimizer, t.scheduler, t.cache, t.rng, extra, **whole)
+        extra = {**t.run.to_saved(), "config": t.cfg.to_dict()}
+        path = save_checkpoint(t.out, t.run.step, t.model, t.optimizer, t.scheduler, t.cache, t.rng, extra, **whole)
     t.dist.barrier()
     return path
 
@@ -165,10 +164,12 @@ RESUME_SECTIONS = ("model", "data", "rollout", "objective", "truncation", "cache
 
 
 def resume_run(trainer) -> bool:
-    """Restore a ``Trainer`` from the newest checkpoint of its ``out_dir``, if there is one (then pushes the weights
-    to its engine). Refuses a checkpoint whose config differs in a section that shapes the run; a setting added
-    since the checkpoint was written counts at its default, and a data section saved in the old flat form is read as
-    its source's section (``rpo_train.config.RunConfig.saved_section``)."""
+    """Restore a ``Trainer``'s weights, optimizer, scheduler, RNG, cache and run state (``trainer.run``, a
+    ``rpo_train.runtime.run_state.RunState``) from the newest checkpoint of its ``out_dir``, if there is one.
+
+    Refuses a checkpoint whose config differs in a section that shapes the run; a setting added since the checkpoint
+    was written counts at its default, and a data section saved in the old flat form is read as its source's section
+    (``rpo_train.config.RunConfig.saved_section``)."""
     t = trainer
     folder = latest_checkpoint(t.out)
     if folder is None:
@@ -182,16 +183,7 @@ def resume_run(trainer) -> bool:
         if saved != now[key]:
             raise UsageError(f"cannot resume {folder}: config section {key!r} differs from the checkpoint's "
                              f"({saved} vs {now[key]}); use another out_dir or the checkpoint's settings")
-    t.cache, t.step, t.order = cache, state["step"], state["order"]
-    t.timings, t.tokens_generated = state["timings"], state["tokens_generated"]
-    counts = dict(state.get("rollout_counts", {}))
-    if "init_mean_length" in counts:  # written before the init counted its responses: all of them, before step 1
-        mean = counts.pop("init_mean_length")
-        if mean:
-            counts.update(init_responses=len(cache), init_length=round(mean * len(cache)))
-    t.rollout_counts = {**t.rollout_counts, **counts}
-    t.last_drift = state.get("last_drift", {})
-    # the run's own choice, whatever steps says now (checkpoints from before cache.init were all eager or a file)
-    t.init_mode = state.get("cache_init", "file" if t.cfg.cache.init_path else "eager")
-    t._push_weights()
+    # the run's own choice of cache init, whatever steps says now (checkpoints from before it were eager or a file)
+    t.cache = cache
+    t.run = RunState.from_saved(state, len(cache), "file" if t.cfg.cache.init_path else "eager")
     return True

@@ -72,7 +72,7 @@ def test_a_lazy_run_initialises_what_it_draws_and_counts_it(checkpoint, tmp_path
     drawn = {g for filled, _ in inits for g in filled}
     assert len(trainer.cache) == len(drawn) == 6  # no question drawn twice in two steps of 3 out of 12
     init_tokens = sum(t for filled, _ in inits for t, _ in filled.values())
-    rollout_tokens = trainer.rollout_counts["tokens"]
+    rollout_tokens = trainer.run.rollout_counts["tokens"]
     assert summary["tokens_generated"] == init_tokens + rollout_tokens
     lengths = [n for filled, _ in inits for _, n in filled.values()]
     assert summary["full_path_tokens_per_sample"] == pytest.approx(sum(lengths) / len(lengths))
@@ -97,8 +97,9 @@ def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_
     counts["init_mean_length"] = want  # the former counters
     state_path.write_text(json.dumps(state))
     resumed = Trainer(cfg, reward_fn=ones_reward)
-    assert resumed.resume() and resumed.init_mode == "eager"
-    assert resumed.rollout_counts["init_length"] / resumed.rollout_counts["init_responses"] == pytest.approx(want)
+    assert resumed.resume() and resumed.run.init_mode == "eager"
+    counts = resumed.run.rollout_counts
+    assert counts["init_length"] / counts["init_responses"] == pytest.approx(want)
     state["config"]["cache"]["epsilon"] = 0.25
     state_path.write_text(json.dumps(state))
     with pytest.raises(UsageError, match="config section 'cache' differs"):
@@ -111,11 +112,11 @@ def test_a_lazy_run_resumed_with_more_steps_stays_lazy(checkpoint, tmp_path):
     from rpo_train.trainer import Trainer
 
     first = Trainer(config(checkpoint, tmp_path, steps=2, save_every=1), reward_fn=ones_reward)
-    assert first.init_mode == "lazy"
+    assert first.run.init_mode == "lazy"
     first.train()
     seen = len(first.cache)
     assert seen < 12
     again = Trainer(config(checkpoint, tmp_path, steps=4, save_every=1), reward_fn=ones_reward)
-    assert again.init_mode == "eager"
+    assert again.run.init_mode == "eager"
     summary = again.train()
-    assert again.init_mode == summary["cache_init"] == "lazy" and len(again.cache) > seen
+    assert again.run.init_mode == summary["cache_init"] == "lazy" and len(again.cache) > seen

@@ -98,7 +98,7 @@ def test_a_checkpoint_of_the_flat_data_config_resumes_and_a_changed_setting_does
                                        seed=data.seed, terms=17)  # as the former flat DataConfig wrote it
     state_path.write_text(json.dumps(state))
     resumed = Trainer(cfg, reward_fn=ones_reward)
-    assert resumed.resume() and resumed.step == 1
+    assert resumed.resume() and resumed.run.step == 1
     assert resumed.cache.digest() == first.cache.digest() and len(resumed.cache) > 0
     assert set(resumed.cache.entries) <= {q.qid for q in resumed.train_questions}  # the cache's keys: the qids
     state["config"]["data"]["answer_field"] = "solution"  # a file setting that run had changed

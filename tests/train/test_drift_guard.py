@@ -135,7 +135,7 @@ def test_refreshed_groups_run_the_full_path_and_count_as_rollout(checkpoint, tmp
     trainer = Trainer(config(checkpoint, tmp_path, steps=2, batch_questions=12, cache=CacheConfig(max_reuses=1)),
                       reward_fn=ones_reward)
     trainer.init_cache()
-    init_tokens = trainer.tokens_generated
+    init_tokens = trainer.run.tokens_generated
     assert all(not any(math.isnan(x) for x in e.logprobs) for e in trainer.cache.entries.values())
     first = trainer.train_step()
     assert first["rollout/refresh_share"] == 0 and first["rollout/prefix_len"] > 0
@@ -145,8 +145,8 @@ def test_refreshed_groups_run_the_full_path_and_count_as_rollout(checkpoint, tmp
     assert stats["rollout/refresh_share"] == 1 and stats["rollout/refreshes_reuses"] == 12
     assert all(g.prefix_ids == [] and g.refresh == "reuses" and g.cut == 0 for g in rolled)
     generated = sum(len(s) for g in rolled for s in g.suffixes)
-    assert trainer.tokens_generated == init_tokens + first["rollout/generated_tokens"] + generated
-    assert trainer.rollout_counts["refreshed"] == 12 and trainer.rollout_counts["groups"] == 24
+    assert trainer.run.tokens_generated == init_tokens + first["rollout/generated_tokens"] + generated
+    assert trainer.run.rollout_counts["refreshed"] == 12 and trainer.run.rollout_counts["groups"] == 24
 
 
 def test_drift_rises_after_updates_and_a_threshold_refreshes(checkpoint, tmp_path):
@@ -174,7 +174,7 @@ def test_probe_every_skips_the_probe_unless_a_refresh_reads_it(tmp_path, refresh
     trainer = Trainer(cfg, reward_fn=ones_reward)
     probed = []
     real = trainer._probe
-    trainer._probe = lambda *a: probed.append(trainer.step + 1) or real(*a)
+    trainer._probe = lambda *a: probed.append(trainer.run.step + 1) or real(*a)
     trainer.train()
     want = [1, 2, 3] if refresh_drift else [1, 3]
     assert sorted(set(probed)) == want

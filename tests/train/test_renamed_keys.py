@@ -68,7 +68,7 @@ def test_a_checkpoint_saved_with_objective_rollout_resumes_and_a_changed_mode_do
     saved["rollout"] = saved.pop("mode")  # as the config was saved before the rename
     state_path.write_text(json.dumps(state))
     resumed = Trainer(cfg, reward_fn=ones_reward)
-    assert resumed.resume() and resumed.step == 1 and resumed.cache.digest() == first.cache.digest()
+    assert resumed.resume() and resumed.run.step == 1 and resumed.cache.digest() == first.cache.digest()
     saved["rollout"] = "full"  # that run was the full-path baseline: not this one
     state_path.write_text(json.dumps(state))
     with pytest.raises(UsageError, match="config section 'objective' differs"):

@@ -245,7 +245,7 @@ def test_a_second_ctrl_c_stops_at_once(recipe, tmp_path, capfd, monkeypatch):
     real = Trainer.train_step
 
     def interrupted(self):
-        if self.step == 2:
+        if self.run.step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
             os.kill(os.getpid(), signal.SIGINT)
         return real(self)
@@ -279,7 +279,7 @@ def test_stop_checkpoints_a_step_once(recipe, tmp_path, monkeypatch, save_every)
     assert not (tmp_path / "checkpoints").exists()
     saves, answers = [], iter([False, False, False, True])
     real = Trainer.save
-    monkeypatch.setattr(Trainer, "save", lambda self: saves.append(self.step) or real(self))
+    monkeypatch.setattr(Trainer, "save", lambda self: saves.append(self.run.step) or real(self))
     assert Trainer(cfg, stop=lambda: next(answers)).train() == {"stopped_at": 2}
     assert saves == ([1, 2] if save_every == 1 else [2]) and latest(tmp_path) == 2
 
