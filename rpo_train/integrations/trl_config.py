@@ -86,7 +86,7 @@ class RPOConfig(GRPOConfig):
 
     rpo_truncation: str = field(default="auto", metadata=_help("auto | fixed | dynamic | adaptive"))
     rpo_max_cut: str = field(default="auto", metadata=_help("L, the longest cut: auto | an int (tokens)"))
-    rpo_cut_factor: float = field(default=0.2, metadata=_help("dynamic L = factor x shortest last response"))
+    rpo_cut_factor: float = field(default=0.1, metadata=_help("dynamic L = factor x shortest last response"))
     rpo_min_cut: int = field(default=8, metadata=_help("adaptive: the smallest L (and the start)"))
     rpo_suffix_budget: str = field(default="auto", metadata=_help("max new tokens of a suffix: auto | m | an int"))
     rpo_cache_epsilon: float = field(default=0.5, metadata=_help("probability of keeping a group's best response"))

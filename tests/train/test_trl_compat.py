@@ -36,8 +36,7 @@ def logged(trainer, name: str) -> list[float]:
 def test_lora_trains_with_the_drift_guard_on(worker, model_dir, tmp_path):
     """The guard's probe and writer forwards go through the PEFT model: LoRA weights move, the base does not, and
     every cached token has the finite log-prob of the policy that wrote it."""
-    from peft import LoraConfig
-
+    LoraConfig = pytest.importorskip("peft", reason="LoRA needs peft (in the dev extra)").LoraConfig
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer, _ = worker.build(tmp_path, model_dir, 3, peft_config=lora, rpo_refresh_drift=4.6, learning_rate=1e-2,
                               rpo_cache_init="eager")
