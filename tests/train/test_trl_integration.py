@@ -322,6 +322,21 @@ def test_unsupported_uses_and_versions_are_refused(worker, model_dir, tmp_path):
         worker.build(tmp_path, model_dir, 1, rpo_key_column="qid")
 
 
+@pytest.mark.trl
+def test_keys_and_typed_fields_are_checked_before_any_sampling(worker, model_dir, tmp_path):
+    from datasets import Dataset
+
+    from rpo_train.integrations.trl import RPOConfig
+
+    assert RPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", rpo_max_cut="300",
+                     rpo_suffix_budget="64", rpo_min_cut="4").rpo_max_cut == 300
+    rows = Dataset.from_list([{"prompt": "a", "id": 1}, {"prompt": "b", "id": 2}, {"prompt": "c", "id": 1}])
+    with pytest.raises(ValueError, match="rpo_key_column='id': rows 0 and 2 share the value 1 but have different"):
+        worker.build(tmp_path, model_dir, 1, rows=rows, rpo_key_column="id")
+    same = Dataset.from_list([{"prompt": "a", "id": 1}, {"prompt": "a", "id": 1}, {"prompt": "b", "id": 2}])
+    worker.build(tmp_path, model_dir, 1, rows=same, rpo_key_column="id")  # a repeated row is one question
+
+
 def test_the_rows_module_needs_no_trl():
     code = ("import sys; sys.modules['trl'] = None; import rpo_train.integrations.trl_rows, rpo_train.cli; "
             "import rpo_train.integrations.trl")
