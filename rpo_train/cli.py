@@ -56,12 +56,21 @@ def _guard_rows(summary: dict) -> list[tuple[str, str]]:
                                                     f"{summary['final_drift_m2_mean']:.4f}")]
 
 
+def _signal_rows(summary: dict) -> list[tuple[str, str]]:
+    """The last step with a learning signal (``rpo_train.health``): "none" when no group ever had one."""
+    if "last_signal_step" not in summary:
+        return []
+    last = summary["last_signal_step"]
+    return [("last step with a learning signal", "none" if last is None else str(last))]
+
+
 def summary_table(summary: dict) -> str:
     rows = [("held-out accuracy before", f"{summary.get('accuracy_before', float('nan')):.3f}"),
             ("held-out accuracy after", f"{summary.get('accuracy_after', float('nan')):.3f}"),
             ("rollout tokens generated", f"{summary.get('tokens_generated', 0):,}"),
             ("generated tokens / sample", _per_sample(summary)),
             ("steps", str(summary.get("steps", 0))),
+            *_signal_rows(summary),
             *_guard_rows(summary),
             ("time: warm start (s)", f"{summary.get('warm_start_s', 0.0):.1f}"),
             ("time: cache init (s)", f"{summary.get('cache_init_s', 0.0):.1f}"),

@@ -90,7 +90,9 @@ class RolloutConfig:
 class OptimConfig:
     """AdamW settings and the policy forward: ``policy_forward`` plain | prefix_once | auto (see
     ``rpo_train.model.policy``); ``gradient_checkpointing`` recomputes decoder layers in the backward; ``parallel``
-    ddp | fsdp under torchrun (see ``rpo_train.runtime.distributed`` and ``rpo_train.runtime.sharding``)."""
+    ddp | fsdp under torchrun (see ``rpo_train.runtime.distributed`` and ``rpo_train.runtime.sharding``).
+    ``max_nonfinite_steps``: a step whose loss or gradient norm is NaN or inf skips its update; this many such steps
+    in a row stop the run (``rpo_train.update_guard``)."""
 
     lr: float = 1e-6
     warmup_steps: int = 0
@@ -100,9 +102,12 @@ class OptimConfig:
     policy_forward: str = "auto"
     gradient_checkpointing: bool = False
     parallel: str = "ddp"
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self):
         check_types(self, "optim")
+        _require(self.max_nonfinite_steps >= 1,
+                 f"optim.max_nonfinite_steps must be an int >= 1, got {self.max_nonfinite_steps!r}")
         _require(self.parallel in PARALLEL, f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
         _require(not (self.parallel == "fsdp" and self.policy_forward == "prefix_once"),
                  "optim.policy_forward prefix_once needs optim.parallel ddp: FSDP gathers a layer's weights in the "
@@ -120,6 +125,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """The whole run. ``health_window``: after this many steps in a row without a learning signal (every group's
+    rewards equal) the run says so once, naming the likely causes (``rpo_train.health``); 0 turns that off."""
+
     model: str = ""
     out_dir: str = "runs/rpo"
     device: str = "cpu"
@@ -131,6 +139,7 @@ class RunConfig:
     eval_max_new_tokens: int = 128
     save_every: int = 20
     reward: str = "exact"
+    health_window: int = 10
     data: DataSection = field(default_factory=BundledData)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -150,6 +159,7 @@ class RunConfig:
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
+        _require(self.health_window >= 0, f"health_window must be an int >= 0 (0: off), got {self.health_window!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ cache init (``rpo_train.cache_init``), evaluation (``rpo_train.trainer``) and th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .rewards import RewardFn, length_aware, overlong_penalty
 from .rollout.interface import Completion, RolloutEngine
 from .rollout.params import SamplingParams
 from .runtime.distributed import DistContext
+from .runtime.finite import NonFiniteError
 from .runtime.seeding import derive_seed
 
 
@@ -51,7 +53,8 @@ def sample_and_score(engine: RolloutEngine, questions: Sequence[Question], param
     ``engine.generate`` call, decode each with its prefix and score it with ``reward_fn(questions[i], text)``.
 
     Returns one list of ``n`` ``Scored`` per question, in the engine's order (the same tokens as
-    ``engine.generate`` with the same arguments). No questions: no engine call, an empty list.
+    ``engine.generate`` with the same arguments). No questions: no engine call, an empty list. A reward that is NaN
+    or inf is a ``NonFiniteError`` naming the question.
     """
     if not questions:
         return []
@@ -63,6 +66,9 @@ def sample_and_score(engine: RolloutEngine, questions: Sequence[Question], param
         for c in comps:
             text = tokenizer.decode(head + list(c.token_ids), skip_special_tokens=True)
             result = reward_fn(q, text)
+            if not math.isfinite(float(result.reward)):
+                raise NonFiniteError(f"question {q.id!r}: the reward function returned {result.reward} for the "
+                                     f"response {text[:60]!r}; it must return finite numbers")
             group.append(Scored(c, text, float(result.reward), bool(result.correct)))
         scored.append(group)
     return scored
@@ -161,8 +167,6 @@ def shaped_group(question: Question, plan: Plan, scored: list[Scored], cfg: RunC
     if cfg.objective.overlong_buffer:
         rewards = [r + overlong_penalty(n, cfg.rollout.max_response_len, cfg.objective.overlong_buffer,
                                         cfg.objective.overlong_factor) for r, n in zip(rewards, lengths)]
-    if any(r != r for r in rewards):
-        raise ValueError(f"question {question.id!r}: a reward is NaN; check the reward function")
     return Group(question, plan, suffixes, rewards, correct,
                  suffix_logprobs=[list(s.completion.logprobs) for s in scored])
 

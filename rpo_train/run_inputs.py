@@ -14,7 +14,7 @@ from .config import RunConfig
 from .data import Question, load_questions
 from .model.precision import Precision, resolve_precision
 from .rewards import REWARDS, RewardFn
-from .rollout.model_folder import eos_token_ids, model_dir
+from .rollout.model_folder import check_finite_weights, eos_token_ids, model_dir
 from .runtime.errors import UsageError, one_line
 from .runtime.preflight import check_device, check_out_dir, check_reward
 
@@ -44,6 +44,7 @@ def load_policy(path: str, dtype: torch.dtype, device: str):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to load the user's folder is reported with its path
         raise UsageError(f"model={path}: the checkpoint cannot be loaded ({one_line(exc)})") from exc
+    check_finite_weights(model, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001

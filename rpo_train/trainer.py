@@ -23,6 +23,7 @@ from .cache_init import LazyInit, eager_init, init_mode, store
 from .config import RunConfig
 from .data import Question
 from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats, sample_and_score
+from .health import observe_signal
 from .model.policy import PolicySample, build_batch, forward_loss, micro_batches, response_logprobs, sequence_logprobs
 from .plan import update_group
 from .rollout.params import SamplingParams
@@ -32,12 +33,8 @@ from .runtime.distributed import DistContext
 from .runtime.metrics import MetricsLogger
 from .runtime.run_state import RunState
 from .runtime.seeding import derive_seed
-from .runtime.sharding import (
-    clip_grad_norm,
-    full_state_dict,
-    is_sharded_tensor,
-    shard_layers,
-)
+from .runtime.sharding import clip_grad_norm, full_state_dict, is_sharded_tensor, shard_layers
+from .update_guard import NonFiniteGuard
 
 
 class Trainer:
@@ -81,6 +78,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.cache = ExperienceCache()
+        self.nonfinite = NonFiniteGuard(cfg.optim.max_nonfinite_steps, self.dist, cfg.optim.lr)
         self.probe_s = self.init_s = 0.0
         self.logger = MetricsLogger(self.out) if self.dist.is_main else None
 
@@ -95,19 +93,11 @@ class Trainer:
         found = eager_init(self.engine, self.train_questions, self.cfg, self.tokenizer, self.reward_fn, self.stop_ids,
                            self.dist)
         store(self.cache, self.train_questions, found, self.cfg.truncation.initial_limit())
-        self.run.tokens_generated += sum(f.generated for f in found)
-        self.run.rollout_counts["init_responses"] += len(found)
-        self.run.rollout_counts["init_length"] += sum(len(f.ids) for f in found)
+        self.run.count_init(sum(f.generated for f in found), [len(f.ids) for f in found])
         self.run.timings["cache_init_s"] += time.perf_counter() - start
 
     def _next_questions(self, count: int) -> list[Question]:
-        questions = []
-        while len(questions) < count:
-            if not self.run.order:
-                self.run.order = list(range(len(self.train_questions)))
-                self.rng.shuffle(self.run.order)
-            questions.append(self.train_questions[self.run.order.pop()])
-        return questions
+        return [self.train_questions[i] for i in self.run.draw(count, len(self.train_questions), self.rng)]
 
     def _collect(self) -> tuple[list[Group], list[Group], dict]:
         """(groups to train on, all groups rolled out, rollout metrics), global; see ``collect_groups``."""
@@ -130,21 +120,14 @@ class Trainer:
         kept, rolled = collect_groups(self._next_questions, rollout, cfg, self.dist,
                                       derive_seed(cfg.seed, self.run.step))
         stats = rollout_stats(kept, rolled, cfg)
-        if cfg.objective.mode == "rpo":
-            stats["time/probe_s"] = self.probe_s
         self.run.last_drift = {k: v for k, v in stats.items() if k.startswith("cache/drift_")} or self.run.last_drift
-        gen = [len(s) for g in rolled for s in g.suffixes]
         inits = [g.init for g in rolled if g.init is not None]
         if cfg.objective.mode == "rpo":
-            stats["time/init_s"] = self.init_s
-            stats["cache/init_responses"] = float(len(inits))
-        self.run.tokens_generated += sum(gen) + sum(tokens for tokens, _ in inits)
-        self.run.rollout_counts["init_responses"] += len(inits)
-        self.run.rollout_counts["init_length"] += sum(length for _, length in inits)
-        self.run.rollout_counts["tokens"] += sum(gen)
-        self.run.rollout_counts["samples"] += len(gen)
-        self.run.rollout_counts["groups"] += len(rolled)
-        self.run.rollout_counts["refreshed"] += sum(g.refresh is not None for g in rolled)
+            stats.update({"time/probe_s": self.probe_s, "time/init_s": self.init_s,
+                          "cache/init_responses": float(len(inits))})
+        self.run.count_init(sum(tokens for tokens, _ in inits), [length for _, length in inits])
+        self.run.count_rollout([len(s) for g in rolled for s in g.suffixes], len(rolled),
+                               sum(g.refresh is not None for g in rolled))
         return kept, rolled, stats
 
     def _autocast(self):
@@ -167,7 +150,8 @@ class Trainer:
 
     def _optimize(self, kept: list[Group]) -> dict:
         """One update on the global ``kept`` groups: this rank's share, loss weights over the global token (or
-        sequence) count, gradients summed over ranks, then clip and AdamW (the same on every rank)."""
+        sequence) count, gradients summed over ranks, then clip and AdamW (the same on every rank); skipped when the
+        loss or gradient norm is not finite (``rpo_train.update_guard``)."""
         cfg = self.cfg
         groups = self.dist.share(kept)
         samples = [PolicySample(g.prompt_ids, g.prefix_ids, s) for g in groups for s in g.suffixes]
@@ -191,6 +175,7 @@ class Trainer:
             ref = ([sequence_logprobs(self.ref_model, b, cfg.rollout.temperature) for b in batches]
                    if self.ref_model is not None else [None] * len(batches))
         sums: dict[str, float] = {}
+        skipped = False
         for _ in range(cfg.objective.mu):
             self.optimizer.zero_grad(set_to_none=True)
             for b, idx, size, o, r in zip(batches, micro, sizes, old, ref):
@@ -208,6 +193,9 @@ class Trainer:
             else:
                 self.dist.sum_gradients(self.model.parameters())
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            skipped = not self.nonfinite.finite(sums.get("loss", 0.0), grad_norm)
+            if skipped:
+                break
             self.optimizer.step()
         self.scheduler.step()
         self._push_weights()
@@ -217,7 +205,8 @@ class Trainer:
                 merged[k] = merged.get(k, 0.0) + v
         merged["grad_norm"] = float(grad_norm)
         merged["lr"] = self.scheduler.get_last_lr()[0]
-        return {f"train/{k}": v for k, v in merged.items()}
+        guard = self.nonfinite.settle(self.run.step + 1, skipped, merged.get("loss", 0.0), merged["grad_norm"])
+        return {**{f"train/{k}": v for k, v in merged.items()}, **guard}
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
@@ -234,11 +223,14 @@ class Trainer:
             update_group(self.cache, g.qid, g.prompt_ids, g.plan, g.responses, g.rewards, g.correct, self.run.step,
                          self.cfg.cache.epsilon, self.cfg.truncation, random.Random(derive_seed(g.seed, "cache")),
                          logprobs=g.logprobs)
+        health = observe_signal(self.run, self.run.step, rolled, self.cfg.health_window, announce=self.dist.is_main,
+                                lr=self.cfg.optim.lr)
         self.run.timings["cache_init_s"] += self.init_s  # a lazy init's sampling, not counted as rollout time
         self.run.timings["rollout_s"] += t_roll - start - self.init_s
         self.run.timings["train_s"] += t_train - t_roll
-        return {**stats, **train, **self.cache.metrics(self.run.step), "time/rollout_s": t_roll - start - self.init_s,
-                "time/train_s": t_train - t_roll, "time/step_s": time.perf_counter() - start}
+        return {**stats, **train, **health, **self.cache.metrics(self.run.step),
+                "time/rollout_s": t_roll - start - self.init_s, "time/train_s": t_train - t_roll,
+                "time/step_s": time.perf_counter() - start}
 
     @torch.no_grad()
     def evaluate(self, questions: list[Question] | None = None) -> float:
@@ -310,18 +302,9 @@ class Trainer:
                 if self.run.step % self.cfg.save_every == 0 or self.run.step == self.cfg.steps:
                     self.save()
                     saved_at = self.run.step
-        counts = self.run.rollout_counts
         summary.update(accuracy_after=accuracy if evaluated_at == self.run.step else self.evaluate(),
-                       steps=self.run.step,
-                       tokens_generated=self.run.tokens_generated, world_size=self.dist.world_size,
-                       cache_digest=self.cache.digest(), **self.run.timings,
-                       tokens_per_sample=counts["tokens"] / max(counts["samples"], 1),
-                       full_path_tokens_per_sample=counts["init_length"] / counts["init_responses"]
-                       if counts["init_responses"] else None, cache_init=self.run.init_mode,
-                       precision=self.precision.header(),
-                       refreshes=counts.get("refreshed", 0),
-                       refresh_share=counts.get("refreshed", 0) / max(counts.get("groups", 0), 1),
-                       **{f"final_{k.split('/')[1]}": v for k, v in self.run.last_drift.items()})
+                       **self.run.summary(world_size=self.dist.world_size, cache_digest=self.cache.digest(),
+                                          precision=self.precision.header()))
         if self.logger is not None:
             self.logger.save_summary(summary)
             self.logger.plot()

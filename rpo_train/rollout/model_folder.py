@@ -7,11 +7,13 @@ setting.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from ..runtime.errors import MissingPathError, UsageError, one_line
+from ..runtime.finite import check_finite
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -64,7 +66,27 @@ def load_model(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
     config = load_config(path)
     model = AutoModelForCausalLM.from_pretrained(model_dir(path), config=config, dtype=dtype,
                                                  local_files_only=True)
+    check_finite_weights(model, path)
     return model.to(device).eval()
+
+
+def weight_file(path, name: str) -> Path:
+    """The safetensors file of a model folder that holds the tensor ``name`` (by the index of a sharded folder)."""
+    p = Path(path)
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return p / json.loads(index.read_text())["weight_map"][name]
+        except (OSError, ValueError, KeyError, TypeError):
+            return index
+    return p / "model.safetensors"
+
+
+def check_finite_weights(model: torch.nn.Module, path) -> None:
+    """Refuse (``rpo_train.runtime.finite.NonFiniteError``) a model loaded from the folder ``path`` whose weights
+    hold NaN or inf, naming the tensor and its file: a diverged run's weights would fail deep in the sampler."""
+    check_finite(model.state_dict().items(), lambda name: f"model {weight_file(path, name)}",
+                 "a diverged run leaves such weights: start from an earlier checkpoint or the original model")
 
 
 def eos_token_ids(path, config) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..runtime.finite import NonFiniteError
 from .config import NativeEngineConfig
 from .interface import Completion, GroupRequest, normalize_requests
 from .kv_lanes import LaneKV, LaneShape
@@ -253,11 +254,18 @@ class NativeEngine:
                  stop_set: set) -> None:
         """Sample one token for each of ``seqs`` from ``logits`` [len(seqs), V]; finish the ones that are done."""
         lp = processed_logprobs(logits, params)
-        tok = sample(lp, None if params.greedy else [s.noise for s in seqs])
-        chosen = lp.gather(1, tok[:, None])[:, 0].tolist()
+        # a row of NaN logits samples past the vocabulary: clamp it, read its flag in the sync below, refuse it
+        tok = sample(lp, None if params.greedy else [s.noise for s in seqs]).clamp_(max=lp.shape[-1] - 1)
+        finite = torch.isfinite(logits).all(dim=-1)
+        tokens, chosen, ok = torch.stack([tok.double(), lp.gather(1, tok[:, None])[:, 0].double(),
+                                          finite.double()]).tolist()
+        if not all(ok):
+            raise NonFiniteError(f"native engine, decode step {self.stats['decode_steps']}: the logits of "
+                                 f"{ok.count(0.0)} of {len(ok)} sequences hold NaN or inf (the policy's weights or "
+                                 "activations overflowed: a diverged run, or too high a learning rate)")
         self.stats["generated_tokens"] += len(seqs)
         done = set()
-        for s, t, logprob in zip(seqs, tok.tolist(), chosen):
+        for s, t, logprob in zip(seqs, map(int, tokens), chosen):
             s.tokens.append(t)
             s.logprobs.append(logprob)
             reason = "stop" if t in stop_set else "length" if len(s.tokens) >= s.group.req.budget else None

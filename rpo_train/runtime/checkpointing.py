@@ -20,6 +20,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .atomic import atomic_directory, atomic_write_json, writing
 from .errors import UsageError, one_line
+from .finite import check_finite
 from .run_state import RunState
 from .sharding import full_optimizer_state, full_state_dict, load_full_state
 
@@ -119,14 +120,18 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
         raise UsageError(f"{folder} is not an rpo checkpoint (format {found!r}, expected {FORMAT!r})")
     tensors = _read(folder, "optimizer.safetensors", lambda p: load_file(str(p)))
     optimizer_state = _optimizer_state_from_files(tensors, state["optimizer"])
+    weights = folder / "model.safetensors"
     if load_state is not None:
-        load_state(_read(folder, "model.safetensors", lambda p: load_file(str(p))), optimizer_state)
+        tensors = _read(folder, "model.safetensors", lambda p: load_file(str(p)))
+        _check_weights(tensors.items(), f"checkpoint {weights}")
+        load_state(tensors, optimizer_state)
     else:
         try:
-            load_model(model, str(folder / "model.safetensors"))
+            load_model(model, str(weights))
         except Exception as exc:  # noqa: BLE001 - another model's weights, or a damaged file
-            raise UsageError(f"checkpoint {folder / 'model.safetensors'} does not fit the model or cannot be read "
+            raise UsageError(f"checkpoint {weights} does not fit the model or cannot be read "
                              f"({one_line(exc)[:300]})") from exc
+        _check_weights(model.state_dict().items(), f"checkpoint {weights}")
         try:
             optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError) as exc:
@@ -140,10 +145,15 @@ def load_checkpoint(folder: str | os.PathLike, model: torch.nn.Module, optimizer
     return state, folder / "cache.safetensors"
 
 
+def _check_weights(named, where: str) -> None:
+    """No run resumes from, and no checkpoint holds, NaN or inf weights (``rpo_train.runtime.finite``)."""
+    check_finite(named, where, "the run diverged before it: lower optim.lr, or resume from an earlier checkpoint")
+
+
 def save_run(trainer) -> Path | None:
     """Checkpoint a ``rpo_train.trainer.Trainer`` (rank 0 writes, every rank waits): weights, optimizer, scheduler,
     cache, RNG, the run state (``trainer.run``) and the config; first checks that every rank holds the
-    same cache."""
+    same cache and that the weights are finite (a ``NonFiniteError`` rather than a checkpoint of a diverged run)."""
     t = trainer
     digests = t.dist.gather(t.cache.digest())
     if len(set(digests)) != 1:
@@ -153,6 +163,9 @@ def save_run(trainer) -> Path | None:
     if t.sharded:  # gather whole tensors (every rank takes part)
         whole = {"model_state": full_state_dict(t.model, unique=True),
                  "optimizer_state": full_optimizer_state(t.optimizer)}
+    # every rank checks the same weights (whole ones under FSDP), so all of them refuse together
+    _check_weights((whole.get("model_state") or t.model.state_dict()).items(),
+                   f"step {t.run.step}: refusing to checkpoint to {t.out / 'checkpoints'}")
     if t.dist.is_main:
         extra = {**t.run.to_saved(), "config": t.cfg.to_dict()}
         path = save_checkpoint(t.out, t.run.step, t.model, t.optimizer, t.scheduler, t.cache, t.rng, extra, **whole)
