@@ -67,6 +67,9 @@ def _signal_rows(summary: dict) -> list[tuple[str, str]]:
 def summary_table(summary: dict) -> str:
     rows = [("held-out accuracy before", f"{summary.get('accuracy_before', float('nan')):.3f}"),
             ("held-out accuracy after", f"{summary.get('accuracy_after', float('nan')):.3f}"),
+            *[(f"held-out {name.replace('_at_', '@')} before -> after",
+               f"{summary[name + '_before']:.3f} -> {summary[name + '_after']:.3f}")
+              for name in ("pass_at_k", "mean_at_k") if name + "_after" in summary and name + "_before" in summary],
             ("rollout tokens generated", f"{summary.get('tokens_generated', 0):,}"),
             ("generated tokens / sample", _per_sample(summary)),
             ("steps", str(summary.get("steps", 0))),

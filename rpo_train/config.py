@@ -125,8 +125,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole run. ``health_window``: after this many steps in a row without a learning signal (every group's
-    rewards equal) the run says so once, naming the likely causes (``rpo_train.health``); 0 turns that off."""
+    """The whole run. ``eval_samples``: k > 0 adds pass@k and mean@k over k samples per held-out question at the
+    rollout temperature to each evaluation (``rpo_train.evaluation``). ``health_window``: after this many steps in a
+    row without a learning signal (every group's rewards equal) the run says so once, naming the likely causes
+    (``rpo_train.health``); 0 turns that off."""
 
     model: str = ""
     out_dir: str = "runs/rpo"
@@ -137,6 +139,7 @@ class RunConfig:
     batch_questions: int = 16
     eval_every: int = 20
     eval_max_new_tokens: int = 128
+    eval_samples: int = 0
     save_every: int = 20
     reward: str = "exact"
     health_window: int = 10
@@ -159,6 +162,8 @@ class RunConfig:
         for name in ("steps", "batch_questions", "eval_every", "save_every", "eval_max_new_tokens"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
+        _require(self.eval_samples >= 0,
+                 f"eval_samples must be an int >= 0 (0: greedy only), got {self.eval_samples!r}")
         _require(self.health_window >= 0, f"health_window must be an int >= 0 (0: off), got {self.health_window!r}")
 
     def to_dict(self) -> dict:

@@ -22,6 +22,7 @@ from .cache import ExperienceCache
 from .cache_init import LazyInit, eager_init, init_mode, store
 from .config import RunConfig
 from .data import Question
+from .evaluation import sampled_eval
 from .groups import Group, advantages_of, collect_groups, rollout_groups, rollout_stats, sample_and_score
 from .health import observe_signal
 from .model.policy import PolicySample, build_batch, forward_loss, micro_batches, response_logprobs, sequence_logprobs
@@ -242,6 +243,15 @@ class Trainer:
         hits = [s.correct for (s,) in out]
         return self.dist.sum_floats([float(sum(hits))])[0] / len(questions)
 
+    def evaluations(self, step: int) -> dict[str, float]:
+        """``eval/accuracy`` (greedy), and with ``eval_samples`` k the sampled ``eval/pass_at_k`` and
+        ``eval/mean_at_k`` (``rpo_train.evaluation``)."""
+        out = {"eval/accuracy": self.evaluate()}
+        if self.cfg.eval_samples:
+            out.update(sampled_eval(self.engine, self.test_questions, self.cfg, self.tokenizer, self.reward_fn,
+                                    self.stop_ids, self.dist, step))
+        return out
+
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
         """Checkpoint the run (``rpo_train.runtime.checkpointing.save_run``)."""
@@ -278,13 +288,14 @@ class Trainer:
             self.logger.resume_at(self.run.step if resumed else -1)
             summary = self.logger.summary() if resumed else {}
         if not resumed:
-            summary["accuracy_before"] = self.evaluate()
+            before = self.evaluations(0)
+            summary.update({f"{k.split('/')[1]}_before": v for k, v in before.items()})
             if self.cfg.objective.mode == "rpo" and self.run.init_mode != "lazy":
                 self.init_cache()
-            self._log(0, {"eval/accuracy": summary["accuracy_before"]})
+            self._log(0, before)
             if self.logger is not None:
                 self.logger.save_summary(summary)
-        accuracy, evaluated_at = summary.get("accuracy_before", float("nan")), -1
+        accuracy, evaluated_at, last = summary.get("accuracy_before", float("nan")), -1, {}
         saved_at = self.run.step if resumed else -1
         with tqdm(total=self.cfg.steps, initial=self.run.step, desc="rpo-train", disable=not self.dist.is_main) as bar:
             while self.run.step < self.cfg.steps:
@@ -294,15 +305,17 @@ class Trainer:
                     return {"stopped_at": self.run.step}
                 metrics = self.train_step()
                 if self.run.step % self.cfg.eval_every == 0 or self.run.step == self.cfg.steps:
-                    metrics["eval/accuracy"] = accuracy = self.evaluate()
-                    evaluated_at = self.run.step
+                    last = self.evaluations(self.run.step)
+                    metrics.update(last)
+                    accuracy, evaluated_at = last["eval/accuracy"], self.run.step
                 self._log(self.run.step, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy:.2f}")  # the latest eval
                 if self.run.step % self.cfg.save_every == 0 or self.run.step == self.cfg.steps:
                     self.save()
                     saved_at = self.run.step
-        summary.update(accuracy_after=accuracy if evaluated_at == self.run.step else self.evaluate(),
+        last = last if evaluated_at == self.run.step else self.evaluations(self.run.step)
+        summary.update({f"{k.split('/')[1]}_after": v for k, v in last.items()},
                        **self.run.summary(world_size=self.dist.world_size, cache_digest=self.cache.digest(),
                                           precision=self.precision.header()))
         if self.logger is not None:

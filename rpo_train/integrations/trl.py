@@ -39,6 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cache import ExperienceCache
 from ..drift import drift_metrics, measure
+from ..evaluation import pass_at_k
 from ..model.policy import response_logprobs
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 from .trl_init import eager_init, init_rows, resolve_init_mode
@@ -193,7 +194,10 @@ class RPOTrainer(GRPOTrainer):
     # -- scoring and the cache update ----------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if not self.model.training or self._rpo_pending is None:
+        if not self.model.training:
+            self._rpo_sampled_eval(rewards_per_func)
+            return rewards_per_func
+        if self._rpo_pending is None:
             return rewards_per_func
         local, self._rpo_pending = self._rpo_pending, None
         rows = [r for part in gather_object([list(zip(*local))]) for r in part]  # global, in TRL's row order
@@ -223,6 +227,16 @@ class RPOTrainer(GRPOTrainer):
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         return rewards_per_func
+
+    def _rpo_sampled_eval(self, rewards_per_func: torch.Tensor) -> None:
+        """``rpo/eval_pass_at_k`` and ``rpo/eval_mean_at_k`` (k = ``num_generations_eval``, ``rpo_train.evaluation``)
+        of an evaluation batch, from the correctness reward."""
+        col, k = self.rpo_correct_index, self.num_generations_eval
+        correct = correctness(rewards_per_func[:, col].tolist(), self.args.rpo_correct_threshold,
+                              self.reward_func_names[col])
+        counts = [sum(correct[lo:lo + k]) for lo in range(0, len(correct), k)]
+        self._metrics["eval"]["rpo/eval_pass_at_k"].append(sum(pass_at_k(k, c, k) for c in counts) / len(counts))
+        self._metrics["eval"]["rpo/eval_mean_at_k"].append(sum(counts) / max(len(correct), 1))
 
     # -- cache init ----------------------------------------------------------------------------------------------
     def rpo_init_cache(self, chunk: int | None = None) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .atomic import atomic_savefig, atomic_write, atomic_write_json, writing
 
-PLOTS = ("reward/mean", "eval/accuracy", "rollout/response_len", "rollout/suffix_len",
+PLOTS = ("reward/mean", "eval/accuracy", "eval/pass_at_k", "eval/mean_at_k",
+         "rollout/response_len", "rollout/suffix_len",
          "rollout/zero_variance_share", "cache/mean_length", "train/clip_frac", "train/entropy_mean",
          "cache/drift_m2_p95", "rollout/refresh_share")
 

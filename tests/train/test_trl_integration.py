@@ -238,6 +238,8 @@ def test_evaluation_samples_the_full_path(worker, model_dir, tmp_path):
     prompts = [list(map(int, p)) for p in trainer._tokenize_prompts(list(trainer.eval_dataset["prompt"]))[0]]
     assert sorted(sampled) == sorted(tuple(p) for p in prompts for _ in range(worker.GROUP))
     assert trainer.rpo_cache.digest() == digest
+    logged = trainer.state.log_history[-1]
+    assert 0.0 <= logged["eval_rpo/eval_mean_at_k"] <= logged["eval_rpo/eval_pass_at_k"] <= 1.0
 
 
 @pytest.mark.trl
