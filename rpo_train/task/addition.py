@@ -7,7 +7,9 @@ A question ``12345+67890=`` is answered digit by digit from the right, one step 
 
 Two five-digit numbers give 70 to 80 characters of work. ``make_solution(..., skip_carry=True)`` writes the flawed
 procedure that forgets an incoming carry (``3+8=11`` instead of ``3+8+1=12``); the warm-start data mixes it in, so the
-warm model starts with a systematic bug that reinforcement learning can remove. Splits are fixed by seed and disjoint.
+warm model starts with a systematic bug that reinforcement learning can remove. Splits are fixed by seed and disjoint;
+the test split begins after the first 2000 questions (the default train split, which the warm start learns from)
+where it fits (``rpo_train.task.sizes``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 from ..runtime.errors import UsageError
+from .sizes import check_sizes, first_test_index
 from .tokenizer import build_tokenizer
 
 
@@ -31,24 +34,26 @@ class AdditionTask:
     def __post_init__(self):
         if not 1 <= self.digits <= 12:
             raise UsageError(f"data.digits must be in [1, 12], got {self.digits}")
-        if self.n_train < 1 or self.n_test < 1:
-            raise UsageError(f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
-        if self.n_train + self.n_test > (9 * 10 ** (self.digits - 1)) ** 2 // 2:
-            raise UsageError(f"data.n_train + data.n_test ({self.n_train + self.n_test}) exceed the distinct questions "
-                             f"of {self.digits}-digit operands; lower them or raise data.digits")
+        check_sizes(self.n_train, self.n_test, self.capacity, f"addition task of {self.digits}-digit operands")
+
+    @property
+    def capacity(self) -> int:
+        """The distinct questions the task draws its splits from: half the operand pairs, so drawing stays quick."""
+        return (9 * 10 ** (self.digits - 1)) ** 2 // 2
 
     def splits(self) -> tuple[list[dict], list[dict]]:
         """(train, test) rows ``{"id", "question", "answer"}``; disjoint, the same for the same seed."""
         rng = random.Random(self.seed)
         lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
+        start = first_test_index(self.n_train, self.n_test, type(self).n_train, self.capacity)
         seen, rows = set(), []
-        while len(rows) < self.n_train + self.n_test:
+        while len(rows) < start + self.n_test:
             a, b = rng.randint(lo, hi), rng.randint(lo, hi)
             if (a, b) in seen:
                 continue
             seen.add((a, b))
             rows.append({"id": f"add-{a}-{b}", "question": f"{a}+{b}=", "answer": str(a + b), "a": a, "b": b})
-        return rows[:self.n_train], rows[self.n_train:]
+        return rows[:self.n_train], rows[start:]
 
     def solution(self, row: dict, flawed: bool = False) -> str:
         """The worked solution of ``row``; ``flawed`` forgets incoming carries (the warm start's habit)."""

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 from ..runtime.errors import UsageError
+from .sizes import check_sizes, first_test_index
 from .tokenizer import build_tokenizer
 
 CHARS = "0123456789+=;:, \nlastnoAwer"
@@ -28,7 +29,9 @@ GIVEN = 3  # worked steps the question gives
 @dataclass(frozen=True)
 class RecurrenceTask:
     """Generator of the task: questions of ``terms`` to ``terms + 9`` steps; train/test sizes; ``seed`` fixes both
-    (disjoint) splits, drawn from the 1,000 distinct questions (first terms a, b in 0..9, ten step counts)."""
+    (disjoint) splits, drawn from the 1,000 distinct questions (first terms a, b in 0..9, ten step counts). The test
+    split begins after the first 400 (the default train split, which the warm start learns from) where it fits
+    (``rpo_train.task.sizes``)."""
 
     terms: int = 17
     n_train: int = 400
@@ -38,24 +41,26 @@ class RecurrenceTask:
     def __post_init__(self):
         if not 2 <= self.terms <= 99 - SPREAD:
             raise UsageError(f"data.terms must be in [2, {99 - SPREAD}], got {self.terms}")
-        if self.n_train < 1 or self.n_test < 1:
-            raise UsageError(f"data.n_train and data.n_test must be >= 1, got {self.n_train}, {self.n_test}")
-        if self.n_train + self.n_test > 100 * SPREAD:
-            raise UsageError(f"data.n_train + data.n_test ({self.n_train + self.n_test}) exceed the {100 * SPREAD} "
-                             "distinct questions of the recurrence task")
+        check_sizes(self.n_train, self.n_test, self.capacity, "recurrence task")
+
+    @property
+    def capacity(self) -> int:
+        """The distinct questions the task draws its splits from."""
+        return 100 * SPREAD
 
     def splits(self) -> tuple[list[dict], list[dict]]:
         """(train, test) rows ``{"id", "question", "answer", "n", "a", "b"}``; disjoint, the same for the same
         seed."""
         triples = list(itertools.product(range(self.terms, self.terms + SPREAD), range(10), range(10)))
         random.Random(self.seed).shuffle(triples)
-        rows = []
-        for n, a, b in triples[:self.n_train + self.n_test]:
-            given, _ = self._run(a, b, n + GIVEN, GIVEN)
-            _, (_, v) = self.worked(a, b, n)
-            rows.append({"id": f"rec-{n}-{a}-{b}", "question": "".join(given), "answer": str(v), "n": n, "a": a,
-                         "b": b})
-        return rows[:self.n_train], rows[self.n_train:]
+        start = first_test_index(self.n_train, self.n_test, type(self).n_train, self.capacity)
+        return ([self._row(*t) for t in triples[:self.n_train]],
+                [self._row(*t) for t in triples[start:start + self.n_test]])
+
+    def _row(self, n: int, a: int, b: int) -> dict:
+        given, _ = self._run(a, b, n + GIVEN, GIVEN)
+        _, (_, v) = self.worked(a, b, n)
+        return {"id": f"rec-{n}-{a}-{b}", "question": "".join(given), "answer": str(v), "n": n, "a": a, "b": b}
 
     @staticmethod
     def _run(x: int, y: int, r: int, count: int) -> tuple[list[str], tuple[int, int]]:

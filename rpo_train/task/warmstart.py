@@ -4,10 +4,14 @@
 The model learns the flawed habit as its most likely path while still sampling the correct one sometimes: an
 imperfect start that RL can improve.
 
-A model is keyed by its settings and its task's data (``<name>-<key>``, e.g. ``tiny-recurrence-666ff87ece2a``). The
-bundled recipes' models ship with the package (``rpo_train/task/models/<name>-<key>``, each with the call that rebuilds
-it in its ``warm_start.json``); any other data config's model is built once by ``rpo-train`` (minutes on 2 cores) and
-cached under ``$RPO_CACHE_DIR`` (default ``~/.cache/rpo``).
+A warm start learns from its own questions: the task's default train split (the first 400 recurrence questions, 2000
+addition ones, of the data seed), whatever sizes a run asks for; the run's test split never holds them
+(``rpo_train.task.sizes``). So a model is keyed by its settings and what generates its questions (the task, its
+``terms`` / ``digits``, ``seed``), never by the run's ``data.n_train`` / ``data.n_test`` (``<name>-<key>``, e.g.
+``tiny-recurrence-666ff87ece2a``). The bundled recipes' models ship with the package
+(``rpo_train/task/models/<name>-<key>``, each with the call that rebuilds it in its ``warm_start.json``); another
+generator's model is built once by ``rpo-train`` (minutes on 2 cores) and cached under ``$RPO_CACHE_DIR`` (default
+``~/.cache/rpo``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -93,7 +97,8 @@ def _flaw(task, rng: random.Random, correct_share: float) -> bool | str:
 
 
 def _fit(model, tok, task, cfg: WarmStartConfig, bar) -> float:
-    """``cfg.steps`` AdamW steps on batches of the train split's solutions (``bar`` counts them); the last loss."""
+    """``cfg.steps`` AdamW steps on batches of worked solutions to ``task``'s train split (the warm start's own
+    questions; ``bar`` counts the steps); the last loss."""
     rows, _ = task.splits()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -122,8 +127,8 @@ def _fit(model, tok, task, cfg: WarmStartConfig, bar) -> float:
 
 
 def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
-    """Supervised warm start on the train split only, with a progress bar on stderr over its phases (random model,
-    training steps, saving); returns its stats (time, final loss)."""
+    """Supervised warm start on ``task``'s train split only, with a progress bar on stderr over its phases (random
+    model, training steps, saving); returns its stats (time, final loss)."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
@@ -141,8 +146,10 @@ def train_warm_start(path: Path, cfg: WarmStartConfig, task) -> dict:
 
 
 def warm_start_spec(name: str, data_cfg) -> tuple[str, WarmStartConfig, object]:
-    """(folder name ``<name>-<key>``, warm-start settings, task) of the builtin model ``name`` on ``data_cfg``; the
-    key hashes the settings and the task's data, so another data config gets another model."""
+    """(folder name ``<name>-<key>``, warm-start settings, the warm start's task) of the builtin model ``name`` for a
+    run on ``data_cfg``. The warm start's task is the run's at the task's default sizes (its questions: the default
+    train split), so the key, which hashes the settings and that task, ignores the run's sizes; a run whose test split
+    would hold the warm start's questions is refused, naming ``data.n_test``."""
     if name not in WARM_STARTS:
         raise UsageError(f"model=builtin:{name}: unknown builtin model; known: "
                          f"{['builtin:' + n for n in sorted(WARM_STARTS)]}")
@@ -150,12 +157,26 @@ def warm_start_spec(name: str, data_cfg) -> tuple[str, WarmStartConfig, object]:
     if data_cfg.task != cfg.task:
         raise UsageError(f"model=builtin:{name} is warm-started on the {cfg.task} task; set data.task={cfg.task} "
                          f"(got data.task={data_cfg.task})")
-    task = make_task(data_cfg)
+    task = warm_task(name, make_task(data_cfg))
     settings = asdict(cfg)
     if cfg.task == "addition":  # the key the addition warm start had before tasks were named: its cache stays valid
         settings = {k: v for k, v in settings.items() if k not in ("task", "max_positions", "train_prompt")}
     key = hashlib.sha1(json.dumps([settings, asdict(task)], sort_keys=True).encode()).hexdigest()[:12]
     return f"{name}-{key}", cfg, task
+
+
+def warm_task(name: str, run_task):
+    """``run_task`` at its class's default sizes (the sizes the shipped models were built with), after checking that
+    its generator holds them and that the run's test split leaves the warm start's questions out."""
+    train, test = type(run_task).n_train, type(run_task).n_test
+    if run_task.capacity < train + test:  # only addition's generator can be this small (data.digits=1)
+        raise UsageError(f"data.digits={run_task.digits} gives {run_task.capacity} distinct questions; "
+                         f"model=builtin:{name} is warm-started and tested on {train + test} (set data.digits >= 2)")
+    if run_task.n_test > run_task.capacity - train:
+        raise UsageError(f"data.n_test must be at most {run_task.capacity - train} with model=builtin:{name} (its "
+                         f"warm start learned the first {train} of the task's {run_task.capacity} questions, which the "
+                         f"test split leaves out), got {run_task.n_test}")
+    return replace(run_task, n_train=train, n_test=test)
 
 
 def build_warm_model(name: str, data_cfg, root: Path) -> Path:

@@ -115,8 +115,8 @@ def test_warm_start_is_keyed_apart_from_the_recurrence_one(monkeypatch, tmp_path
     monkeypatch.setattr(warmstart, "train_warm_start",
                         lambda path, cfg, task: built.append((cfg.task, type(task).__name__)) or {"warm_start_s": 0})
     summed = warmstart.ensure_warm_model("tiny-recurrence-sum", BundledData(task="recurrence_sum", n_train=10,
-                                                                            n_test=5))
-    rec = warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5))
+                                                                            n_test=5, seed=7))
+    rec = warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5, seed=7))
     assert summed != rec and built == [("recurrence_sum", "RecurrenceSumTask"), ("recurrence", "RecurrenceTask")]
     assert summed.name.startswith("tiny-recurrence-sum-")
     with pytest.raises(UsageError, match="set data.task=recurrence_sum"):

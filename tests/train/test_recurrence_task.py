@@ -45,7 +45,7 @@ def test_solutions_have_the_shape_of_long_reasoning_decided_at_the_end():
 
 
 @pytest.mark.parametrize("kwargs,field", [(dict(terms=1), "data.terms"), (dict(n_train=0), "data.n_train"),
-                                          (dict(n_train=900, n_test=200), "exceed the 1000 distinct questions")])
+                                          (dict(n_train=900, n_test=200), "data.n_test must be at most 100")])
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(UsageError, match=field):
         RecurrenceTask(**kwargs)
@@ -63,10 +63,11 @@ def test_warm_starts_are_keyed_by_task(monkeypatch, tmp_path):
     built = []
     monkeypatch.setattr(warmstart, "train_warm_start",
                         lambda path, cfg, task: built.append((cfg.task, type(task).__name__)) or {"warm_start_s": 0})
-    rec = warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5))
-    add = warmstart.ensure_warm_model("tiny-addition", BundledData(task="addition", n_train=10, n_test=5))
+    data = BundledData(task="recurrence", n_train=10, n_test=5, seed=7)  # not shipped: another generator seed
+    rec = warmstart.ensure_warm_model("tiny-recurrence", data)
+    add = warmstart.ensure_warm_model("tiny-addition", BundledData(task="addition", n_train=10, n_test=5, seed=7))
     assert rec != add and built == [("recurrence", "RecurrenceTask"), ("addition", "AdditionTask")]
-    assert warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="recurrence", n_train=10, n_test=5)) == rec
+    assert warmstart.ensure_warm_model("tiny-recurrence", data) == rec
     assert len(built) == 2  # cached: not built again
     with pytest.raises(UsageError, match="set data.task=recurrence"):
         warmstart.ensure_warm_model("tiny-recurrence", BundledData(task="addition"))

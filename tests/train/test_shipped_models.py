@@ -69,14 +69,14 @@ def test_another_data_config_is_built_on_demand_with_a_progress_bar(monkeypatch,
     name = "tiny-recurrence"
     monkeypatch.setenv("RPO_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(warmstart.WARM_STARTS, name, dataclasses.replace(warmstart.WARM_STARTS[name], steps=3))
-    data = BundledData(task="recurrence", n_train=40, n_test=5)
+    data = BundledData(task="recurrence", n_train=40, n_test=5, seed=7)  # another generator (sizes alone are not)
     folder = warmstart.ensure_warm_model(name, data)
     assert folder.parent == tmp_path and folder.name == warmstart.warm_start_spec(name, data)[0]
     err = capsys.readouterr().err
     assert "no shipped model" in err and "warm start (recurrence)" in err and "3/3" in err
     assert "Loading weights" not in err and "Writing model shards" not in err
     record = json.loads((folder / "warm_start.json").read_text())
-    assert record["data"] == {"task": "recurrence", "terms": 17, "n_train": 40, "n_test": 5, "seed": 1234}
+    assert record["data"] == {"task": "recurrence", "terms": 17, "n_train": 400, "n_test": 200, "seed": 7}
     assert "build_warm_model('tiny-recurrence', BundledData(task='recurrence', terms=17" in record["rebuild"]
     assert warmstart.ensure_warm_model(name, data) == folder  # cached: found, not built again
     assert "no shipped model" not in capsys.readouterr().err
