@@ -21,6 +21,7 @@ import sys
 import time
 
 from .config import load_recipe
+from .guard import describe
 from .runtime.errors import ArgumentParser, UsageError, WriteFailedError, add_debug_flag, report_usage_errors
 from .runtime.interrupt import StopSignals
 
@@ -126,7 +127,7 @@ def _train(cfg, reward_fn, dist, stop: StopSignals) -> tuple[dict, float]:
         trainer = Trainer(cfg, reward_fn=reward_fn, dist=dist, stop=stop.requested)
         if dist.is_main:
             init = f"; cache init {trainer.run.init_mode}" if cfg.objective.mode == "rpo" else ""
-            print(f"rpo-train: {trainer.precision.header()}{init}", flush=True)
+            print(f"rpo-train: {trainer.precision.header()}{init}; {describe(cfg)}", flush=True)
         return trainer.train(), warm_s
 
 

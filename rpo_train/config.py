@@ -25,6 +25,7 @@ import yaml
 from .cache import CacheConfig
 from .cuts import TruncationConfig
 from .data.config import BundledData, DataSection, GymData, build_data_section, saved_data_section, switch_source
+from .guard import resolve_guard
 from .objectives import RENAMED, ObjectiveConfig, renamed_keys
 from .rollout.params import SamplingParams
 from .runtime.errors import UsageError, check_types
@@ -289,7 +290,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
-    """Load a bundled recipe by name (``rpo_train/recipes/NAME.yaml``) or a YAML file, then apply overrides."""
+    """Load a bundled recipe by name (``rpo_train/recipes/NAME.yaml``) or a YAML file, then apply overrides; the
+    drift guard left to the run is resolved from the objective (``rpo_train.guard``)."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
@@ -308,4 +310,5 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RunConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"recipe {path}: expected a mapping of keys to values at the top, got a "
                          f"{type(raw).__name__}")
-    return _build(RunConfig, apply_overrides(raw, list(overrides)), f"recipe {path.name}")
+    raw = apply_overrides(raw, list(overrides))
+    return resolve_guard(_build(RunConfig, raw, f"recipe {path.name}"), raw)

@@ -71,7 +71,8 @@ def test_bad_config_names_the_problem(checkpoint, tmp_path):
 def test_rpo_without_a_kl_anchor_is_noted():
     assert load_recipe("tiny-cpu").notes() == []  # RPO-GRPO, beta 0.04
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "objective.mode=full"]).notes() == []
-    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes()  # GRPO's clamped KL needs no refresh
+    assert load_recipe("tiny-cpu", ["objective.algorithm=dapo"]).notes() == []  # the guard resolved (guard.py)
+    (note,) = load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_drift=0"]).notes()  # turned off
     assert note.startswith("objective.beta = 0 with objective.mode rpo and no cache refresh")
     assert "cache.refresh_stat=flips cache.refresh_drift=2" in note
     assert load_recipe("tiny-cpu", ["objective.algorithm=dapo", "cache.refresh_stat=flips",
