@@ -54,10 +54,11 @@ def _questions_and_model(steps: int):
 
 
 def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: dict, lora: int = 0,
-            lr: float | None = None) -> dict:
+            lr: float | None = None, both: dict | None = None) -> dict:
     """One TRL arm in this process: its summary (accuracy, tokens, times, TRL's clipped ratio) and curve.
     ``extra``: RPOConfig fields over the default recipe's (RPOTrainer only); ``lora``: the rank of a LoRA adapter on
-    every linear layer of both arms (0: full fine-tuning); ``lr``: both arms' learning rate (None: the recipe's)."""
+    every linear layer of both arms (0: full fine-tuning); ``lr``: both arms' learning rate (None: the recipe's);
+    ``both``: GRPOConfig fields over the arms' shared settings (e.g. loss_type, beta)."""
     import copy
 
     import torch
@@ -69,7 +70,7 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
     from rpo_train.rewards import exact_answer_reward
     from rpo_train.rollout import NativeEngine, SamplingParams
 
-    name, extra = run_name(arm, seed, extra, lora), dict(extra)
+    name, extra = run_name(arm, seed, {**(both or {}), **extra}, lora), dict(extra)
     cfg, tok, train, test = _questions_and_model(steps)
     data = Dataset.from_list([{"prompt": tok.bos_token + q.prompt, "answer": q.answer, "id": q.id} for q in train])
 
@@ -100,7 +101,7 @@ def trl_run(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: 
                 temperature=cfg.rollout.temperature, learning_rate=lr or cfg.optim.lr, lr_scheduler_type="constant",
                 max_grad_norm=cfg.optim.grad_clip, weight_decay=cfg.optim.weight_decay, max_steps=steps,
                 loss_type="grpo", beta=0.04, epsilon=0.2, logging_steps=1, report_to="none", save_strategy="no",
-                use_cpu=True, seed=seed, bf16=False, disable_tqdm=True)
+                use_cpu=True, seed=seed, bf16=False, disable_tqdm=True) | (both or {})
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
     before = accuracy(model)
     peft = None
@@ -157,19 +158,20 @@ def run_name(arm: str, seed: int, extra: dict, lora: int = 0) -> str:
 
 
 def run_arm(arm: str, seed: int, steps: int, eval_every: int, work: Path, threads: int, extra: dict, lora: int = 0,
-            lr: float | None = None) -> dict:
+            lr: float | None = None, both: dict | None = None) -> dict:
     """One arm in its own process."""
     if arm in RPO_TRAIN_ARMS:
         result = run_one(RECIPE, RPO_TRAIN_ARMS[arm], seed, True, {}, steps, work / RECIPE, threads, eval_every)
         result["name"] = run_name(arm, seed, extra)
         return result
-    out = work / "trl" / run_name(arm, seed, extra, lora)
+    out = work / "trl" / run_name(arm, seed, {**(both or {}), **extra}, lora)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     cmd = [sys.executable, "-m", "benchmarks.bench_trl", "--child", arm, "--seeds", str(seed), "--steps", str(steps),
            "--eval-every", str(eval_every), "--work", str(work), "--lora", str(lora),
            *(["--lr", str(lr)] if lr else []),
-           "--rpo-set", *(f"{k}={json.dumps(v)}" for k, v in extra.items())]
+           "--rpo-set", *(f"{k}={json.dumps(v)}" for k, v in extra.items()),
+           "--set", *(f"{k}={json.dumps(v)}" for k, v in (both or {}).items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: torch's default)")
     parser.add_argument("--work", default="runs/bench_trl", help="where run folders go")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR / "trl"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="GRPOConfig fields of both TRL arms, e.g. loss_type='\"dapo\"' beta=0 (JSON values)")
     parser.add_argument("--rpo-set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="RPOConfig fields for the RPOTrainer arm, e.g. rpo_refresh_drift=1 (JSON values)")
     parser.add_argument("--rpo-defaults", action="store_true",
@@ -196,20 +200,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work, out_dir = Path(args.work), Path(args.out_dir)
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.rpo_set)}
+    both = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.rpo_defaults:
         extra["defaults"] = True
     if args.child:
-        folder = work / "trl" / run_name(args.child, args.seeds[0], extra, args.lora)
-        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra, args.lora, args.lr)
+        folder = work / "trl" / run_name(args.child, args.seeds[0], {**both, **extra}, args.lora)
+        result = trl_run(args.child, args.seeds[0], args.steps, args.eval_every, folder, extra, args.lora, args.lr,
+                         both)
         atomic_write(folder / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
         return
     if not args.report:
         for seed in args.seeds:
             for arm in args.arms:
                 mine = extra if arm == "trl-rpo" else {}
-                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads, mine, args.lora, args.lr)
+                result = run_arm(arm, seed, args.steps, args.eval_every, work, args.threads, mine, args.lora, args.lr,
+                                 both)
                 label = arm + (f" lora{args.lora}" if args.lora else "") + "".join(
-                    f" {k}={v}" for k, v in sorted(mine.items()))
+                    f" {k}={v}" for k, v in sorted({**both, **mine}.items()))
                 save_run(result, "tiny-cpu/trl", label, seed, arm != "trl-grpo", mine, args.steps,
                          out_dir / "runs.csv", out_dir / "runs")  # TRL's GRPOTrainer has no length-aware reward
                 s = result["summary"]
