@@ -44,7 +44,7 @@ from ..model.policy import response_logprobs
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 from .trl_init import eager_init, init_rows, resolve_init_mode
 from .trl_rewards import LENGTH_COMPONENT, correct_column, correctness, length_deltas, rpo_length
-from .trl_rows import RunState, check_key_column, plan_rows, round_metrics, row_key, update_rows
+from .trl_rows import RPOTrainerState, check_key_column, plan_rows, round_metrics, row_key, update_rows
 from .trl_vllm import vllm_generate
 
 CACHE_FILE = "rpo_cache.safetensors"
@@ -57,7 +57,7 @@ class RPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with RPO's rollout; takes ``GRPOTrainer``'s arguments, with ``args`` an ``RPOConfig``.
 
     Not supported (a clear error): tools, environments, vision-language models and a ``rollout_func`` of one's own
-    (RPO owns that seam). ``rpo_cache`` is the experience cache; ``rpo_state`` the run state (``RunState``).
+    (RPO owns that seam). ``rpo_cache`` is the experience cache; ``rpo_state`` the run state (``RPOTrainerState``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -87,7 +87,7 @@ class RPOTrainer(GRPOTrainer):
         check_key_column(self.train_dataset, self.args.rpo_key_column)
         self.rpo_settings = self.args.prefix_settings()
         self.rpo_cache = ExperienceCache()
-        self.rpo_state = RunState()
+        self.rpo_state = RPOTrainerState()
         self._rpo_rows: list[dict] | None = None
         self._rpo_pending: tuple | None = None
 
@@ -271,4 +271,4 @@ class RPOTrainer(GRPOTrainer):
         self.rpo_cache = ExperienceCache.load(path)
         state = Path(checkpoint) / STATE_FILE
         if state.is_file():
-            self.rpo_state = RunState.load(state, rounds_if_missing=self.state.global_step)
+            self.rpo_state = RPOTrainerState.load(state, rounds_if_missing=self.state.global_step)

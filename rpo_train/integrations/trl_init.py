@@ -79,7 +79,7 @@ def init_rows(trainer, rows: list[dict], prompt_ids: list[list[int]], keys: list
     logprobs = trainer._rpo_logprobs(asked, ids) if settings.cache.refresh_drift else [[]] * len(ids)
     found = []
     if mine:
-        correct = init_correct(trainer, [r for _, (_, r) in mine], ids)
+        correct = init_correct(trainer, [r for _, (_, r) in mine], ids[:len(mine)])  # not the padding
         found = [(k, i, c, lp) for (k, _), i, c, lp in zip(mine, ids, correct, logprobs)]
     for key, response, ok, lps in sorted(x for part in gather_object([found]) for x in part):
         question = Question(key, key, "", "", todo[key][0])

@@ -38,7 +38,7 @@ class PrefixSettings:
 
 
 @dataclass
-class RunState:
+class RPOTrainerState:
     """What an RPOTrainer run carries from one generation round to the next, saved as ``rpo_state.json``.
 
     rounds: training generation rounds done (TRL's optimizer steps differ under ``num_iterations`` and
@@ -56,7 +56,7 @@ class RunState:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(self))))
 
     @classmethod
-    def load(cls, path: Path, rounds_if_missing: int) -> RunState:
+    def load(cls, path: Path, rounds_if_missing: int) -> RPOTrainerState:
         """The state saved at ``path``; a file from before the round counter takes ``rounds_if_missing``."""
         saved = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
@@ -112,10 +112,14 @@ def group_seed(seed: int, round_index: int, key: str) -> int:
 
 def plan_rows(cache: ExperienceCache, keys: list[str], prompt_ids: list[list[int]], s: PrefixSettings, seed: int,
               round_index: int, drifts: dict[str, Drift]) -> list[Plan]:
-    """One plan per row (the same for every row of a group), from ``rpo_train.plan.plan_group``."""
-    return [plan_group(cache.get(k, p) if k in cache else None, s.truncation, s.cache, s.suffix_budget, s.max_len,
-                       group_seed(seed, round_index, k), round_index, drifts.get(k))
-            for k, p in zip(keys, prompt_ids)]
+    """One plan per row, planned once per question (``rpo_train.plan.plan_group``) and shared by its rows."""
+    plans: dict[str, Plan] = {}
+    for k, p in zip(keys, prompt_ids):
+        entry = cache.get(k, p) if k in cache else None  # every row's prompt checked against the cached one
+        if k not in plans:
+            plans[k] = plan_group(entry, s.truncation, s.cache, s.suffix_budget, s.max_len,
+                                  group_seed(seed, round_index, k), round_index, drifts.get(k))
+    return [plans[k] for k in keys]
 
 
 def update_rows(cache: ExperienceCache, keys: list[str], plans: list[Plan], prompt_ids: list[list[int]],

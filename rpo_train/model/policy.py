@@ -77,11 +77,16 @@ def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
     """Final (normed) hidden states [B, L-1, H] at the positions that predict ``batch.targets``.
 
     Through the model's own forward, so that whatever wraps it (a PEFT/LoRA model, gradient checkpointing, sharded
-    weights gathered by their wrapper) does its part; ``logits_to_keep=1`` keeps the lm_head to one position, the
-    fused kernels apply it to the rest without [B, L, V] logits."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1][:, :-1]
+    weights gathered by their wrapper) does its part; the decoder's output is read by a forward hook (no hidden state
+    of the other layers is kept), and ``logits_to_keep=1`` keeps the lm_head to one position: the fused kernels apply
+    it to the rest without [B, L, V] logits."""
+    seen: list[torch.Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    return seen[-1][:, :-1]
 
 
 @torch.no_grad()

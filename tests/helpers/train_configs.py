@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from rpo_train.cache import CacheConfig
 from rpo_train.config import OptimConfig, RolloutConfig, RunConfig
 from rpo_train.cuts import TruncationConfig
@@ -49,3 +52,9 @@ def lazy(checkpoint, out, **kw):
     """``config`` with the lazy cache init and 2 questions a step: 4 steps visit at most 8 of the 12 questions, so a
     run stopped after step 2 resumes with questions still to initialise."""
     return config(checkpoint, out, cache=CacheConfig(init="lazy"), batch_questions=2, **kw)
+
+
+def latest_state_file(out) -> Path:
+    """The ``state.json`` of the newest checkpoint under ``out`` (a test edits it to stand for an older run)."""
+    pointer = json.loads((Path(out) / "checkpoints" / "latest.json").read_text())
+    return Path(out) / "checkpoints" / pointer["dir"] / "state.json"

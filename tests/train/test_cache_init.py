@@ -11,7 +11,7 @@ import torch
 from rpo_train.cache import CacheConfig
 from rpo_train.cache_init import init_mode
 from rpo_train.task.tokenizer import make_tiny_checkpoint
-from tests.helpers.train_configs import config, ones_reward
+from tests.helpers.train_configs import config, latest_state_file, ones_reward
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,7 @@ def test_a_checkpoint_from_before_cache_init_resumes_and_a_changed_setting_does_
 
     cfg = config(checkpoint, tmp_path, steps=1, save_every=1)
     Trainer(cfg, reward_fn=ones_reward).train()
-    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
-    state_path = tmp_path / "checkpoints" / pointer["dir"] / "state.json"
+    state_path = latest_state_file(tmp_path)
     state = json.loads(state_path.read_text())
     counts = state["rollout_counts"]
     want = counts["init_length"] / counts["init_responses"]

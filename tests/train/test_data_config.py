@@ -12,7 +12,7 @@ from rpo_train.data import Question, load_questions, question_id
 from rpo_train.data.config import FLAT_DEFAULTS, BundledData, FileData, GymData, saved_data_section
 from rpo_train.runtime.errors import UsageError
 from rpo_train.task.tokenizer import build_tokenizer, make_tiny_checkpoint
-from tests.helpers.train_configs import config, ones_reward
+from tests.helpers.train_configs import config, latest_state_file, ones_reward
 
 
 def test_each_task_builds_its_own_section():
@@ -90,8 +90,7 @@ def test_a_checkpoint_of_the_flat_data_config_resumes_and_a_changed_setting_does
     cfg = config(checkpoint, tmp_path, steps=1, save_every=1)
     first = Trainer(cfg, reward_fn=ones_reward)
     first.train()
-    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
-    state_path = tmp_path / "checkpoints" / pointer["dir"] / "state.json"
+    state_path = latest_state_file(tmp_path)
     state = json.loads(state_path.read_text())
     data = cfg.data
     state["config"]["data"] = old_flat(task="addition", digits=data.digits, n_train=data.n_train, n_test=data.n_test,

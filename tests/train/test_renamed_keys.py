@@ -11,7 +11,7 @@ from rpo_train.config import RunConfig, load_recipe
 from rpo_train.objectives import renamed_keys
 from rpo_train.runtime.errors import UsageError
 from rpo_train.task.tokenizer import make_tiny_checkpoint
-from tests.helpers.train_configs import config, ones_reward
+from tests.helpers.train_configs import config, latest_state_file, ones_reward
 
 NOTE = "note: objective.rollout is now objective.mode"
 
@@ -61,8 +61,7 @@ def test_a_checkpoint_saved_with_objective_rollout_resumes_and_a_changed_mode_do
     cfg = config(checkpoint, tmp_path, steps=1, save_every=1)
     first = Trainer(cfg, reward_fn=ones_reward)
     first.train()
-    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
-    state_path = tmp_path / "checkpoints" / pointer["dir"] / "state.json"
+    state_path = latest_state_file(tmp_path)
     state = json.loads(state_path.read_text())
     saved = state["config"]["objective"]
     saved["rollout"] = saved.pop("mode")  # as the config was saved before the rename
