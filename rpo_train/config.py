@@ -110,9 +110,6 @@ class OptimConfig:
         _require(self.max_nonfinite_steps >= 1,
                  f"optim.max_nonfinite_steps must be an int >= 1, got {self.max_nonfinite_steps!r}")
         _require(self.parallel in PARALLEL, f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
-        _require(not (self.parallel == "fsdp" and self.policy_forward == "prefix_once"),
-                 "optim.policy_forward prefix_once needs optim.parallel ddp: FSDP gathers a layer's weights in the "
-                 "layer's forward, which the prefix-once forward does not call (use plain or auto)")
         _require(self.policy_forward in POLICY_FORWARDS,
                  f"optim.policy_forward must be one of {POLICY_FORWARDS}, got {self.policy_forward!r}")
         _require(isinstance(self.gradient_checkpointing, bool),

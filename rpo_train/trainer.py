@@ -63,9 +63,9 @@ class Trainer:
         self.lazy_init = LazyInit(self.train_questions) if cfg.objective.mode == "rpo" else None
         self.sharded = self.dist.distributed and cfg.optim.parallel == "fsdp"
         forward = cfg.optim.policy_forward
-        rpo_default = cfg.objective.mode == "rpo" and not self.sharded
+        rpo_default = cfg.objective.mode == "rpo"
         self.policy_forward = ("prefix_once" if rpo_default else "plain") if forward == "auto" else forward
-        if cfg.optim.gradient_checkpointing and self.policy_forward == "plain":
+        if cfg.optim.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.objective.beta > 0:
@@ -183,8 +183,7 @@ class Trainer:
                 with self._autocast():
                     loss, metrics = forward_loss(self.model, b, adv[idx], cfg.objective, old_logprobs=o,
                                                 ref_logprobs=r, temperature=cfg.rollout.temperature,
-                                                max_response_len=cfg.rollout.max_response_len,
-                                                checkpoint_layers=cfg.optim.gradient_checkpointing)
+                                                max_response_len=cfg.rollout.max_response_len)
                 (loss * (size / total)).backward()
                 for k, v in {**metrics, "loss": loss.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * size / total / cfg.objective.mu

@@ -143,7 +143,7 @@ def forward_step(name: str, arch: str, shape: tuple[int, int, int], device: str,
 
     dtype = bench_dtype(device)
     model = random_qwen2(arch, device, dtype).train()
-    if checkpoint_layers and name == "plain":
+    if checkpoint_layers:
         model.gradient_checkpointing_enable()
     samples = make_samples(*shape, ARCHS[arch]["vocab_size"])
     batch = build_batch(samples, 0, "full", name).to(device)
@@ -152,7 +152,7 @@ def forward_step(name: str, arch: str, shape: tuple[int, int, int], device: str,
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss, _ = forward_loss(model, batch, adv, objective, checkpoint_layers=checkpoint_layers)
+        loss, _ = forward_loss(model, batch, adv, objective)
         loss.backward()
 
     p, s, g = shape

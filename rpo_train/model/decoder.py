@@ -1,7 +1,7 @@
 """The one decoder path: a Llama / Qwen2 / Qwen3 causal LM run on packed token rows, attention supplied per call.
 
-Every forward of ours goes through ``Decoder.hidden``: the rollout engine's prefill and decode
-(``rpo_train.rollout.model``) and the prefix-once training forward (``rpo_train.model.prefix_forward``). The
+The native rollout engine's prefill and decode go through ``Decoder.hidden`` (``rpo_train.rollout.model``); the
+training forwards run the HF model's own forward (the prefix-once one with ``rpo_train.model.shared_attention``). The
 checkpoint's own modules do the rest (embedding, RMSNorms, q/k/v/o projections, Qwen3's per-head q/k norms, rotary
 embedding, MLP, final norm, lm_head), so parity with the HF forward is a property of one layer function, tested once
 per family.
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -85,20 +84,13 @@ class Decoder:
         h = h + attn.o_proj(out.reshape(t, hq * d).to(h.dtype))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def hidden(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, *,
-               checkpoint_layers: bool = False) -> torch.Tensor:
-        """Hidden states [T, H] (before the final norm) of packed rows ``ids`` [T] at ``positions`` [T] int64.
-
-        Differentiable; ``checkpoint_layers`` recomputes each layer in the backward (under grad only).
-        """
+    def hidden(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Hidden states [T, H] (before the final norm) of packed rows ``ids`` [T] at ``positions`` [T] int64."""
         h = self.embed_tokens(ids)
         cos, sin = self.rotary_emb(h, positions[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]
         for i in range(self.num_layers):
-            if checkpoint_layers and torch.is_grad_enabled():
-                h = checkpoint(self.layer, i, h, cos, sin, attend, use_reentrant=False)
-            else:
-                h = self.layer(i, h, cos, sin, attend)
+            h = self.layer(i, h, cos, sin, attend)
         return h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -125,17 +125,15 @@ def response_logprobs(model: torch.nn.Module, prompts: list[list[int]], response
 def forward_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, advantages: torch.Tensor,
                  objective: ObjectiveConfig, *, old_logprobs: torch.Tensor | None = None,
                  ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0,
-                 max_response_len: int | None = None, checkpoint_layers: bool = False):
+                 max_response_len: int | None = None):
     """(loss, metrics) of one micro-batch: the HF model's hidden states -> fused lm_head + clipped-ratio loss (the
     model's forward around ``rpo_kernels.fused_linear_policy_loss``).
 
     advantages [B] (one per sample); old/ref log-probs [B, L-1] or None (old None: r = 1, the mu = 1 case).
-    ``checkpoint_layers`` recomputes each decoder layer in the backward (prefix-once forward; the plain forward
-    uses the model's own ``gradient_checkpointing_enable``).
+    Gradient checkpointing, for either forward, is the model's own (``gradient_checkpointing_enable``).
     """
     if isinstance(batch, PackedGroups):
-        logp, entropy = prefix_once_logprobs(model, batch, temperature=temperature, return_entropy=True,
-                                             checkpoint_layers=checkpoint_layers)
+        logp, entropy = prefix_once_logprobs(model, batch, temperature=temperature, return_entropy=True)
         mask = batch.loss_mask
         loss, metrics = rpo_kernels.policy_loss(
             logp, old_logprobs, advantages.to(logp.device), mask,

@@ -12,9 +12,9 @@ pass once and are shared by the G samples (gathered, so their gradients add up),
 would count them. The result is the [B, T] layout of ``rpo_train.model.policy.build_batch`` (T = longest sample - 1),
 so the loss, the old and the reference log-probs are interchangeable between the two forwards.
 
-Works for the Llama / Qwen2 / Qwen3 families through ``rpo_train.model.decoder.Decoder`` (the layer path the rollout
-engine uses too; attention here through ``rpo_kernels`` or torch SDPA), any dtype the kernels take;
-``checkpoint_layers`` recomputes each layer in the backward.
+Works for any decoder-only HF causal LM whose layers pass their kwargs to attention (Llama, Qwen2, Qwen3, Mistral,
+SmolLM2, ...), under PEFT/LoRA, the model's own gradient checkpointing, autocast and DDP/FSDP wrappers: the rows
+run through the model's own forward, the packed attention through ``rpo_train.model.shared_attention``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 import rpo_kernels
 
-from .decoder import Decoder
+from .shared_attention import KWARG, PackedAttention, enable
 
 
 @dataclass
@@ -107,89 +107,46 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
                         lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
 
 
-ATTENTIONS = ("auto", "kernel", "sdpa")
+def packed_hidden(model, packed: PackedGroups, *, attention: str = "auto",
+                  core: torch.nn.Module | None = None) -> torch.Tensor:
+    """Final (normed) hidden states [Tc + Ts, H] of every packed row, through the model's own forward; differentiable.
 
-
-def _sdpa(q, k, v, scale: float, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """torch SDPA on packed rows: q [M, Hq, D], k/v [L, Hkv, D] -> [M, Hq, D] (GQA by head groups)."""
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask, is_causal=causal,
-        scale=scale, enable_gqa=True)
-    return out[0].transpose(0, 1)
-
-
-class _PackedAttention:
-    """Attention of one packed forward. Contexts: causal SDPA, one call per context. Suffixes, per group:
-    ``kernel`` = ``rpo_kernels.shared_prefix_attention`` (all groups in one call, with one plan made here from host
-    ints for every layer and recomputation; its Triton forward/backward on a GPU); ``sdpa`` = one SDPA call over keys
-    [context ; the group's suffixes] with a mask letting each suffix see the context and, causally, its own rows
-    (fastest on a CPU, where the kernel's reference runs eagerly). Either way a group's context K/V exists once."""
-
-    def __init__(self, packed: PackedGroups, scale: float, mode: str):
-        if mode not in ATTENTIONS:
-            raise ValueError(f"argument 'attention' must be one of {ATTENTIONS}, got {mode!r}")
-        self.mode = ("kernel" if packed.ids.is_cuda else "sdpa") if mode == "auto" else mode
-        self.scale, self.tc, self.ctx = scale, packed.num_context_rows, packed.context_indptr
-        self.groups = []  # (context rows, suffix rows, mask) per group with at least one suffix token
-        suf, grp = packed.suffix_indptr, packed.group_indptr
-        if self.mode == "kernel":  # every suffix token is a query
-            self.plan = rpo_kernels.plan_shared_prefix(self.ctx, suf, grp, suf, device=packed.ids.device)
-            return
-        for c in range(len(self.ctx) - 1):
-            s0, s1 = suf[grp[c]], suf[grp[c + 1]]
-            if s1 == s0:
-                continue
-            n_ctx = self.ctx[c + 1] - self.ctx[c]
-            seq = torch.repeat_interleave(torch.arange(grp[c + 1] - grp[c]),
-                                          torch.tensor([suf[j + 1] - suf[j] for j in range(grp[c], grp[c + 1])]))
-            row = torch.arange(s1 - s0)
-            own = (seq[:, None] == seq[None, :]) & (row[None, :] <= row[:, None])
-            mask = torch.cat([torch.ones(s1 - s0, n_ctx, dtype=torch.bool), own], 1).to(packed.ids.device)
-            self.groups.append(((self.ctx[c], self.ctx[c + 1]), (s0, s1), mask))
-
-    def __call__(self, q, k, v) -> torch.Tensor:
-        tc = self.tc
-        out = [_sdpa(q[a:b], k[a:b], v[a:b], self.scale, causal=True) for a, b in zip(self.ctx[:-1], self.ctx[1:])]
-        if q.shape[0] == tc:
-            return torch.cat(out)
-        if self.mode == "kernel":
-            out.append(rpo_kernels.shared_prefix_attention(q[tc:], k[:tc], v[:tc], k[tc:], v[tc:], self.plan,
-                                                           softmax_scale=self.scale))
-            return torch.cat(out)
-        for (c0, c1), (s0, s1), mask in self.groups:  # the groups' suffix rows follow one another in order
-            keys = torch.cat([k[c0:c1], k[tc + s0:tc + s1]])
-            values = torch.cat([v[c0:c1], v[tc + s0:tc + s1]])
-            out.append(_sdpa(q[tc + s0:tc + s1], keys, values, self.scale, mask=mask))
-        return torch.cat(out)
-
-
-def packed_hidden(model, packed: PackedGroups, *, checkpoint_layers: bool = False,
-                  attention: str = "auto") -> torch.Tensor:
-    """Hidden states [Tc + Ts, H] (before the final norm) of every packed row; differentiable.
-
-    ``attention``: "kernel" | "sdpa" | "auto" (kernel on a GPU, sdpa on a CPU), see ``_PackedAttention``.
+    ``model`` is what the caller trains (an HF causal LM, a PEFT wrapper, a DDP wrapper); ``core`` the HF model or
+    PEFT wrapper inside it when it differs (its decoder's output is read by a forward hook). One
+    ``PackedAttention`` plan reaches every layer through the attention kwargs (``rpo_train.model.shared_attention``);
+    ``attention``: "kernel" | "sdpa" | "auto" (kernel on a GPU, sdpa on a CPU). Gradient checkpointing is the
+    model's own (``gradient_checkpointing_enable``): its recomputation gets the same plan.
     """
-    decoder = Decoder(model)
-    attend = _PackedAttention(packed, decoder.scale, attention)
-    return decoder.hidden(packed.ids, packed.positions, lambda _, q, k, v: attend(q, k, v),
-                          checkpoint_layers=checkpoint_layers)
+    core = model if core is None else core
+    enable(core)
+    plan = PackedAttention(packed.context_indptr, packed.suffix_indptr, packed.group_indptr, packed.ids.device,
+                           attention)
+    seen: list[torch.Tensor] = []
+    hook = core.get_decoder().register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    ids = packed.ids[None]
+    try:
+        model(input_ids=ids, position_ids=packed.positions[None], attention_mask=torch.ones_like(ids),
+              logits_to_keep=1, use_cache=False, **{KWARG: plan})
+    finally:
+        hook.remove()
+    return seen[-1][0]
 
 
 def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,
-                         checkpoint_layers: bool = False, attention: str = "auto"):
+                         attention: str = "auto", core: torch.nn.Module | None = None):
     """Per-token log-probs [B, T] fp32 of the sampled tokens (zeros off ``packed.loss_mask``), differentiable.
 
     ``log p = log_softmax(norm(h) @ W_lm^T / temperature)[target]``, each distinct (row, target) computed once. With
     ``return_entropy`` also the entropy [B, T] (detached) of each position's distribution.
     """
-    hidden = packed_hidden(model, packed, checkpoint_layers=checkpoint_layers, attention=attention)
+    hidden = packed_hidden(model, packed, attention=attention, core=core)
     mask = packed.loss_mask
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
     if packed.row_hidden.numel() == 0:  # nothing to score: zeros that still belong to the graph
         logp = logp + 0.0 * hidden.sum()
         return (logp, torch.zeros_like(logp)) if return_entropy else logp
-    rows = model.model.norm(hidden.index_select(0, packed.row_hidden))
-    weight = model.get_output_embeddings().weight.to(rows.dtype)
+    rows = hidden.index_select(0, packed.row_hidden)
+    weight = (model if core is None else core).get_output_embeddings().weight.to(rows.dtype)
     lp, ent = rpo_kernels.token_logprobs(rows, weight, packed.row_targets, temperature=temperature,
                                          return_entropy=True)
     logp = logp.masked_scatter(mask, lp.float().index_select(0, packed.token_rows))

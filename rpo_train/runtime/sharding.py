@@ -5,8 +5,8 @@ every rank, so the fused lm_head loss can use them outside a module's forward.
 Gradients: the layers' are reduce-scattered by FSDP as sums (divide factor 1: the trainer's loss weights are already
 global), the whole parameters' are all-reduced by ``DistContext.sum_gradients``. Every rank must run the same number
 of forwards and backwards through the sharded layers (each one gathers parameters), so the trainer pads its
-micro-batches to the same count on every rank. The policy runs the plain forward (FSDP gathers a layer's parameters in
-that layer's ``forward``, which the prefix-once forward does not call). Checkpoints hold full tensors in the usual
+micro-batches to the same count on every rank. Both policy forwards go through the model's own forward, where FSDP
+gathers each layer's parameters. Checkpoints hold full tensors in the usual
 format: a run can resume with or without sharding, on any number of ranks.
 """
 

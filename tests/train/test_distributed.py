@@ -163,8 +163,7 @@ def test_parallel_settings_are_validated():
 
     with pytest.raises(ValueError, match="optim.parallel"):
         OptimConfig(parallel="zero3")
-    with pytest.raises(ValueError, match="prefix_once needs optim.parallel ddp"):
-        OptimConfig(parallel="fsdp", policy_forward="prefix_once")
+    assert OptimConfig(parallel="fsdp", policy_forward="prefix_once").policy_forward == "prefix_once"
 
 
 def test_gpu_ranks_without_gpus_are_refused_clearly(monkeypatch):

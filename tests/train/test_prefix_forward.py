@@ -96,13 +96,19 @@ def test_kernel_and_sdpa_attention_agree(model):
         prefix_once_logprobs(model, packed, attention="flash")
 
 
-def test_layer_checkpointing_gives_the_same_gradients(model):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_layer_checkpointing_gives_the_same_gradients(model, reentrant):
+    """The model's own gradient checkpointing: its recomputation gets the same packing plan from the kwargs."""
     samples = ragged_samples(4)
     packed = build_batch(samples, 0, "full", "prefix_once")
     objective = ObjectiveConfig.preset("dapo")
     adv = torch.linspace(-1, 1, len(samples))
-    _, _, plain_g = loss_and_grads(model, packed, adv, objective, None, None)
-    _, _, ckpt_g = loss_and_grads(model, packed, adv, objective, None, None, checkpoint_layers=True)
+    m = copy.deepcopy(model).train()
+    _, _, plain_g = loss_and_grads(m, packed, adv, objective, None, None)
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    if reentrant:
+        m.enable_input_require_grads()
+    _, _, ckpt_g = loss_and_grads(m, packed, adv, objective, None, None)
     for name, g in plain_g.items():
         assert close(ckpt_g[name], g), name
 
@@ -120,11 +126,11 @@ def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
     """fp32 weights under bf16 autocast (the GPU recipes' fp32 master weights): q, k and v reach attention in bf16,
     as torch SDPA gets them in the plain forward, and the log-probs stay close to the plain forward's."""
     import rpo_kernels
-    from rpo_train.model import prefix_forward
+    from rpo_train.model import shared_attention
 
     seen = []
-    real_sdpa, real_kernel = prefix_forward._sdpa, rpo_kernels.shared_prefix_attention
-    monkeypatch.setattr(prefix_forward, "_sdpa", lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype))
+    real_sdpa, real_kernel = shared_attention._sdpa, rpo_kernels.shared_prefix_attention
+    monkeypatch.setattr(shared_attention, "_sdpa", lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype))
                         or real_sdpa(q, k, v, *a, **kw))
     monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", lambda q, pk, pv, sk, sv, *a, **kw:
                         seen.append((q.dtype, pk.dtype, sv.dtype)) or real_kernel(q, pk, pv, sk, sv, *a, **kw))
@@ -146,7 +152,8 @@ def _layer_syncs(tmp_path, layers: int, backend: str, monkeypatch) -> tuple[int,
     from tests.helpers.host_syncs import HostSyncs
     from tests.helpers.rollout_models import hf_model
 
-    model = hf_model(make_checkpoint(tmp_path / f"l{layers}", "qwen2", num_hidden_layers=layers))
+    model = hf_model(make_checkpoint(tmp_path / f"l{layers}", "qwen2", num_hidden_layers=layers)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     packed = pack_groups(ragged_samples(2, group_size=2))
     real, inside, plans = shared_prefix_attention, [], set()
 
@@ -159,7 +166,7 @@ def _layer_syncs(tmp_path, layers: int, backend: str, monkeypatch) -> tuple[int,
 
     monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", counted)
     with HostSyncs() as syncs:
-        prefix_once_logprobs(model, packed, attention="kernel", checkpoint_layers=True).sum().backward()
+        prefix_once_logprobs(model, packed, attention="kernel").sum().backward()
     return syncs.count, inside, plans
 
 
@@ -179,7 +186,6 @@ def test_kernel_forward_has_no_host_sync_in_the_layer_loop(tmp_path, backend, mo
 def test_kernel_layers_do_not_synchronise_on_gpu(model, monkeypatch):
     """CUDA's sync debug mode raises on any host synchronisation inside the decoder layers (forward and checkpoint
     recomputation) or in their backward."""
-    from rpo_train.model.decoder import Decoder
     from rpo_train.model.prefix_forward import packed_hidden
 
     def strict(fn):
@@ -191,11 +197,13 @@ def test_kernel_layers_do_not_synchronise_on_gpu(model, monkeypatch):
                 torch.cuda.set_sync_debug_mode(0)
         return run
 
-    m = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    m = copy.deepcopy(model).to("cuda", torch.bfloat16).train()
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     packed = pack_groups(ragged_samples(5, group_size=4)).to("cuda")
-    monkeypatch.setattr(Decoder, "layer", strict(Decoder.layer))
+    for layer in m.model.layers:
+        monkeypatch.setattr(layer, "forward", strict(layer.forward))
     torch.cuda.synchronize()
-    hidden = packed_hidden(m, packed, checkpoint_layers=True, attention="kernel")
+    hidden = packed_hidden(m, packed, attention="kernel")
     params = [p for n, p in m.named_parameters() if ".layers." in n]
     grads = strict(torch.autograd.grad)(hidden.float().square().sum(), params)
     assert all(bool(torch.isfinite(g).all()) for g in grads)
