@@ -44,6 +44,7 @@ from ..model.policy import response_logprobs
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 from .trl_init import eager_init, init_rows, resolve_init_mode
 from .trl_rewards import LENGTH_COMPONENT, correct_column, correctness, length_deltas, rpo_length
+from .trl_shared import SharedForwardMixin
 from .trl_rows import RPOTrainerState, check_key_column, plan_rows, round_metrics, row_key, update_rows
 from .trl_vllm import vllm_generate
 
@@ -53,7 +54,7 @@ STATE_FILE = "rpo_state.json"
 __all__ = ["RPOConfig", "RPOTrainer"]
 
 
-class RPOTrainer(GRPOTrainer):
+class RPOTrainer(SharedForwardMixin, GRPOTrainer):
     """``GRPOTrainer`` with RPO's rollout; takes ``GRPOTrainer``'s arguments, with ``args`` an ``RPOConfig``.
 
     Not supported (a clear error): tools, environments, vision-language models and a ``rollout_func`` of one's own

@@ -37,7 +37,7 @@ except ImportError as exc:  # the optional extra is missing
                       f"'trl>={TRL_RANGE[0]},<{TRL_RANGE[1]}')") from exc
 check_trl_version(trl.__version__)
 
-__all__ = ["GRPOTrainer", "RPOConfig", "TRL_RANGE", "check_trl_version", "gather_object"]
+__all__ = ["GRPOTrainer", "RPOConfig", "SharedPrefixGRPOConfig", "TRL_RANGE", "check_trl_version", "gather_object"]
 LOSS_TOKENS = ("full", "suffix")
 CACHE_INITS = ("auto", "eager", "lazy")
 
@@ -57,7 +57,35 @@ def _int_or_word(name: str, value, words: tuple[str, ...], low: int):
 
 
 @dataclass
-class RPOConfig(GRPOConfig):
+class SharedPrefixGRPOConfig(GRPOConfig):
+    """A ``GRPOConfig`` plus the shared-prefix training forward (``rpo_train.integrations.trl_shared``):
+
+    - ``shared_forward``: rows of a training batch that share a prompt (and the start of their completions) run that
+      shared part once, their own tokens against its one KV (on by default; checked against TRL's per-row forward
+      on the first batch, which it replaces only if the log-probs agree);
+    - ``shared_forward_min_reuse``: a batch whose token reuse (per-row tokens / packed tokens) is below this runs
+      TRL's per-row forward (packing would save too little).
+    """
+
+    shared_forward: bool = field(default=True, metadata=_help("run each group's shared prompt/prefix once"))
+    shared_forward_min_reuse: float = field(default=1.3, metadata=_help("per-row forward below this token reuse"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.shared_forward, bool):
+            raise ValueError(f"{type(self).__name__}.shared_forward must be true or false, got "
+                             f"{self.shared_forward!r}")
+        try:
+            self.shared_forward_min_reuse = float(self.shared_forward_min_reuse)
+        except (TypeError, ValueError):
+            self.shared_forward_min_reuse = float("nan")
+        if not self.shared_forward_min_reuse >= 1.0:
+            raise ValueError(f"{type(self).__name__}.shared_forward_min_reuse must be a number >= 1, got "
+                             f"{self.shared_forward_min_reuse!r}")
+
+
+@dataclass
+class RPOConfig(SharedPrefixGRPOConfig):
     """A ``GRPOConfig`` plus RPO's settings (the rpo-train recipe key each mirrors is in brackets):
 
     - cuts [truncation]: ``rpo_max_cut`` L, "auto" (the default: L = ``rpo_cut_factor`` x the shortest response of
@@ -78,6 +106,7 @@ class RPOConfig(GRPOConfig):
       generation round);
     - ``rpo_loss_tokens``: full (prefix + suffix, the paper's) | suffix (only the sampled tokens: the prefix is
       masked from the loss as TRL masks tool output);
+    - the shared-prefix training forward: ``shared_forward``, ``shared_forward_min_reuse`` (``SharedPrefixGRPOConfig``);
     - rewards (``rpo_train.integrations.trl_rewards``): ``rpo_correct_reward`` names the correctness reward (its
       name or index; needed with several reward functions); ``rpo_correct_threshold`` (correct: value >= it;
       None: value > 0, for rewards in [0, 1]); ``rpo_length_aware`` adds the paper's length-aware shaping as the

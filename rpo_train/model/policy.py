@@ -140,6 +140,7 @@ def forward_loss(model: torch.nn.Module, batch: PolicyBatch | PackedGroups, adva
             ref_logprobs=ref_logprobs if objective.beta > 0 else None, loss_type=objective.loss_type,
             eps_low=objective.eps_low, eps_high=objective.eps_high, beta=objective.beta,
             kl_clamp=objective.kl_clamp or None, max_response_len=max_response_len)
+        entropy = entropy.detach()
         metrics["entropy_mean"] = entropy[mask].mean() if bool(mask.any()) else entropy.new_zeros(())
         return loss, metrics
     hidden = final_hidden(model, batch)

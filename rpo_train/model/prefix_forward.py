@@ -19,6 +19,7 @@ run through the model's own forward, the packed attention through ``rpo_train.mo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 
 import torch
@@ -133,11 +134,12 @@ def packed_hidden(model, packed: PackedGroups, *, attention: str = "auto",
 
 
 def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,
-                         attention: str = "auto", core: torch.nn.Module | None = None):
+                         attention: str = "auto", core: torch.nn.Module | None = None, head_fp32: bool = False):
     """Per-token log-probs [B, T] fp32 of the sampled tokens (zeros off ``packed.loss_mask``), differentiable.
 
     ``log p = log_softmax(norm(h) @ W_lm^T / temperature)[target]``, each distinct (row, target) computed once. With
-    ``return_entropy`` also the entropy [B, T] (detached) of each position's distribution.
+    ``return_entropy`` also the entropy [B, T] (differentiable too) of each position's distribution. ``head_fp32``
+    runs the lm_head product in fp32 (TRL's ``cast_lm_head_to_fp32``); ``model``/``core`` as in ``packed_hidden``.
     """
     hidden = packed_hidden(model, packed, attention=attention, core=core)
     mask = packed.loss_mask
@@ -146,11 +148,13 @@ def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.
         logp = logp + 0.0 * hidden.sum()
         return (logp, torch.zeros_like(logp)) if return_entropy else logp
     rows = hidden.index_select(0, packed.row_hidden)
+    rows = rows.float() if head_fp32 else rows
     weight = (model if core is None else core).get_output_embeddings().weight.to(rows.dtype)
-    lp, ent = rpo_kernels.token_logprobs(rows, weight, packed.row_targets, temperature=temperature,
-                                         return_entropy=True)
+    with torch.autocast(rows.device.type, enabled=False) if head_fp32 else contextlib.nullcontext():
+        lp, ent = rpo_kernels.token_logprobs(rows, weight, packed.row_targets, temperature=temperature,
+                                             return_entropy=True)
     logp = logp.masked_scatter(mask, lp.float().index_select(0, packed.token_rows))
     if not return_entropy:
         return logp
-    entropy = torch.zeros_like(logp).masked_scatter(mask, ent.detach().float().index_select(0, packed.token_rows))
+    entropy = torch.zeros_like(logp).masked_scatter(mask, ent.float().index_select(0, packed.token_rows))
     return logp, entropy

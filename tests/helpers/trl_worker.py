@@ -2,7 +2,7 @@
 
 ``python trl_worker.py OUT STEPS [key=value ...]``: trains on the bundled recurrence task's questions with a random
 2-layer model and writes ``OUT/rank{r}.json``: every training row's (key, prefix, completion) and the cache digest
-after each generation, and the prompt ids the evaluation sampled from.
+after each generation, the prompt ids the evaluation sampled from, and whether the shared-prefix forward served.
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def main() -> None:
     log = traced(trainer)
     trainer.train()
     rank = trainer.accelerator.process_index
-    (out / f"rank{rank}.json").write_text(json.dumps({"log": log, "digest": trainer.rpo_cache.digest()}))
+    shared = [h["rpo/shared_forward"] for h in trainer.state.log_history if "rpo/shared_forward" in h]
+    (out / f"rank{rank}.json").write_text(json.dumps({"log": log, "digest": trainer.rpo_cache.digest(),
+                                                      "shared_state": trainer._shared_state, "shared": shared}))
 
 
 if __name__ == "__main__":

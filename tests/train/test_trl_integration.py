@@ -277,6 +277,7 @@ def test_cuts_agree_across_two_processes(worker, model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert all(r["shared_state"] == "on" and r["shared"] and min(r["shared"]) == 1.0 for r in ranks)  # self-check
     for a, b in zip(ranks[0]["log"], ranks[1]["log"]):
         assert a["digest"] == b["digest"] and a["keys"] == b["keys"]  # every group spans both processes
         assert a["prefixes"] == b["prefixes"] and a["cuts"] == b["cuts"] and a["refresh"] == b["refresh"]

@@ -1,0 +1,196 @@
+"""The shared-prefix training forward inside TRL: ``SharedForwardMixin`` overrides ``GRPOTrainer.
+_get_per_token_logps_and_entropies``, the one seam every TRL log-prob goes through (the policy's in the loss, the old
+and the reference log-probs), and ``SharedPrefixGRPOTrainer`` is plain GRPO with it.
+
+TRL's batch is [prompt ; completion] per row. Rows with the same prompt tokens form a group; its shared context is
+the prompt + the longest common start of the group's (non-empty) completions: under RPO that is the prompt + the
+kept prefix, under plain GRPO the prompt. The rows are packed ``[each context once ; each row's rest]`` and run
+through the model's own forward (``rpo_train.model.prefix_forward``: a PEFT/LoRA wrapper, gradient checkpointing,
+autocast and DDP do their part); a context token's log-prob is computed once and gathered into each row of its
+group, so its gradient is the sum over the rows, exactly as the per-row forward counts it. The result is TRL's
+[B, logits_to_keep] layout.
+
+Guards: the first call compares the packed log-probs with TRL's per-row forward (``TOLERANCE`` by dtype, all
+processes agreeing); on a mismatch or an error the trainer keeps the per-row path with one warning. A batch whose
+token reuse (per-row tokens / packed tokens) is below ``shared_forward_min_reuse`` runs the per-row path too.
+Multimodal inputs and MoE aux losses always do. Logged: ``rpo/shared_forward`` (share of calls packed) and
+``rpo/token_reuse``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..model.policy import PolicySample
+from ..model.prefix_forward import pack_groups, prefix_once_logprobs
+from .trl_config import GRPOTrainer, SharedPrefixGRPOConfig, gather_object
+
+# Mean |packed - per-row| log-prob over the completion tokens the first batch may show, by compute dtype.
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+__all__ = ["SharedForwardMixin", "SharedPrefixGRPOConfig", "SharedPrefixGRPOTrainer", "pack_rows", "packed_logps",
+           "split_rows"]
+
+
+def split_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int):
+    """TRL's [B, P + K] batch as host (prompt ids, completion ids) per row: the prompt's attended tokens and the
+    completion's first ``sum(mask)`` tokens. None when a completion's mask is not a run from its start (then the
+    per-row forward must serve the batch)."""
+    ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()
+    p = ids.shape[1] - logits_to_keep
+    rows = []
+    for i in range(ids.shape[0]):
+        n = int(mask[i, p:].sum())
+        if not bool(mask[i, p:p + n].all()):
+            return None
+        rows.append((ids[i, :p][mask[i, :p]].tolist(), ids[i, p:p + n].tolist()))
+    return rows
+
+
+def pack_rows(rows):
+    """(packed groups, indices of the rows in it, token reuse) of ``split_rows``'s rows: rows with a prompt and a
+    non-empty completion, grouped by prompt, each group's context = prompt + the longest common start of its
+    completions. Token reuse = the per-row forward's tokens (every row's, padding aside) / the packed forward's."""
+    kept = [i for i, (_, c) in enumerate(rows) if c]
+    if not kept:
+        return None, kept, 1.0
+    starts: dict[tuple, list[int]] = {}
+    for i in kept:
+        prompt, completion = rows[i]
+        common = starts.setdefault(tuple(prompt), completion)
+        n = 0
+        while n < min(len(common), len(completion)) and common[n] == completion[n]:
+            n += 1
+        starts[tuple(prompt)] = common[:n]
+    samples = []
+    for i in kept:
+        prompt, completion = rows[i]
+        n = len(starts[tuple(prompt)])
+        samples.append(PolicySample(prompt, completion[:n], completion[n:]))
+    packed = pack_groups(samples, "full")
+    per_row = sum(len(prompt) + len(completion) for prompt, completion in rows)  # TRL runs the empty rows too
+    return packed, kept, per_row / packed.ids.numel()
+
+
+def packed_logps(model, rows, packed, kept: list[int], logits_to_keep: int, *, temperature: float = 1.0,
+                 core=None, head_fp32: bool = False):
+    """(log-probs, entropies), each [B, K] fp32 and differentiable, of ``split_rows``'s rows in TRL's layout: entry
+    (i, j) is completion token j of row i given its prompt and completion[:j] (zeros past the completion and for
+    rows outside ``kept``), computed by one packed forward of ``packed`` (``pack_rows``, on the model's device)."""
+    lp, ent = prefix_once_logprobs(model, packed, temperature=temperature, return_entropy=True, core=core,
+                                   head_fp32=head_fp32)
+    device = lp.device
+    k = torch.arange(logits_to_keep)
+    prompt = torch.tensor([len(rows[i][0]) for i in kept])
+    length = torch.tensor([len(rows[i][1]) for i in kept])
+    valid = (k[None, :] < length[:, None]).to(device)
+    cols = (prompt[:, None] - 1 + k[None, :]).clamp(max=lp.shape[1] - 1).to(device)
+    index = torch.tensor(kept, device=device)
+    out = []
+    for full in (lp, ent):
+        got = full.gather(1, cols) * valid
+        out.append(got.new_zeros(len(rows), logits_to_keep).index_copy(0, index, got))
+    return out[0], out[1]
+
+
+class SharedForwardMixin:
+    """Put before ``GRPOTrainer`` in the bases; reads ``args.shared_forward`` and ``args.shared_forward_min_reuse``."""
+
+    _shared_state: str = "unchecked"  # unchecked -> on | off
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **extra):
+        def per_row():
+            return super(SharedForwardMixin, self)._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
+
+        if (not self.args.shared_forward or self._shared_state == "off" or compute_aux_loss
+                or any(v is not None for v in extra.values())):
+            return per_row()
+        mode = "train" if self.model.training else "eval"
+        size = batch_size or input_ids.shape[0]
+        parts, reuses = [], []
+        for lo in range(0, input_ids.shape[0], size):
+            rows = split_rows(input_ids[lo:lo + size], attention_mask[lo:lo + size], logits_to_keep)
+            packed = pack_rows(rows) if rows is not None else (None, [], 1.0)
+            parts.append((rows, *packed))
+            reuses.append(packed[2] if packed[0] is not None else 1.0)
+        reuse = sum(reuses) / len(reuses)
+        self._metrics[mode]["rpo/token_reuse"].append(reuse)
+        usable = all(p[1] is not None for p in parts) and reuse >= self.args.shared_forward_min_reuse
+        if self._shared_state == "unchecked":
+            return self._shared_first_call(model, parts, logits_to_keep, compute_entropy, per_row, mode, usable)
+        if not usable:
+            self._metrics[mode]["rpo/shared_forward"].append(0.0)
+            return per_row()
+        self._metrics[mode]["rpo/shared_forward"].append(1.0)
+        return (*self._shared_logps(model, parts, logits_to_keep, compute_entropy), None)
+
+    def _shared_logps(self, model, parts, logits_to_keep: int, compute_entropy: bool):
+        """(log-probs [B, K], entropies [B, K] or None) of the packed chunks ``parts``, in TRL's row order."""
+        core = self.accelerator.unwrap_model(model)
+        head_fp32 = bool(getattr(self.args, "cast_lm_head_to_fp32", False))
+        logps, entropies = [], []
+        for rows, packed, kept, _ in parts:
+            with self.accelerator.autocast():
+                lp, ent = packed_logps(model, rows, packed.to(self.accelerator.device), kept, logits_to_keep,
+                                       temperature=self.temperature, core=core, head_fp32=head_fp32)
+            logps.append(lp)
+            entropies.append(ent)
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None)
+
+    def _shared_first_call(self, model, parts, logits_to_keep, compute_entropy, per_row, mode, usable):
+        """The self-check: packed vs per-row log-probs on this batch, agreed over processes; then the packed result
+        (if usable) or the per-row one."""
+        reason = "" if all(p[1] is not None for p in parts) else "a completion mask is not a run from its start"
+        got = None
+        if not reason:
+            try:
+                got = self._shared_logps(model, parts, logits_to_keep, compute_entropy)
+            except (NotImplementedError, ValueError, RuntimeError) as exc:
+                reason = f"the packed forward failed: {exc}"
+        with torch.no_grad():
+            want = per_row()
+        if got is not None:
+            mask = torch.cat([(torch.arange(logits_to_keep)[None, :] < torch.tensor([len(c) for _, c in rows])[:, None])
+                              for rows, *_ in parts]).to(want[0].device)
+            diff = (got[0].detach().float() - want[0].float()).abs()[mask]
+            error = float(diff.mean()) if diff.numel() else 0.0
+            with self.accelerator.autocast():
+                dtype = _compute_dtype(model)
+            tol = TOLERANCE.get(dtype, TOLERANCE[torch.bfloat16])
+            if not error <= tol:
+                reason = f"its log-probs differ from the per-row forward's by {error:.3g} on average (> {tol:g}, " \
+                         f"{dtype})"
+        reasons = [r for r in gather_object([reason]) if r]
+        self._shared_state = "off" if reasons else "on"
+        if reasons:
+            warnings.warn(f"shared_forward is off for this run: {reasons[0]}; TRL's per-row forward is used",
+                          stacklevel=3)
+        if reasons or not usable:
+            self._metrics[mode]["rpo/shared_forward"].append(0.0)
+            return per_row() if torch.is_grad_enabled() else want
+        self._metrics[mode]["rpo/shared_forward"].append(1.0)
+        return (*got, None)
+
+
+def _compute_dtype(model) -> torch.dtype:
+    """The dtype the forward computes in: autocast's when on, else the parameters'."""
+    param = next(model.parameters())
+    kind = param.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else param.dtype
+
+
+class SharedPrefixGRPOTrainer(SharedForwardMixin, GRPOTrainer):
+    """TRL's ``GRPOTrainer`` whose training forward runs each group's prompt once (``args``: a
+    ``SharedPrefixGRPOConfig``; its other arguments are ``GRPOTrainer``'s)."""
+
+    def __init__(self, *args, **kwargs):
+        given = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if not isinstance(given, SharedPrefixGRPOConfig):
+            raise TypeError(f"SharedPrefixGRPOTrainer: args must be a SharedPrefixGRPOConfig, got "
+                            f"{type(given).__name__}")
+        super().__init__(*args, **kwargs)
