@@ -2,7 +2,8 @@
 
 One batch of RPO groups in TRL's layout ([left-padded prompt ; right-padded completion] per row): each group's G
 rows share a context of P tokens (a prompt of min(P/4, 64) tokens + the kept prefix) and have their own S-token
-suffixes. Providers, each in its own process on a CPU (exact peak memory), the same batch and weights:
+suffixes. Providers, timed in one process with their calls interleaved (ratios see the same machine state), peak
+memory each alone in its own process on a CPU; the same batch and weights:
   per_row  TRL 1.16's GRPOTrainer forward: the model with TRL's fused lm_head (``add_fused_lm_head``, log-probs and
            entropies), one padded row per sample: the context is computed G times
   shared   ``rpo_train.integrations.trl_shared``: rows split and packed on the host, one packed forward through the
@@ -26,7 +27,8 @@ import torch
 
 from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
-from .harness import RESULTS_DIR, device_name, emit_rows, finish, measure, rows_for, run_jobs
+from .harness import (RESULTS_DIR, Measurement, device_name, emit_rows, finish, measure, measure_interleaved, rows_for,
+                      run_jobs)
 
 PROVIDERS = ("per_row", "shared")
 
@@ -136,18 +138,31 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--shapes: expected P,S,G[,groups] of positive ints, got {args.shapes}")
 
     def child(job: str) -> list[dict]:
-        name, index = job.split(":")
-        step, label = make_step(name, args.model, shapes[int(index)], args.device)
-        m = measure(step, args.device, warmup=1, rep=args.rep)
-        print(f"  {label:60s} {name:8s} {m.median_ms:10.1f} ms  peak +{m.peak_mem_mb:8.1f} MiB", flush=True)
-        return rows_for("shared_forward", name, label, m, args.device)
+        """``mem:<provider>:<i>``: peak memory of one provider alone in this process; ``time:<i>``: both providers'
+        times, their calls interleaved (a ratio then sees the same machine state)."""
+        kind, *rest = job.split(":")
+        if kind == "mem":
+            name, index = rest
+            step, label = make_step(name, args.model, shapes[int(index)], args.device)
+            peak = measure(step, args.device, warmup=1, rep=1).peak_mem_mb
+            return [r for r in rows_for("shared_forward", name, label, Measurement(0, 0, 0, peak), args.device)
+                    if r["metric"] == "peak_mem_mb"]
+        steps = {name: make_step(name, args.model, shapes[int(rest[0])], args.device) for name in PROVIDERS}
+        got = measure_interleaved({n: s for n, (s, _) in steps.items()}, args.device, warmup=1, rep=args.rep)
+        out = []
+        for name, m in got.items():
+            print(f"  {steps[name][1]:60s} {name:8s} {m.median_ms:10.1f} ms", flush=True)
+            out += [r for r in rows_for("shared_forward", name, steps[name][1], m, args.device)
+                    if r["metric"] != "peak_mem_mb"]
+        return out
 
     if args.child:
         emit_rows(child(args.child))
         return
     print(f"training forward + backward, TRL per-row vs shared, on {device_name(args.device)}", flush=True)
     child_argv = list(sys.argv[1:] if argv is None else argv)
-    jobs = [["--child", f"{name}:{i}"] for i in range(len(shapes)) for name in PROVIDERS]
+    jobs = [["--child", job] for i in range(len(shapes))
+            for job in (f"time:{i}", *(f"mem:{name}:{i}" for name in PROVIDERS))]
     rows, failed = run_jobs(__spec__.name, child_argv, jobs, args.device, lambda job: child(job[1]))
     if rows:
         print_table(rows)

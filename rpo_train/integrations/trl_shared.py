@@ -40,13 +40,22 @@ def split_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_
     per-row forward must serve the batch)."""
     ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()
     p = ids.shape[1] - logits_to_keep
-    rows = []
-    for i in range(ids.shape[0]):
-        n = int(mask[i, p:].sum())
-        if not bool(mask[i, p:p + n].all()):
-            return None
-        rows.append((ids[i, :p][mask[i, :p]].tolist(), ids[i, p:p + n].tolist()))
-    return rows
+    lengths = mask[:, p:].sum(1)
+    if not bool((mask[:, p:] == (torch.arange(logits_to_keep)[None, :] < lengths[:, None])).all()):
+        return None
+    rows, masks = ids.tolist(), mask[:, :p].tolist()
+    return [([t for t, m in zip(row[:p], keep) if m], row[p:p + n])
+            for row, keep, n in zip(rows, masks, lengths.tolist())]
+
+
+def _common_start(completions: list[list[int]]) -> int:
+    """Length of the longest common start of ``completions`` (non-empty lists)."""
+    first = completions[0]
+    n = min(len(c) for c in completions)
+    for other in completions[1:]:
+        if other[:n] != first[:n]:
+            n = next(j for j in range(n) if other[j] != first[j])
+    return n
 
 
 def pack_rows(rows):
@@ -56,18 +65,14 @@ def pack_rows(rows):
     kept = [i for i, (_, c) in enumerate(rows) if c]
     if not kept:
         return None, kept, 1.0
-    starts: dict[tuple, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i in kept:
-        prompt, completion = rows[i]
-        common = starts.setdefault(tuple(prompt), completion)
-        n = 0
-        while n < min(len(common), len(completion)) and common[n] == completion[n]:
-            n += 1
-        starts[tuple(prompt)] = common[:n]
+        groups.setdefault(tuple(rows[i][0]), []).append(i)
+    start = {key: _common_start([rows[i][1] for i in members]) for key, members in groups.items()}
     samples = []
     for i in kept:
         prompt, completion = rows[i]
-        n = len(starts[tuple(prompt)])
+        n = start[tuple(prompt)]
         samples.append(PolicySample(prompt, completion[:n], completion[n:]))
     packed = pack_groups(samples, "full")
     per_row = sum(len(prompt) + len(completion) for prompt, completion in rows)  # TRL runs the empty rows too

@@ -72,40 +72,39 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
         ctx_indptr.append(len(ids))
     tc = len(ids)
     suf_indptr, group_indptr, row_hidden, row_targets = [0], [0], [], []
-    token_row: dict[tuple[int, int], int] = {}
-
-    def add_row(hidden: int, target: int) -> int:
-        row_hidden.append(hidden)
-        row_targets.append(target)
-        return len(row_hidden) - 1
-
+    spans: list[list[tuple[int, int]]] = [[] for _ in samples]  # per sample: its (first row, count) runs, in t order
+    firsts = [0] * len(samples)  # per sample: the first position t it scores
     for (key, members), c0 in zip(groups.items(), ctx_indptr):
         ctx = key[0] + key[1]
         p, c = len(key[0]), len(ctx)
-        shared = {t: add_row(c0 + t, ctx[t + 1]) for t in range(p - 1, c - 1)} if loss_tokens == "full" else {}
+        shared = (len(row_hidden), c - p) if loss_tokens == "full" else (len(row_hidden), 0)
+        row_hidden += range(c0 + p - 1, c0 + c - 1) if loss_tokens == "full" else ()
+        row_targets += ctx[p:] if loss_tokens == "full" else ()
         for b in members:
             suffix = samples[b].suffix_ids
             s0 = len(ids) - tc
             ids += suffix
             pos += range(c, c + len(suffix))
             suf_indptr.append(s0 + len(suffix))
-            token_row.update({(b, t): r for t, r in shared.items()})
-            if suffix:
-                token_row[(b, c - 1)] = add_row(c0 + c - 1, suffix[0])
-            for j in range(len(suffix) - 1):
-                token_row[(b, c + j)] = add_row(tc + s0 + j, suffix[j + 1])
+            firsts[b] = p - 1 if loss_tokens == "full" else c - 1
+            spans[b] = [shared, (len(row_hidden), len(suffix))]
+            if suffix:  # the context's last row predicts the suffix's first token; each suffix row the next one
+                row_hidden += [c0 + c - 1, *range(tc + s0, tc + s0 + len(suffix) - 1)]
+                row_targets += suffix
         group_indptr.append(len(suf_indptr) - 1)
     length = max(len(s.prompt_ids) + len(s.prefix_ids) + len(s.suffix_ids) for s in samples)
     mask = torch.zeros(len(samples), length - 1, dtype=torch.bool)
-    ordered = sorted(token_row)
-    if ordered:
-        mask[torch.tensor([b for b, _ in ordered]), torch.tensor([t for _, t in ordered])] = True
+    token_rows = []
+    for b, runs in enumerate(spans):
+        count = sum(n for _, n in runs)
+        mask[b, firsts[b]:firsts[b] + count] = True
+        token_rows += [r for first, n in runs for r in range(first, first + n)]
 
     def lt(x):
         return torch.tensor(x, dtype=torch.long)
 
     return PackedGroups(lt(ids), lt(pos), tuple(ctx_indptr), tuple(suf_indptr), tuple(group_indptr), lt(row_hidden),
-                        lt(row_targets), lt([token_row[k] for k in ordered]), mask, tc)
+                        lt(row_targets), lt(token_rows), mask, tc)
 
 
 def packed_hidden(model, packed: PackedGroups, *, attention: str = "auto",

@@ -39,13 +39,34 @@ def _sdpa(q, k, v, scale: float, *, causal: bool = False, mask: torch.Tensor | N
     return out[0].transpose(0, 1)
 
 
+def _batches(sizes: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of groups whose padded [n, L, L] masks stay within ``budget`` elements (a group alone
+    always fits)."""
+    out: list[list[int]] = []
+    for c, size in enumerate(sizes):
+        run = out[-1] if out else None
+        if run is not None and (len(run) + 1) * max(size, *(sizes[i] for i in run)) ** 2 <= budget:
+            run.append(c)
+        else:
+            out.append([c])
+    return out
+
+
 class PackedAttention:
     """The attention plan of one packed forward, made once from host ints and used by every layer.
 
     context_indptr [C+1]: group c's context rows; group_indptr [C+1]: its suffixes; suffix_indptr [N+1]: suffix i's
     rows, counted from the first suffix row ``num_context_rows`` (suffixes of one group adjacent, groups in order).
     mode: "kernel" | "sdpa" | "auto" (kernel on a CUDA device, else sdpa).
+
+    ``sdpa``: each group's rows [context ; its suffixes] are gathered into one padded row of a batch, and one masked
+    SDPA call per batch of groups (masks within ``MASK_ELEMENTS``) lets a context row see the context causally and a
+    suffix row the whole context and its own suffix causally; the outputs are gathered back to the packed order. One
+    gather per operand and layer keeps the backward to one index-add each (per-group slices would each add a
+    full-size gradient).
     """
+
+    MASK_ELEMENTS = 1 << 26
 
     def __init__(self, context_indptr, suffix_indptr, group_indptr, device: torch.device, mode: str = "auto"):
         if mode not in ATTENTIONS:
@@ -54,40 +75,57 @@ class PackedAttention:
         self.mode = ("kernel" if device.type == "cuda" else "sdpa") if mode == "auto" else mode
         self.ctx, self.tc = tuple(context_indptr), context_indptr[-1]
         self.rows = self.tc + suffix_indptr[-1]
-        self.groups = []  # (context rows, suffix rows, mask) per group with at least one suffix token
         suf, grp = suffix_indptr, group_indptr
         if self.mode == "kernel":  # every suffix token is a query
             self.plan = rpo_kernels.plan_shared_prefix(self.ctx, suf, grp, suf, device=device)
             return
+        members, seqs = [], []  # per group: its packed rows, and each row's sequence (-1: the context)
         for c in range(len(self.ctx) - 1):
             s0, s1 = suf[grp[c]], suf[grp[c + 1]]
-            if s1 == s0:
-                continue
-            n_ctx = self.ctx[c + 1] - self.ctx[c]
-            seq = torch.repeat_interleave(torch.arange(grp[c + 1] - grp[c]),
-                                          torch.tensor([suf[j + 1] - suf[j] for j in range(grp[c], grp[c + 1])]))
-            row = torch.arange(s1 - s0)
-            own = (seq[:, None] == seq[None, :]) & (row[None, :] <= row[:, None])
-            mask = torch.cat([torch.ones(s1 - s0, n_ctx, dtype=torch.bool), own], 1).to(device)
-            self.groups.append(((self.ctx[c], self.ctx[c + 1]), (s0, s1), mask))
+            members.append(list(range(self.ctx[c], self.ctx[c + 1])) + list(range(self.tc + s0, self.tc + s1)))
+            seqs.append([-1] * (self.ctx[c + 1] - self.ctx[c])
+                        + [j for j in range(grp[c], grp[c + 1]) for _ in range(suf[j + 1] - suf[j])])
+        self.batches = []  # (gather index [n, L], mask [n, 1, L, L]) per batch of groups
+        inverse = [0] * self.rows
+        offset = 0
+        for run in _batches([len(m) for m in members], self.MASK_ELEMENTS):
+            width = max(len(members[c]) for c in run)
+            index = torch.zeros(len(run), width, dtype=torch.long)
+            mask = torch.zeros(len(run), 1, width, width, dtype=torch.bool)
+            for b, c in enumerate(run):
+                n = len(members[c])
+                index[b, :n] = torch.tensor(members[c])
+                seq = torch.tensor(seqs[c])
+                row = torch.arange(n)
+                own = (seq[:, None] == seq[None, :]) | (seq[None, :] == -1)
+                mask[b, 0, :n, :n] = own & ((row[None, :] <= row[:, None]) | (seq[:, None] != seq[None, :]))
+                mask[b, 0, n:, 0] = True  # padding rows see one key (their output is dropped)
+                for j, r in enumerate(members[c]):
+                    inverse[r] = offset + b * width + j
+            self.batches.append((index.to(device), mask.to(device)))
+            offset += len(run) * width
+        self.inverse = torch.tensor(inverse, dtype=torch.long, device=device)
 
     def __call__(self, q, k, v, scale: float) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] of the packed rows -> out [T, Hq, D]."""
         if q.shape[0] != self.rows:
             raise ValueError(f"packed attention: the plan has {self.rows} rows, the layer got {q.shape[0]}")
         tc = self.tc
-        out = [_sdpa(q[a:b], k[a:b], v[a:b], scale, causal=True) for a, b in zip(self.ctx[:-1], self.ctx[1:])]
-        if q.shape[0] == tc:
-            return torch.cat(out)
         if self.mode == "kernel":
-            out.append(rpo_kernels.shared_prefix_attention(q[tc:], k[:tc], v[:tc], k[tc:], v[tc:], self.plan,
-                                                           softmax_scale=scale))
+            out = [_sdpa(q[a:b], k[a:b], v[a:b], scale, causal=True) for a, b in zip(self.ctx[:-1], self.ctx[1:])]
+            if q.shape[0] > tc:
+                out.append(rpo_kernels.shared_prefix_attention(q[tc:], k[:tc], v[:tc], k[tc:], v[tc:], self.plan,
+                                                               softmax_scale=scale))
             return torch.cat(out)
-        for (c0, c1), (s0, s1), mask in self.groups:  # the groups' suffix rows follow one another in order
-            keys = torch.cat([k[c0:c1], k[tc + s0:tc + s1]])
-            values = torch.cat([v[c0:c1], v[tc + s0:tc + s1]])
-            out.append(_sdpa(q[tc + s0:tc + s1], keys, values, scale, mask=mask))
-        return torch.cat(out)
+        outs = []
+        for index, mask in self.batches:
+            n, width = index.shape
+            flat = index.reshape(-1)
+            qb, kb, vb = (x.index_select(0, flat).reshape(n, width, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+            o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale,
+                                                                 enable_gqa=True)
+            outs.append(o.transpose(1, 2).reshape(n * width, *q.shape[1:]))
+        return torch.cat(outs).index_select(0, self.inverse)
 
 
 def _dispatching(base: str):

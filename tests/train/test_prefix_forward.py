@@ -126,12 +126,10 @@ def test_attention_runs_in_the_autocast_dtype(model, attention, monkeypatch):
     """fp32 weights under bf16 autocast (the GPU recipes' fp32 master weights): q, k and v reach attention in bf16,
     as torch SDPA gets them in the plain forward, and the log-probs stay close to the plain forward's."""
     import rpo_kernels
-    from rpo_train.model import shared_attention
-
     seen = []
-    real_sdpa, real_kernel = shared_attention._sdpa, rpo_kernels.shared_prefix_attention
-    monkeypatch.setattr(shared_attention, "_sdpa", lambda q, k, v, *a, **kw: seen.append((q.dtype, k.dtype, v.dtype))
-                        or real_sdpa(q, k, v, *a, **kw))
+    real_sdpa, real_kernel = torch.nn.functional.scaled_dot_product_attention, rpo_kernels.shared_prefix_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda q, k, v, *a, **kw:
+                        seen.append((q.dtype, k.dtype, v.dtype)) or real_sdpa(q, k, v, *a, **kw))
     monkeypatch.setattr(rpo_kernels, "shared_prefix_attention", lambda q, pk, pv, sk, sv, *a, **kw:
                         seen.append((q.dtype, pk.dtype, sv.dtype)) or real_kernel(q, pk, pv, sk, sv, *a, **kw))
     samples = ragged_samples(4)
@@ -268,3 +266,17 @@ def test_bench_policy_forward_runs_and_records(tmp_path):
     rows = read_rows(out)
     assert {r["provider"] for r in rows} == {"plain", "prefix_once"}
     assert all(float(r["value"]) >= 0 for r in rows if r["metric"] == "time_ms_median")
+
+
+def test_sdpa_batches_of_groups_give_the_same_result(model, monkeypatch):
+    """The CPU attention takes groups in padded batches within a mask budget: one group per batch or all groups in
+    one batch give the same log-probs."""
+    from rpo_train.model.shared_attention import PackedAttention
+
+    packed = build_batch(ragged_samples(7), 0, "full", "prefix_once")
+    together = prefix_once_logprobs(model, packed, attention="sdpa")
+    monkeypatch.setattr(PackedAttention, "MASK_ELEMENTS", 1)
+    plan = PackedAttention(packed.context_indptr, packed.suffix_indptr, packed.group_indptr, "cpu", "sdpa")
+    assert len(plan.batches) == len(packed.context_indptr) - 1
+    alone = prefix_once_logprobs(model, packed, attention="sdpa")
+    assert close(alone, together)
