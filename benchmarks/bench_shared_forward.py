@@ -27,8 +27,17 @@ import torch
 
 from rpo_train.runtime.errors import ArgumentParser, report_usage_errors
 
-from .harness import (RESULTS_DIR, Measurement, device_name, emit_rows, finish, measure, measure_interleaved, rows_for,
-                      run_jobs)
+from .harness import (
+    RESULTS_DIR,
+    Measurement,
+    device_name,
+    emit_rows,
+    finish,
+    measure,
+    measure_interleaved,
+    rows_for,
+    run_jobs,
+)
 
 PROVIDERS = ("per_row", "shared")
 

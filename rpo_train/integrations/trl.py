@@ -44,8 +44,8 @@ from ..model.policy import response_logprobs
 from .trl_config import GRPOTrainer, RPOConfig, gather_object
 from .trl_init import eager_init, init_rows, resolve_init_mode
 from .trl_rewards import LENGTH_COMPONENT, correct_column, correctness, length_deltas, rpo_length
-from .trl_shared import SharedForwardMixin
 from .trl_rows import RPOTrainerState, check_key_column, plan_rows, round_metrics, row_key, update_rows
+from .trl_shared import SharedForwardMixin
 from .trl_vllm import vllm_generate
 
 CACHE_FILE = "rpo_cache.safetensors"
