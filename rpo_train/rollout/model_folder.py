@@ -34,8 +34,9 @@ def model_dir(path) -> Path:
     return p
 
 
-def load_config(path):
-    """``transformers.AutoConfig`` of a local checkpoint, checked to be a supported architecture."""
+def load_config(path, *, native: bool = True):
+    """``transformers.AutoConfig`` of a local checkpoint, checked to be an architecture the native engine runs
+    (``native``; vLLM and transformers run many more)."""
     from transformers import AutoConfig
 
     p = model_dir(path)
@@ -43,7 +44,8 @@ def load_config(path):
         config = AutoConfig.from_pretrained(p, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to parse the user's config.json names the file
         raise UsageError(f"checkpoint {str(p)!r}: config.json cannot be read ({one_line(exc)})") from exc
-    check_supported(config, str(p))
+    if native:
+        check_supported(config, str(p))
     return config
 
 
@@ -53,7 +55,8 @@ def check_supported(config, where: str = "the checkpoint") -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UsageError(f"{where}: unsupported architecture model_type={model_type!r} "
                          f"(architectures={getattr(config, 'architectures', None)}); the native engine supports "
-                         f"{list(SUPPORTED_MODEL_TYPES)}")
+                         f"{list(SUPPORTED_MODEL_TYPES)} (rpo-train runs other causal LMs with rollout.engine hf "
+                         "or vllm)")
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types) or getattr(config, "use_sliding_window", False):
         raise UsageError(f"{where}: sliding-window attention layers are not supported by the native engine")

@@ -36,7 +36,7 @@ class VLLMEngine:
     def __init__(self, path, *, dtype: torch.dtype | str = "auto", seed: int = 0, **llm_kwargs):
         vllm = _import_vllm()
         p = model_dir(path)
-        config = load_config(p)
+        config = load_config(p, native=False)
         self._vllm = vllm
         self.eos_token_ids = eos_token_ids(p, config)
         self.vocab_size = config.vocab_size

@@ -25,10 +25,11 @@ def build_tokenizer(chars: str = ADDITION_CHARS):
 
 def make_tiny_checkpoint(path: str | Path, *, hidden: int = 64, layers: int = 2, arch: str = "llama",
                          max_positions: int = 160, seed: int = 0, tokenizer=None) -> Path:
-    """Save a random tiny Llama/Qwen2 model with ``tokenizer`` (default: the addition task's) at ``path`` (HF format,
-    safetensors); its vocabulary has at least 32 entries."""
+    """Save a random tiny Llama/Qwen2/Mistral model (``arch``) with ``tokenizer`` (default: the addition task's) at
+    ``path`` (HF format, safetensors); its vocabulary has at least 32 entries."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
 
     tok = tokenizer if tokenizer is not None else build_tokenizer()
     kw = dict(vocab_size=max(32, len(tok)), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -36,7 +37,12 @@ def make_tiny_checkpoint(path: str | Path, *, hidden: int = 64, layers: int = 2,
               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               tie_word_embeddings=True)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**kw)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+             "mistral": (MistralConfig, MistralForCausalLM)}
+    if arch not in kinds:
+        raise ValueError(f"argument 'arch' must be one of {sorted(kinds)}, got {arch!r}")
+    config_cls, model_cls = kinds[arch]
+    model = model_cls(config_cls(**kw, **({"sliding_window": None} if arch == "mistral" else {})))
     path = Path(path)
     model.save_pretrained(path)
     tok.save_pretrained(path)

@@ -280,3 +280,21 @@ def test_sdpa_batches_of_groups_give_the_same_result(model, monkeypatch):
     assert len(plan.batches) == len(packed.context_indptr) - 1
     alone = prefix_once_logprobs(model, packed, attention="sdpa")
     assert close(alone, together)
+
+
+def test_rpo_train_trains_a_model_its_engine_does_not_run(tmp_path):
+    """A Mistral checkpoint (not a family of the native engine): with ``rollout.engine: hf`` rpo-train's RPO step runs
+    the prefix-once forward through the model's own layers and trains; the native engine refuses it by name."""
+    from rpo_train.rollout import NativeEngine
+    from rpo_train.task.tokenizer import make_tiny_checkpoint
+    from rpo_train.trainer import Trainer
+    from tests.helpers.train_configs import config, ones_reward
+
+    ckpt = make_tiny_checkpoint(tmp_path / "mistral", hidden=32, max_positions=96, arch="mistral")
+    trainer = Trainer(config(ckpt, tmp_path / "run", steps=2, engine="hf"), reward_fn=ones_reward)
+    assert trainer.policy_forward == "prefix_once" and type(trainer.model).__name__ == "MistralForCausalLM"
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    with pytest.raises(ValueError, match="model_type='mistral'.*rollout.engine hf"):
+        NativeEngine.from_pretrained(ckpt)
