@@ -43,15 +43,20 @@ PROVIDERS = ("per_row", "shared")
 
 
 def load_model(name: str, device: str):
-    """``bundled`` (the tiny-cpu recipe's warm model) or an HF checkpoint folder, fp32 on a CPU, bf16 on a GPU."""
+    """``bundled`` (the tiny-cpu recipe's warm model), ``random:<arch>`` (``benchmarks.models``, e.g.
+    random:qwen2-0.5b, no download) or an HF checkpoint folder; fp32 on a CPU, bf16 on a GPU."""
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name.startswith("random:"):
+        from .models import random_qwen2
+
+        return random_qwen2(name.split(":", 1)[1], device, dtype).train()
     if name == "bundled":
         from rpo_train.cli import resolve_model
         from rpo_train.config import load_recipe
 
         name = resolve_model(load_recipe("tiny-cpu", [])).model
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True).to(device).train()
 
 
@@ -78,7 +83,7 @@ def make_step(provider: str, model_name: str, shape, device: str):
     """(step, label): one forward + backward of ``provider`` on the batch of ``shape``."""
     from trl.trainer.utils import add_fused_lm_head
 
-    from rpo_train.integrations.trl_shared import pack_rows, packed_logps, split_rows
+    from rpo_train.model.shared_rows import pack_rows, packed_logps, split_rows
 
     model = load_model(model_name, device)
     ids, mask, k = trl_batch(shape, model.config.vocab_size)
@@ -106,7 +111,8 @@ def make_step(provider: str, model_name: str, shape, device: str):
     p, s, g, groups = shape
     ideal = (p + g * s) / (g * (p + s))
     dtype = "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return step, f"{model_name.rstrip('/').split('/')[-1]} P={p} S={s} G={g} x{groups} {dtype} ideal={ideal:.3f}"
+    name = model_name.rstrip("/").split("/")[-1].removeprefix("random:")
+    return step, f"{name} P={p} S={s} G={g} x{groups} {dtype} ideal={ideal:.3f}"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -126,7 +132,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="bundled", help="bundled, or an HF checkpoint folder")
+    parser.add_argument("--model", default="bundled", help="bundled, random:<arch>, or an HF checkpoint folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", nargs="*", default=["224,32,8,2", "224,16,8,2"],
                         help="P,S,G[,groups] (groups default 1)")

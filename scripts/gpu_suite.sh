@@ -21,7 +21,8 @@ Phases (--phases, comma-separated; default all, in this order):
          cuda in bf16; the 1.5B GPU recipe on a random model of that shape)
   bench  short GPU runs of every benchmark, providers side by side: fused policy loss at (8192, 2048, 151936)
          bf16; shared-prefix decode at P 1024/4096/16384, G 8/16 against SDPA on duplicated KV, with the share of
-         the measured copy bandwidth; prefix-once vs plain forward on the Qwen2-0.5B shape; rollout full vs RPO,
+         the measured copy bandwidth; prefix-once vs plain forward on the Qwen2-0.5B shape (the shared-prefix
+         forward through the HF model's own layers and the Triton kernels, as RPOTrainer runs it); rollout full vs RPO,
          native vs HF generate, on the Qwen2-0.5B shape; then the same cases under pytest-benchmark
          (pytest benchmarks --benchmark-only at the GPU shapes), saved under DIR/benchmarks for --benchmark-compare
 

@@ -28,8 +28,14 @@ def make_tiny_checkpoint(path: str | Path, *, hidden: int = 64, layers: int = 2,
     """Save a random tiny Llama/Qwen2/Mistral model (``arch``) with ``tokenizer`` (default: the addition task's) at
     ``path`` (HF format, safetensors); its vocabulary has at least 32 entries."""
     import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tok = tokenizer if tokenizer is not None else build_tokenizer()
     kw = dict(vocab_size=max(32, len(tok)), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,

@@ -1,4 +1,5 @@
-"""The shared-prefix forward of TRL batches (``rpo_train.integrations.trl_shared``) against the per-row forward.
+"""The shared-prefix forward of TRL batches (``rpo_train.model.shared_rows``, ``rpo_train.integrations.trl_shared``)
+against the per-row forward.
 
 The parity matrix: Llama, Qwen2, Qwen3, Mistral and a SmolLM2-shaped Llama (tied embeddings, GQA 3:1), bare and
 LoRA-wrapped; groups of G = 1..16 rows with shared completion starts of 0..N tokens, ragged completions (one empty,
@@ -13,8 +14,6 @@ import random
 
 import pytest
 import torch
-
-pytestmark = pytest.mark.trl
 
 VOCAB = 300
 
@@ -93,7 +92,7 @@ def per_row_logps(model, ids, mask, k):
 
 
 def shared_logps(model, ids, mask, k):
-    from rpo_train.integrations.trl_shared import pack_rows, packed_logps, split_rows
+    from rpo_train.model.shared_rows import pack_rows, packed_logps, split_rows
 
     rows = split_rows(ids, mask, k)
     packed, kept, reuse = pack_rows(rows)
@@ -138,7 +137,7 @@ def test_shared_forward_equals_per_row(kind, wrap, case):
 
 
 def test_token_reuse_counts_what_packing_saves():
-    from rpo_train.integrations.trl_shared import pack_rows, split_rows
+    from rpo_train.model.shared_rows import pack_rows, split_rows
 
     ids, mask, k = trl_batch(0, [(4, 10, 20)])
     rows = split_rows(ids, mask, k)
@@ -181,6 +180,7 @@ def _losses(trainer) -> list[float]:
 
 @pytest.fixture(scope="module")
 def worker():
+    pytest.importorskip("trl", reason="the trainer tests need TRL (the trl extra)")
     from tests.helpers import trl_worker
 
     return trl_worker
@@ -191,6 +191,7 @@ def model_dir(worker, tmp_path_factory):
     return worker.tiny_model(tmp_path_factory.mktemp("shared") / "model")
 
 
+@pytest.mark.trl
 def test_rpo_trainer_trains_the_same_with_either_forward(worker, model_dir, tmp_path):
     """beta > 0 and num_iterations = 2 send the reference and the old log-probs through the seam too."""
     runs = {}
@@ -208,16 +209,17 @@ def test_rpo_trainer_trains_the_same_with_either_forward(worker, model_dir, tmp_
         assert float((a - b).abs().max()) <= 1e-4, name
 
 
+@pytest.mark.trl
 def test_a_failed_self_check_falls_back_with_one_warning(worker, model_dir, tmp_path, monkeypatch):
-    from rpo_train.integrations import trl_shared
+    from rpo_train.model import shared_rows
 
-    real = trl_shared.prefix_once_logprobs
+    real = shared_rows.prefix_once_logprobs
 
     def off_by_half(*args, **kwargs):
         logp, ent = real(*args, **kwargs)
         return logp + 0.5, ent
 
-    monkeypatch.setattr(trl_shared, "prefix_once_logprobs", off_by_half)
+    monkeypatch.setattr(shared_rows, "prefix_once_logprobs", off_by_half)
     trainer, _ = worker.build(tmp_path, model_dir, 2, rpo_cache_init="eager")
     with pytest.warns(UserWarning, match="shared_forward is off for this run: its log-probs differ") as caught:
         trainer.train()
@@ -227,6 +229,7 @@ def test_a_failed_self_check_falls_back_with_one_warning(worker, model_dir, tmp_
     assert served and max(served) == 0.0
 
 
+@pytest.mark.trl
 def test_low_reuse_keeps_the_per_row_forward(worker, model_dir, tmp_path):
     trainer, _ = worker.build(tmp_path, model_dir, 2, shared_forward_min_reuse=50.0, rpo_cache_init="eager")
     trainer.train()
@@ -235,6 +238,7 @@ def test_low_reuse_keeps_the_per_row_forward(worker, model_dir, tmp_path):
     assert reuse and max(reuse) < 50 and max(served) == 0.0 and trainer._shared_state == "on"
 
 
+@pytest.mark.trl
 def test_plain_grpo_with_a_shared_prompt(worker, model_dir, tmp_path):
     """``SharedPrefixGRPOTrainer``: GRPO whose groups share their prompt in the forward trains as GRPOTrainer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,3 +268,28 @@ def test_plain_grpo_with_a_shared_prompt(worker, model_dir, tmp_path):
             output_dir=str(tmp_path / "x"), use_cpu=True, report_to="none"), train_dataset=few_shot)
     with pytest.raises(ValueError, match="shared_forward_min_reuse must be a number >= 1"):
         SharedPrefixGRPOConfig(output_dir=str(tmp_path / "y"), use_cpu=True, shared_forward_min_reuse=0.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_shared_forward_on_gpu_bf16_within_the_rule(kind):
+    """On a GPU (Triton shared-prefix attention, forward and backward) in bf16 under a LoRA wrapper: log-probs and
+    LoRA gradients within 2x the per-row bf16 forward's error against the per-row fp32 one."""
+    from tests.helpers.rules import assert_within_rule
+
+    ids, mask, k = trl_batch(5, CASES["rpo"])
+    ids, mask = ids.cuda(), mask.cuda()
+    weights = torch.randn(ids.shape[0], k, generator=torch.Generator().manual_seed(2)).cuda()
+    out = {}
+    for dtype, fn in ((torch.float32, per_row_logps), (torch.bfloat16, per_row_logps),
+                      (torch.bfloat16, shared_logps)):
+        model = lora(make_model(kind)).to("cuda", dtype)
+        logp = fn(model, ids, mask, k)
+        logp = logp[0] if isinstance(logp, tuple) else logp
+        (logp.float() * weights).sum().backward()
+        out[(dtype, fn.__name__)] = (logp.detach().float(), {n: g.float() for n, g in grads(model).items()})
+    ref, plain, shared = (out[(torch.float32, "per_row_logps")], out[(torch.bfloat16, "per_row_logps")],
+                          out[(torch.bfloat16, "shared_logps")])
+    assert_within_rule(shared[0], ref[0], plain[0], atol=1e-2, name="log-probs")
+    for name, g in ref[1].items():
+        assert_within_rule(shared[1][name], g, plain[1][name], atol=1e-3, name=name)
