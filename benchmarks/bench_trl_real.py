@@ -93,8 +93,8 @@ def run(arm: str, model_path: str, steps: int, questions: int, out: Path, few_sh
     result = {"arm": arm, "steps": steps, "total_s": total, "step_s": [h["step_time"] for h in logs],
               "tokens_per_sample": sum(generated) / len(generated), "reward": [h["reward"] for h in logs],
               "response_len": [h["completions/mean_length"] for h in logs], "example_response": seen[-1][:300]}
-    prompt_ids = tok.apply_chat_template(data[0]["prompt"], add_generation_prompt=True, tokenize=True)
-    result["prompt_tokens"] = len(prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids)
+    result["prompt_tokens"] = len(tok.apply_chat_template(data[0]["prompt"], add_generation_prompt=True,
+                                                          tokenize=True, return_dict=False))
     if arm != "grpo":
         result.update(token_reuse=[h.get("rpo/token_reuse") for h in logs],
                       shared_forward=[h.get("rpo/shared_forward") for h in logs])

@@ -30,10 +30,44 @@ TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 __all__ = ["SharedForwardMixin", "SharedPrefixGRPOConfig", "SharedPrefixGRPOTrainer"]
 
 
+def group_shuffle(batch: dict) -> dict:
+    """TRL's ``shuffle_sequence_dict`` by group: the rows of a generation batch in a random order of their groups
+    (rows with the same prompt ids), a group's rows kept together. TRL then splits the batch into
+    ``steps_per_generation`` micro-batches, which so keep whole groups and share their contexts."""
+    _, group = torch.unique(batch["prompt_ids"].cpu(), dim=0, return_inverse=True)
+    rank = torch.randperm(int(group.max()) + 1)[group]  # each group's place, drawn as TRL draws its permutation
+    permutation = torch.argsort(rank * len(group) + torch.arange(len(group)))
+
+    def permute(v):
+        if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
+            return v
+        if isinstance(v, torch.Tensor):
+            return v[permutation.to(v.device)]
+        return [v[i] for i in permutation.tolist()]
+
+    return {key: permute(value) for key, value in batch.items()}
+
+
 class SharedForwardMixin:
-    """Put before ``GRPOTrainer`` in the bases; reads ``args.shared_forward`` and ``args.shared_forward_min_reuse``."""
+    """Put before ``GRPOTrainer`` in the bases; reads ``args.shared_forward`` and ``args.shared_forward_min_reuse``.
+
+    With the shared forward on, a generation batch split over ``steps_per_generation`` micro-batches (gradient
+    accumulation) is shuffled by group (``group_shuffle``) instead of by row, so that each micro-batch holds whole
+    groups: shuffled by row, a group of G rows would be spread over the micro-batches with nothing left to share.
+    """
 
     _shared_state: str = "unchecked"  # unchecked -> on | off
+
+    def _prepare_inputs(self, generation_batch):
+        from trl.trainer import grpo_trainer
+
+        if not self.args.shared_forward or self._shared_state == "off" or self.args.steps_per_generation == 1:
+            return super()._prepare_inputs(generation_batch)  # one micro-batch: TRL's own row shuffle
+        by_row, grpo_trainer.shuffle_sequence_dict = grpo_trainer.shuffle_sequence_dict, group_shuffle
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            grpo_trainer.shuffle_sequence_dict = by_row
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):

@@ -10,6 +10,7 @@ as ``mask_truncated_completions`` leaves them) and left-padded prompts of differ
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 
 import pytest
@@ -293,3 +294,31 @@ def test_shared_forward_on_gpu_bf16_within_the_rule(kind):
     assert_within_rule(shared[0], ref[0], plain[0], atol=1e-2, name="log-probs")
     for name, g in ref[1].items():
         assert_within_rule(shared[1][name], g, plain[1][name], atol=1e-3, name=name)
+
+
+@pytest.mark.trl
+def test_gradient_accumulation_keeps_whole_groups_in_a_micro_batch(worker, model_dir, tmp_path):
+    """steps_per_generation = 2: TRL splits each generation batch over two micro-batches; shuffled by group, each
+    micro-batch holds whole groups of G rows, so the training forward still shares their contexts."""
+    from rpo_train.integrations.trl_shared import group_shuffle
+
+    trainer, _ = worker.build(tmp_path, model_dir, 2, gradient_accumulation_steps=2, rpo_cache_init="eager")
+    seen = []
+    real = trainer._compute_loss
+
+    def spy(model, inputs):
+        _, counts = torch.unique(inputs["prompt_ids"], dim=0, return_counts=True)
+        seen.append(counts.tolist())
+        return real(model, inputs)
+
+    trainer._compute_loss = spy
+    trainer.train()
+    assert len(seen) == 4 and all(c == [worker.GROUP] * len(c) for c in seen), seen
+    served = [h["rpo/shared_forward"] for h in trainer.state.log_history if "rpo/shared_forward" in h]
+    assert served and min(served) == 1.0
+    batch = {"prompt_ids": torch.tensor([[1], [2], [1], [3], [2], [1]]), "x": list("abcdef"), "n": torch.tensor(3)}
+    out = group_shuffle(batch)
+    ids = out["prompt_ids"][:, 0].tolist()
+    assert sorted((k, len(list(g))) for k, g in itertools.groupby(ids)) == [(1, 3), (2, 2), (3, 1)]  # whole groups
+    prompt_of = dict(zip("abcdef", [1, 2, 1, 3, 2, 1]))
+    assert [prompt_of[x] for x in out["x"]] == ids and out["n"] is batch["n"]  # every column moved alike
