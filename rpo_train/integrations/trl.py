@@ -115,7 +115,8 @@ class RPOTrainer(SharedForwardMixin, GRPOTrainer):
         vLLM takes a budget per request (``rpo_train.integrations.trl_vllm``). With transformers, where generation
         is not collective, full-path rows are sampled apart from the suffixes, so that a short
         suffix does not decode on to the full length beside them; otherwise one call per process, capped at the
-        largest budget of any process."""
+        largest budget of any process. A group's G rows share prompt + prefix: with ``shared_forward`` each
+        distinct one is prefilled once (``SharedForwardMixin._generate_single_turn``)."""
         if self.use_vllm:  # vLLM takes a budget per request
             return vllm_generate(self, prompt_ids, budgets, n)
         if self._collective_generation():

@@ -62,7 +62,8 @@ class SharedPrefixGRPOConfig(GRPOConfig):
 
     - ``shared_forward``: rows of a training batch that share a prompt (and the start of their completions) run that
       shared part once, their own tokens against its one KV (on by default; checked against TRL's per-row forward
-      on the first batch, which it replaces only if the log-probs agree);
+      on the first batch, which it replaces only if the log-probs agree); with transformers' generation, rows with
+      the same input are also prefilled once;
     - ``shared_forward_min_reuse``: a batch whose token reuse (per-row tokens / packed tokens) is below this runs
       TRL's per-row forward (packing would save too little).
     """

@@ -23,6 +23,7 @@ import torch
 
 from ..model.shared_rows import pack_rows, packed_logps, split_rows
 from .trl_config import GRPOTrainer, SharedPrefixGRPOConfig, gather_object
+from .trl_prefill import shared_prefill
 
 # Mean |packed - per-row| log-prob over the completion tokens the first batch may show, by compute dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -51,12 +52,23 @@ def group_shuffle(batch: dict) -> dict:
 class SharedForwardMixin:
     """Put before ``GRPOTrainer`` in the bases; reads ``args.shared_forward`` and ``args.shared_forward_min_reuse``.
 
+    With transformers' generation (not vLLM), rows with the same input (a group's prompt, + prefix under RPO) are
+    prefilled once (``rpo_train.integrations.trl_prefill``).
+
     With the shared forward on, a generation batch split over ``steps_per_generation`` micro-batches (gradient
     accumulation) is shuffled by group (``group_shuffle``) instead of by row, so that each micro-batch holds whole
     groups: shuffled by row, a group of G rows would be spread over the micro-batches with nothing left to share.
     """
 
     _shared_state: str = "unchecked"  # unchecked -> on | off
+
+    def _generate_single_turn(self, *args, **kwargs):
+        """TRL's generation; with transformers' ``generate``, each distinct prompt (+ prefix) prefilled once
+        (``rpo_train.integrations.trl_prefill``)."""
+        if self.use_vllm or not self.args.shared_forward:
+            return super()._generate_single_turn(*args, **kwargs)
+        with shared_prefill(self.accelerator.unwrap_model(self.model_wrapped)):
+            return super()._generate_single_turn(*args, **kwargs)
 
     def _prepare_inputs(self, generation_batch):
         from trl.trainer import grpo_trainer

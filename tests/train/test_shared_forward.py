@@ -322,3 +322,28 @@ def test_gradient_accumulation_keeps_whole_groups_in_a_micro_batch(worker, model
     assert sorted((k, len(list(g))) for k, g in itertools.groupby(ids)) == [(1, 3), (2, 2), (3, 1)]  # whole groups
     prompt_of = dict(zip("abcdef", [1, 2, 1, 3, 2, 1]))
     assert [prompt_of[x] for x in out["x"]] == ids and out["n"] is batch["n"]  # every column moved alike
+
+
+@pytest.mark.parametrize("wrap", ["bare", "lora"])
+def test_shared_prefill_generates_what_generate_does(wrap):
+    """Greedy decoding from left-padded rows, some identical: one prefill per distinct row, then ``generate`` from
+    copies of its KV, gives the same tokens as ``generate`` alone; the patch is gone after the block."""
+    from transformers import GenerationConfig
+
+    from rpo_train.integrations.trl_prefill import shared_prefill
+
+    model = make_model("llama").eval()
+    model = lora(model) if wrap == "lora" else model
+    rows = [[7, 8, 9, 10, 11], [7, 8, 9, 10, 11], [3, 4], [3, 4], [3, 4], [12, 13, 14]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = (ids != 0).long()
+    config = GenerationConfig(do_sample=False, max_new_tokens=10, pad_token_id=0, eos_token_id=None)
+    want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    with shared_prefill(model):
+        got = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    hook.remove()
+    assert torch.equal(got, want)
+    assert calls[0] == (3, width - 1) and "generate" not in vars(model)  # 3 distinct rows prefilled once
