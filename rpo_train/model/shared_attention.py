@@ -39,17 +39,26 @@ def _sdpa(q, k, v, scale: float, *, causal: bool = False, mask: torch.Tensor | N
     return out[0].transpose(0, 1)
 
 
-def _batches(sizes: list[int], budget: int) -> list[list[int]]:
-    """Consecutive runs of groups whose padded [n, L, L] masks stay within ``budget`` elements (a group alone
-    always fits)."""
+def _batches(cost: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of groups whose padded masks (``cost`` elements per group, padded to the run's largest)
+    stay within ``budget`` elements; a group alone always fits."""
     out: list[list[int]] = []
-    for c, size in enumerate(sizes):
+    for c, size in enumerate(cost):
         run = out[-1] if out else None
-        if run is not None and (len(run) + 1) * max(size, *(sizes[i] for i in run)) ** 2 <= budget:
+        if run is not None and (len(run) + 1) * max(size, *(cost[i] for i in run)) <= budget:
             run.append(c)
         else:
             out.append([c])
     return out
+
+
+def _padded(rows: list[list[int]], width: int) -> torch.Tensor:
+    """[n, width] gather index of ``rows`` (each padded with its first row, or row 0; padded outputs are dropped)."""
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        index[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        index[b, len(r):] = r[0] if r else 0
+    return index
 
 
 class PackedAttention:
@@ -59,11 +68,11 @@ class PackedAttention:
     rows, counted from the first suffix row ``num_context_rows`` (suffixes of one group adjacent, groups in order).
     mode: "kernel" | "sdpa" | "auto" (kernel on a CUDA device, else sdpa).
 
-    ``sdpa``: each group's rows [context ; its suffixes] are gathered into one padded row of a batch, and one masked
-    SDPA call per batch of groups (masks within ``MASK_ELEMENTS``) lets a context row see the context causally and a
-    suffix row the whole context and its own suffix causally; the outputs are gathered back to the packed order. One
-    gather per operand and layer keeps the backward to one index-add each (per-group slices would each add a
-    full-size gradient).
+    ``sdpa`` takes the groups in batches (their masks within ``MASK_ELEMENTS``), two SDPA calls per batch: the
+    contexts, right-padded into one batch, causal (a real row sees only real rows before it); the suffixes, padded
+    likewise, as queries against [their context ; their group's suffixes] with a mask letting each see the whole
+    context and its own suffix causally. One gather per operand and one for the outputs keep the backward to one
+    index-add each (per-group slices would each add a full-size gradient).
     """
 
     MASK_ELEMENTS = 1 << 26
@@ -79,31 +88,39 @@ class PackedAttention:
         if self.mode == "kernel":  # every suffix token is a query
             self.plan = rpo_kernels.plan_shared_prefix(self.ctx, suf, grp, suf, device=device)
             return
-        members, seqs = [], []  # per group: its packed rows, and each row's sequence (-1: the context)
-        for c in range(len(self.ctx) - 1):
-            s0, s1 = suf[grp[c]], suf[grp[c + 1]]
-            members.append(list(range(self.ctx[c], self.ctx[c + 1])) + list(range(self.tc + s0, self.tc + s1)))
-            seqs.append([-1] * (self.ctx[c + 1] - self.ctx[c])
-                        + [j for j in range(grp[c], grp[c + 1]) for _ in range(suf[j + 1] - suf[j])])
-        self.batches = []  # (gather index [n, L], mask [n, 1, L, L]) per batch of groups
+        groups = range(len(self.ctx) - 1)
+        contexts = [list(range(self.ctx[c], self.ctx[c + 1])) for c in groups]
+        suffixes = [list(range(self.tc + suf[grp[c]], self.tc + suf[grp[c + 1]])) for c in groups]
+        owners = [[j for j in range(grp[c], grp[c + 1]) for _ in range(suf[j + 1] - suf[j])] for c in groups]
+        cost = [len(s) * (len(x) + len(s)) + len(x) for x, s in zip(contexts, suffixes)]
+        self.batches = []  # (context index [n, Lc], suffix index [n, Ls] or None, keys index, mask) per batch
         inverse = [0] * self.rows
         offset = 0
-        for run in _batches([len(m) for m in members], self.MASK_ELEMENTS):
-            width = max(len(members[c]) for c in run)
-            index = torch.zeros(len(run), width, dtype=torch.long)
-            mask = torch.zeros(len(run), 1, width, width, dtype=torch.bool)
+        for run in _batches(cost, self.MASK_ELEMENTS):
+            lc = max(len(contexts[c]) for c in run)
+            ls = max(len(suffixes[c]) for c in run)
+            ctx_index = _padded([contexts[c] for c in run], lc)
             for b, c in enumerate(run):
-                n = len(members[c])
-                index[b, :n] = torch.tensor(members[c])
-                seq = torch.tensor(seqs[c])
+                for j, r in enumerate(contexts[c]):
+                    inverse[r] = offset + b * lc + j
+            offset += len(run) * lc
+            if ls == 0:
+                self.batches.append((ctx_index.to(device), None, None, None))
+                continue
+            suf_index = _padded([suffixes[c] or contexts[c] for c in run], ls)
+            mask = torch.zeros(len(run), 1, ls, lc + ls, dtype=torch.bool)
+            for b, c in enumerate(run):
+                n, m = len(suffixes[c]), len(contexts[c])
+                own = torch.tensor(owners[c], dtype=torch.long)
                 row = torch.arange(n)
-                own = (seq[:, None] == seq[None, :]) | (seq[None, :] == -1)
-                mask[b, 0, :n, :n] = own & ((row[None, :] <= row[:, None]) | (seq[:, None] != seq[None, :]))
+                mask[b, 0, :n, :m] = True
+                mask[b, 0, :n, lc:lc + n] = (own[:, None] == own[None, :]) & (row[None, :] <= row[:, None])
                 mask[b, 0, n:, 0] = True  # padding rows see one key (their output is dropped)
-                for j, r in enumerate(members[c]):
-                    inverse[r] = offset + b * width + j
-            self.batches.append((index.to(device), mask.to(device)))
-            offset += len(run) * width
+                for j, r in enumerate(suffixes[c]):
+                    inverse[r] = offset + b * ls + j
+            offset += len(run) * ls
+            keys = torch.cat([ctx_index, suf_index], 1)
+            self.batches.append((ctx_index.to(device), suf_index.to(device), keys.to(device), mask.to(device)))
         self.inverse = torch.tensor(inverse, dtype=torch.long, device=device)
 
     def __call__(self, q, k, v, scale: float) -> torch.Tensor:
@@ -117,14 +134,20 @@ class PackedAttention:
                 out.append(rpo_kernels.shared_prefix_attention(q[tc:], k[:tc], v[:tc], k[tc:], v[tc:], self.plan,
                                                                softmax_scale=scale))
             return torch.cat(out)
+
+        def gather(x, index):  # [T, H, D] -> [n, H, L, D]
+            return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:]).transpose(1, 2)
+
         outs = []
-        for index, mask in self.batches:
-            n, width = index.shape
-            flat = index.reshape(-1)
-            qb, kb, vb = (x.index_select(0, flat).reshape(n, width, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
-            o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale,
-                                                                 enable_gqa=True)
-            outs.append(o.transpose(1, 2).reshape(n * width, *q.shape[1:]))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        for ctx_index, suf_index, keys, mask in self.batches:
+            o = sdpa(gather(q, ctx_index), gather(k, ctx_index), gather(v, ctx_index), is_causal=True, scale=scale,
+                     enable_gqa=True)
+            outs.append(o.transpose(1, 2).reshape(-1, *q.shape[1:]))
+            if suf_index is not None:
+                o = sdpa(gather(q, suf_index), gather(k, keys), gather(v, keys), attn_mask=mask, scale=scale,
+                         enable_gqa=True)
+                outs.append(o.transpose(1, 2).reshape(-1, *q.shape[1:]))
         return torch.cat(outs).index_select(0, self.inverse)
 
 
