@@ -4,8 +4,8 @@ Samples that share (prompt, prefix) form a group. Every layer runs on packed row
 - the contexts (prompt + prefix, one per group) attend causally to themselves;
 - the suffixes attend to their group's context K/V (one copy) and causally to their own rows, at positions that
   continue the context's: ``rpo_kernels.shared_prefix_attention`` (the extend op, planned once per forward from the
-  host index pointers and reused by every layer and recomputation) on a GPU, one masked SDPA per group over
-  [context ; the group's suffixes] on a CPU.
+  host index pointers and reused by every layer and recomputation) on a GPU, masked SDPA over [context ; the group's
+  suffixes] on a CPU (groups in padded batches, ``rpo_train.model.shared_attention``).
 Gradients from all G suffixes flow into the single context computation. Log-probabilities are then taken once per
 distinct (hidden row, target) pair: with ``loss_tokens="full"`` the prefix tokens' log-probs come from the context
 pass once and are shared by the G samples (gathered, so their gradients add up), exactly as the per-sample forward
