@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from ..model.decoder import attention_dtype
 from ..model.shared_rows import pack_rows, packed_logps, split_rows
 from .trl_config import GRPOTrainer, SharedPrefixGRPOConfig, gather_object
 from .trl_prefill import shared_prefill
@@ -141,7 +142,7 @@ class SharedForwardMixin:
             diff = (got[0].detach().float() - want[0].float()).abs()[mask]
             error = float(diff.mean()) if diff.numel() else 0.0
             with self.accelerator.autocast():
-                dtype = _compute_dtype(model)
+                dtype = attention_dtype(next(model.parameters()))  # autocast's when on, else the weights'
             tol = TOLERANCE.get(dtype, TOLERANCE[torch.bfloat16])
             if not error <= tol:
                 reason = f"its log-probs differ from the per-row forward's by {error:.3g} on average (> {tol:g}, " \
@@ -156,13 +157,6 @@ class SharedForwardMixin:
             return per_row() if torch.is_grad_enabled() else want
         self._metrics[mode]["rpo/shared_forward"].append(1.0)
         return (*got, None)
-
-
-def _compute_dtype(model) -> torch.dtype:
-    """The dtype the forward computes in: autocast's when on, else the parameters'."""
-    param = next(model.parameters())
-    kind = param.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else param.dtype
 
 
 class SharedPrefixGRPOTrainer(SharedForwardMixin, GRPOTrainer):

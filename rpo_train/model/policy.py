@@ -16,7 +16,7 @@ import torch
 import rpo_kernels
 
 from ..objectives import ObjectiveConfig
-from .prefix_forward import PackedGroups, pack_groups, prefix_once_logprobs
+from .prefix_forward import PackedGroups, decoder_output, pack_groups, prefix_once_logprobs
 
 FORWARDS = ("plain", "prefix_once")
 
@@ -77,16 +77,8 @@ def final_hidden(model: torch.nn.Module, batch: PolicyBatch) -> torch.Tensor:
     """Final (normed) hidden states [B, L-1, H] at the positions that predict ``batch.targets``.
 
     Through the model's own forward, so that whatever wraps it (a PEFT/LoRA model, gradient checkpointing, sharded
-    weights gathered by their wrapper) does its part; the decoder's output is read by a forward hook (no hidden state
-    of the other layers is kept), and ``logits_to_keep=1`` keeps the lm_head to one position: the fused kernels apply
-    it to the rest without [B, L, V] logits."""
-    seen: list[torch.Tensor] = []
-    hook = model.get_decoder().register_forward_hook(lambda module, args, out: seen.append(out[0]))
-    try:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1, use_cache=False)
-    finally:
-        hook.remove()
-    return seen[-1][:, :-1]
+    weights gathered by their wrapper) does its part (``rpo_train.model.prefix_forward.decoder_output``)."""
+    return decoder_output(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
 
 
 @torch.no_grad()

@@ -107,6 +107,21 @@ def pack_groups(samples, loss_tokens: str = "full") -> PackedGroups:
                         lt(row_targets), lt(token_rows), mask, tc)
 
 
+def decoder_output(model, core: torch.nn.Module | None = None, **inputs) -> torch.Tensor:
+    """The decoder's output (the final, normed hidden states [B, L, H]) of one call of ``model``'s own forward on
+    ``inputs``, read by a forward hook on ``core``'s decoder (``core``: the HF model or PEFT wrapper inside ``model``,
+    default ``model``), so that no other layer's hidden states are kept; ``logits_to_keep=1`` keeps the lm_head to
+    one position (the fused kernels apply it to the rows that need it, without [B, L, V] logits)."""
+    seen: list[torch.Tensor] = []
+    hook = (model if core is None else core).get_decoder().register_forward_hook(
+        lambda module, args, out: seen.append(out[0]))
+    try:
+        model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    return seen[-1]
+
+
 def packed_hidden(model, packed: PackedGroups, *, attention: str = "auto",
                   core: torch.nn.Module | None = None) -> torch.Tensor:
     """Final (normed) hidden states [Tc + Ts, H] of every packed row, through the model's own forward; differentiable.
@@ -121,15 +136,9 @@ def packed_hidden(model, packed: PackedGroups, *, attention: str = "auto",
     enable(core)
     plan = PackedAttention(packed.context_indptr, packed.suffix_indptr, packed.group_indptr, packed.ids.device,
                            attention)
-    seen: list[torch.Tensor] = []
-    hook = core.get_decoder().register_forward_hook(lambda module, args, out: seen.append(out[0]))
     ids = packed.ids[None]
-    try:
-        model(input_ids=ids, position_ids=packed.positions[None], attention_mask=torch.ones_like(ids),
-              logits_to_keep=1, use_cache=False, **{KWARG: plan})
-    finally:
-        hook.remove()
-    return seen[-1][0]
+    return decoder_output(model, core, input_ids=ids, position_ids=packed.positions[None],
+                          attention_mask=torch.ones_like(ids), **{KWARG: plan})[0]
 
 
 def prefix_once_logprobs(model, packed: PackedGroups, *, temperature: float = 1.0, return_entropy: bool = False,
