@@ -126,10 +126,12 @@ class SharedForwardMixin:
 
     def _shared_first_call(self, model, parts, logits_to_keep, compute_entropy, per_row, mode, usable):
         """The self-check: packed vs per-row log-probs on this batch, agreed over processes; then the packed result
-        (if usable) or the per-row one."""
-        reason = "" if all(p[1] is not None for p in parts) else "a completion mask is not a run from its start"
+        (if usable) or the per-row one. A batch with a chunk that has nothing to score (every completion masked, as
+        ``mask_truncated_completions`` leaves truncated rows) decides nothing: the check waits for the next one."""
+        reason = "" if all(p[0] is not None for p in parts) else "a completion mask is not a run from its start"
+        empty = not reason and any(p[1] is None for p in parts)
         got = None
-        if not reason:
+        if not reason and not empty:
             try:
                 got = self._shared_logps(model, parts, logits_to_keep, compute_entropy)
             except (NotImplementedError, ValueError, RuntimeError) as exc:
@@ -147,12 +149,14 @@ class SharedForwardMixin:
             if not error <= tol:
                 reason = f"its log-probs differ from the per-row forward's by {error:.3g} on average (> {tol:g}, " \
                          f"{dtype})"
-        reasons = [r for r in gather_object([reason]) if r]
-        self._shared_state = "off" if reasons else "on"
+        statuses = gather_object([(reason, empty)])
+        reasons = [r for r, _ in statuses if r]
+        if reasons or not any(e for _, e in statuses):
+            self._shared_state = "off" if reasons else "on"
         if reasons:
             warnings.warn(f"shared_forward is off for this run: {reasons[0]}; TRL's per-row forward is used",
                           stacklevel=3)
-        if reasons or not usable:
+        if reasons or not usable or self._shared_state == "unchecked":
             self._metrics[mode]["rpo/shared_forward"].append(0.0)
             return per_row() if torch.is_grad_enabled() else want
         self._metrics[mode]["rpo/shared_forward"].append(1.0)

@@ -347,3 +347,21 @@ def test_shared_prefill_generates_what_generate_does(wrap):
     hook.remove()
     assert torch.equal(got, want)
     assert calls[0] == (3, width - 1) and "generate" not in vars(model)  # 3 distinct rows prefilled once
+
+
+@pytest.mark.trl
+def test_a_first_batch_with_nothing_to_score_leaves_the_check_for_later(worker, model_dir, tmp_path):
+    """A first batch whose completions are all masked (mask_truncated_completions) is served per row and decides
+    nothing; the next batch runs the self-check."""
+    trainer, _ = worker.build(tmp_path, model_dir, 1)
+    model = trainer.model
+    ids, mask, k = trl_batch(0, CASES["rpo"])
+    ids = ids % model.config.vocab_size  # the worker's model has the task's small vocabulary
+    empty = mask.clone()
+    empty[:, -k:] = 0
+    with torch.no_grad():
+        logp, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, empty, k)
+    assert trainer._shared_state == "unchecked" and float(logp.abs().sum()) == 0.0
+    with torch.no_grad():
+        trainer._get_per_token_logps_and_entropies(model, ids, mask, k)
+    assert trainer._shared_state == "on"
